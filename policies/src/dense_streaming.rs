@@ -1,0 +1,189 @@
+//! `dense-streaming`: every weight not pinned in DRAM is read from flash for every token.
+//!
+//! This is the "naive" first row of LLM in a Flash's Table 2 (nothing pinned: the whole model is
+//! read per token) and, with `pinned_fraction = 0.5`, its "hybrid" second row (half of the model
+//! stays in DRAM). `pin_attention` keeps the attention weights resident, as LLM in a Flash does
+//! for every row after the first.
+
+use crate::decode;
+use crate::plan::{chunked, Extent, IssueAfter, Read, TokenPlan};
+use crate::policy::{
+    parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
+};
+use flashsim_workloads::shape::TensorKind;
+use flashsim_workloads::toml_source::{ConfigError, TomlSource};
+use serde::Deserialize;
+
+pub const ENTRY: PolicyEntry = PolicyEntry {
+    name: "dense-streaming",
+    summary: "stream every weight that is not pinned from flash, every token",
+    build,
+};
+
+/// Parameters of `[policies.dense-streaming]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenseStreamingParams {
+    /// Keep the attention weights (Q, K, V, O of every layer) resident in DRAM.
+    /// Default `false`: Table 2's first row streams everything.
+    #[serde(default)]
+    pub pin_attention: bool,
+    /// Fraction of the rows of every other matrix kept resident in DRAM (0 = none; 0.5 = LLM in
+    /// a Flash's "hybrid" row, half the model in DRAM).
+    #[serde(default)]
+    pub pinned_fraction: f64,
+    /// How many ops may hold their weights in DRAM buffers at once: the reads of op j are
+    /// issued once op j − `buffered_ops` has finished and freed its buffer. 1 = no overlap (each
+    /// op's weights are read after the previous op has finished, as LLM in a Flash measures its
+    /// I/O); 2 = double buffering (op j+1 is read while op j computes), the default of any
+    /// streaming runtime; more lets reads run further ahead.
+    #[serde(default = "default_two")]
+    pub buffered_ops: u32,
+    /// Compute unit of the device that runs every op.
+    #[serde(default = "default_cpu")]
+    pub compute_unit: String,
+}
+
+fn default_two() -> u32 {
+    2
+}
+fn default_cpu() -> String {
+    "cpu".into()
+}
+
+fn build(
+    src: &TomlSource,
+    params: toml::Value,
+    key: &[&str],
+) -> Result<Box<dyn Policy>, ConfigError> {
+    let p: DenseStreamingParams = parse_params(src, params, key)?;
+    let at = |k: &str| [key.join("."), k.to_string()].join(".");
+    if !(0.0..=1.0).contains(&p.pinned_fraction) {
+        return Err(src.invalid(&at("pinned_fraction"), "must lie in [0, 1]"));
+    }
+    if p.buffered_ops == 0 {
+        return Err(src.invalid(&at("buffered_ops"), "must be at least 1"));
+    }
+    Ok(Box::new(DenseStreaming::new(p)))
+}
+
+/// The dense-streaming policy.
+#[derive(Debug, Clone)]
+pub struct DenseStreaming {
+    params: DenseStreamingParams,
+    /// Per op, the streamed (non-resident) byte ranges of its matrices.
+    streamed: Vec<Vec<Extent>>,
+    /// Rows of the embedding that are resident (for the per-token embedding lookup).
+    embedding_pinned_rows: u64,
+}
+
+impl DenseStreaming {
+    pub fn new(params: DenseStreamingParams) -> Self {
+        DenseStreaming {
+            params,
+            streamed: Vec::new(),
+            embedding_pinned_rows: 0,
+        }
+    }
+
+    fn pinned_rows(&self, kind: TensorKind, rows: u64) -> u64 {
+        if self.params.pin_attention && kind.is_attention() {
+            rows
+        } else {
+            (rows as f64 * self.params.pinned_fraction).floor() as u64
+        }
+    }
+
+    fn issue_after(&self, op: u32) -> IssueAfter {
+        match op.checked_sub(self.params.buffered_ops) {
+            None => IssueAfter::TokenStart,
+            Some(k) => IssueAfter::OpDone(k),
+        }
+    }
+}
+
+impl Policy for DenseStreaming {
+    fn name(&self) -> &'static str {
+        ENTRY.name
+    }
+
+    fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError> {
+        let n_ops = decode::lm_head_op(ctx.shape) + 1;
+        let mut resident = 0u64;
+        self.streamed = vec![Vec::new(); n_ops as usize];
+        for op in 0..n_ops {
+            for t in decode::op_tensors(ctx.shape, ctx.layout, op) {
+                let pinned = self.pinned_rows(t.shape.kind, t.shape.rows);
+                resident += pinned * t.row_bytes;
+                if pinned < t.shape.rows {
+                    self.streamed[op as usize].push(t.rows(pinned, t.shape.rows - pinned));
+                }
+            }
+        }
+        // The embedding: tied models already counted it as the LM head.
+        let emb = ctx
+            .layout
+            .tensor(TensorKind::Embedding, None)
+            .expect("layout has an embedding");
+        self.embedding_pinned_rows = self.pinned_rows(TensorKind::Embedding, emb.shape.rows);
+        if !ctx.shape.tied_embeddings {
+            resident += self.embedding_pinned_rows * emb.row_bytes;
+        }
+        // Buffers held at once: `buffered_ops` consecutive ops, plus the embedding row of op 0.
+        let window = self.params.buffered_ops as usize;
+        let per_op: Vec<u64> = self
+            .streamed
+            .iter()
+            .map(|v| v.iter().map(|e| e.bytes).sum())
+            .collect();
+        let peak = per_op
+            .windows(window.min(per_op.len()))
+            .map(|w| w.iter().sum::<u64>())
+            .max()
+            .unwrap_or(0)
+            + emb.row_bytes;
+        Ok(PolicySetup {
+            resident_weight_bytes: resident,
+            peak_buffer_bytes: peak,
+        })
+    }
+
+    fn plan_token(
+        &mut self,
+        ctx: &PolicyContext,
+        token: TokenInfo,
+    ) -> Result<TokenPlan, PolicyError> {
+        let ops = decode::dense_ops(
+            ctx.shape,
+            ctx.layout,
+            token.context,
+            ctx.kv_bytes_per_value,
+            &self.params.compute_unit,
+        );
+        let mut reads = Vec::new();
+        let emb = ctx
+            .layout
+            .tensor(TensorKind::Embedding, None)
+            .expect("layout has an embedding");
+        let row = token.token_id as u64 % emb.shape.rows;
+        if row >= self.embedding_pinned_rows {
+            reads.push(Read {
+                extent: emb.rows(row, 1),
+                needed_by: 0,
+                issue_after: IssueAfter::TokenStart,
+                retain: false,
+            });
+        }
+        for (op, extents) in self.streamed.iter().enumerate() {
+            let op = op as u32;
+            for &e in extents {
+                chunked(e, ctx.max_read_bytes, op, self.issue_after(op), &mut reads);
+            }
+        }
+        Ok(TokenPlan {
+            ops,
+            reads,
+            evicted_bytes: 0,
+        })
+    }
+}

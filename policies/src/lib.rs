@@ -1,0 +1,24 @@
+//! flashsim-policies: what decides.
+//!
+//! A policy has no clock and does no I/O: per token it turns what it knows (the model shape, the
+//! weight layout, the trace) into a [`plan::TokenPlan`] — which extents of the weight file to
+//! read and when, what to compute on which unit — that the simulator (and later the real
+//! backend) executes.
+//!
+//! - [`plan`]: extents, reads, ops and the token plan.
+//! - [`layout`]: where each weight matrix sits in the flash file.
+//! - [`decode`]: the ops every decode step has (attention with its KV cache, FFN, LM head).
+//! - [`policy`]: the [`Policy`] trait and the registry that builds a policy by name.
+//! - one file per policy: [`dense_streaming`], [`all_in_dram`].
+
+pub mod all_in_dram;
+pub mod decode;
+pub mod dense_streaming;
+pub mod layout;
+pub mod plan;
+pub mod policy;
+
+pub use plan::{Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+pub use policy::{
+    registry, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
+};

@@ -1,0 +1,131 @@
+//! What a policy returns for one token: ops to compute, in order, and reads that feed them.
+
+use serde::Serialize;
+
+/// A contiguous byte range of the weight file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Extent {
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+impl Extent {
+    pub fn end(&self) -> u64 {
+        self.offset + self.bytes
+    }
+}
+
+/// When a read may be issued. Reads are issued in the order the plan lists them, each as soon
+/// as its condition holds and an I/O slot is free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum IssueAfter {
+    /// As soon as the token begins.
+    TokenStart,
+    /// Once op `k` of this token has started computing (prefetch under compute).
+    OpStart(u32),
+    /// Once op `k` of this token has finished (no overlap with that op).
+    OpDone(u32),
+}
+
+/// One read from flash into DRAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Read {
+    pub extent: Extent,
+    /// Index of the op that cannot start before this read completes.
+    pub needed_by: u32,
+    pub issue_after: IssueAfter,
+    /// `false`: a streaming buffer, freed when `needed_by` completes. `true`: the bytes stay in
+    /// DRAM (a cache fill) until the policy evicts them.
+    pub retain: bool,
+}
+
+/// What an op computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// Q/K/V/O projections and attention over the KV cache of one layer.
+    Attention,
+    /// The FFN of one layer.
+    Ffn,
+    /// Final norm and classifier.
+    LmHead,
+    /// DRAM bookkeeping a policy pays for (e.g. LLM in a Flash's delete-by-copy).
+    DramManagement,
+}
+
+/// One unit of compute. Ops of a token run one after another (batch-1 decode is a chain).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Op {
+    pub kind: OpKind,
+    pub layer: Option<u32>,
+    /// Name of the compute unit in the device file (`cpu`, `gpu`, `npu`).
+    pub unit: String,
+    /// Floating-point operations.
+    pub flops: u64,
+    /// Bytes the op reads and writes in DRAM (weights, KV cache, activations).
+    pub dram_bytes: u64,
+}
+
+/// The plan for one generated token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TokenPlan {
+    pub ops: Vec<Op>,
+    pub reads: Vec<Read>,
+    /// Bytes of retained data the policy evicts at the start of this token.
+    pub evicted_bytes: u64,
+}
+
+impl TokenPlan {
+    /// Total bytes this token reads from flash.
+    pub fn read_bytes(&self) -> u64 {
+        self.reads.iter().map(|r| r.extent.bytes).sum()
+    }
+
+    /// Checks the plan's internal consistency: every read names an existing op, and no read is
+    /// issued after the op that needs it has started.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.ops.len() as u32;
+        for (i, r) in self.reads.iter().enumerate() {
+            if r.needed_by >= n {
+                return Err(format!("read {i} is needed by op {} of {n}", r.needed_by));
+            }
+            if r.extent.bytes == 0 {
+                return Err(format!("read {i} has zero bytes"));
+            }
+            match r.issue_after {
+                IssueAfter::TokenStart => {}
+                IssueAfter::OpStart(k) if k < r.needed_by => {}
+                IssueAfter::OpDone(k) if k < r.needed_by => {}
+                other => {
+                    return Err(format!(
+                        "read {i} waits for {other:?} but is needed by op {}",
+                        r.needed_by
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits `extent` into reads of at most `max_bytes`, each needed by `needed_by`.
+pub fn chunked(
+    extent: Extent,
+    max_bytes: u64,
+    needed_by: u32,
+    issue_after: IssueAfter,
+    out: &mut Vec<Read>,
+) {
+    assert!(max_bytes > 0);
+    let mut off = extent.offset;
+    while off < extent.end() {
+        let bytes = max_bytes.min(extent.end() - off);
+        out.push(Read {
+            extent: Extent { offset: off, bytes },
+            needed_by,
+            issue_after,
+            retain: false,
+        });
+        off += bytes;
+    }
+}

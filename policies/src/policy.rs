@@ -1,0 +1,100 @@
+//! The policy interface and the registry that builds a policy by name from its TOML table.
+
+use crate::layout::WeightLayout;
+use crate::plan::TokenPlan;
+use flashsim_workloads::shape::ModelShape;
+use flashsim_workloads::toml_source::{ConfigError, TomlSource};
+
+/// What every policy may know about the run.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyContext<'a> {
+    pub shape: &'a ModelShape,
+    pub layout: &'a WeightLayout,
+    /// The DRAM the policy may use, KV cache included.
+    pub dram_budget_bytes: u64,
+    /// Bytes of the KV cache the run will reach (the simulator reserves it; policies plan
+    /// around it).
+    pub kv_cache_bytes: u64,
+    /// Bytes per stored K or V value.
+    pub kv_bytes_per_value: u64,
+    pub prompt_tokens: u32,
+    pub tokens: u32,
+    /// Largest single read the policy should issue (adjacent extents coalesce up to this).
+    pub max_read_bytes: u64,
+}
+
+/// What a policy holds once set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicySetup {
+    /// Weights kept in DRAM for the whole run.
+    pub resident_weight_bytes: u64,
+    /// The most streaming-buffer bytes the policy's plans hold at once.
+    pub peak_buffer_bytes: u64,
+}
+
+/// The token being planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// 0-based index among the generated tokens.
+    pub index: u32,
+    /// Tokens already in the KV cache (prompt plus earlier generated tokens).
+    pub context: u64,
+    /// The input token id (selects the embedding row).
+    pub token_id: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("DRAM budget of {budget_bytes} bytes is too small: {what} need {needed_bytes} bytes")]
+    DramBudget {
+        needed_bytes: u64,
+        budget_bytes: u64,
+        what: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A weight-streaming policy: no clock, no I/O; a trace in, a plan out.
+pub trait Policy: Send {
+    /// The registered name.
+    fn name(&self) -> &'static str;
+    /// Decides what stays resident. Called once before the first token.
+    fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError>;
+    /// The plan for one token.
+    fn plan_token(
+        &mut self,
+        ctx: &PolicyContext,
+        token: TokenInfo,
+    ) -> Result<TokenPlan, PolicyError>;
+}
+
+/// Builds a policy from its parameter table (`[policies.NAME]`), which sits at `key` in `src`.
+pub type BuildFn =
+    fn(src: &TomlSource, params: toml::Value, key: &[&str]) -> Result<Box<dyn Policy>, ConfigError>;
+
+/// A registered policy.
+pub struct PolicyEntry {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub build: BuildFn,
+}
+
+/// Every policy flashsim knows. A new policy is one file plus one line here.
+pub fn registry() -> &'static [PolicyEntry] {
+    &[crate::dense_streaming::ENTRY, crate::all_in_dram::ENTRY]
+}
+
+/// The policy registered as `name`.
+pub fn find(name: &str) -> Option<&'static PolicyEntry> {
+    registry().iter().find(|e| e.name == name)
+}
+
+/// Deserializes a policy's parameters; the helper every policy's `build` uses.
+pub fn parse_params<P: serde::de::DeserializeOwned>(
+    src: &TomlSource,
+    params: toml::Value,
+    key: &[&str],
+) -> Result<P, ConfigError> {
+    src.parse_value(params, key)
+}

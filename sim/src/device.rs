@@ -1,0 +1,122 @@
+//! A device file (`configs/devices/NAME.toml`): flash, DRAM and compute units, each number with
+//! its source beside it.
+
+use crate::hw::compute::{ComputeConfig, ComputeUnit};
+use crate::hw::dram::DramConfig;
+use crate::hw::flash::{self, positive, Flash};
+use crate::time::{gb_per_s_to_bytes, Ps};
+use flashsim_workloads::toml_source::{ConfigError, TomlSource};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    flash: toml::Value,
+    dram: DramConfig,
+    compute: BTreeMap<String, ComputeConfig>,
+    /// Free-form facts about where the numbers were measured (written by `calibrate`).
+    #[serde(default)]
+    #[allow(dead_code)]
+    environment: Option<toml::Table>,
+}
+
+/// A loaded device: its models are idle at time zero.
+#[derive(Debug)]
+pub struct Device {
+    pub name: String,
+    pub description: String,
+    pub flash: Box<dyn Flash>,
+    pub dram_capacity_bytes: u64,
+    pub dram_bus_bytes_per_s: u64,
+    /// Compute units, sorted by name.
+    pub units: Vec<ComputeUnit>,
+}
+
+impl Clone for Device {
+    fn clone(&self) -> Self {
+        Device {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            flash: self.flash.fresh(),
+            dram_capacity_bytes: self.dram_capacity_bytes,
+            dram_bus_bytes_per_s: self.dram_bus_bytes_per_s,
+            units: self
+                .units
+                .iter()
+                .cloned()
+                .map(|mut u| {
+                    u.reset();
+                    u
+                })
+                .collect(),
+        }
+    }
+}
+
+pub const GIB: f64 = (1u64 << 30) as f64;
+
+impl Device {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        Self::from_source(&TomlSource::read(path)?)
+    }
+
+    pub fn from_source(src: &TomlSource) -> Result<Self, ConfigError> {
+        let f: DeviceFile = src.parse()?;
+        let flash = flash::build(src, &f.flash)?;
+        let cap = positive(src, "dram.capacity_gib", f.dram.capacity_gib)?;
+        let bus = positive(src, "dram.bandwidth_gb_per_s", f.dram.bandwidth_gb_per_s)?;
+        if f.compute.is_empty() {
+            return Err(src.invalid(
+                "compute",
+                "a device needs at least one compute unit ([compute.cpu])",
+            ));
+        }
+        let mut units = Vec::new();
+        for (name, c) in &f.compute {
+            let key = |k: &str| format!("compute.{name}.{k}");
+            let peak = positive(src, &key("peak_gflops"), c.peak_gflops)?;
+            let bw = positive(
+                src,
+                &key("mem_bandwidth_gb_per_s"),
+                c.mem_bandwidth_gb_per_s,
+            )?;
+            for (k, v) in [
+                ("flops_efficiency", c.flops_efficiency),
+                ("mem_efficiency", c.mem_efficiency),
+            ] {
+                if !(v > 0.0 && v <= 1.0) {
+                    return Err(src.invalid(&key(k), format!("must lie in (0, 1], got {v}")));
+                }
+            }
+            if !(c.dispatch_overhead_us >= 0.0 && c.dispatch_overhead_us.is_finite()) {
+                return Err(src.invalid(&key("dispatch_overhead_us"), "must be zero or positive"));
+            }
+            let overhead = Ps::from_us(c.dispatch_overhead_us)
+                .map_err(|e| src.invalid(&key("dispatch_overhead_us"), e.to_string()))?;
+            units.push(ComputeUnit::new(
+                name,
+                (peak * c.flops_efficiency * 1e9).round() as u64,
+                gb_per_s_to_bytes(bw * c.mem_efficiency),
+                overhead,
+            ));
+        }
+        Ok(Device {
+            name: f.name,
+            description: f.description,
+            flash,
+            dram_capacity_bytes: (cap * GIB).round() as u64,
+            dram_bus_bytes_per_s: gb_per_s_to_bytes(bus),
+            units,
+        })
+    }
+
+    /// Index of the compute unit called `name`.
+    pub fn unit_index(&self, name: &str) -> Option<usize> {
+        self.units.iter().position(|u| u.name == name)
+    }
+}

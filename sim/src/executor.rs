@@ -1,0 +1,362 @@
+//! Executes a policy's plans on the event engine: the decode pipeline.
+//!
+//! Per token the policy returns ops (a chain: op j starts when op j − 1 is done) and reads.
+//! Reads are issued in plan order, each once its `issue_after` condition holds and fewer than
+//! `io_queue_depth` reads are in flight; an op starts once every read it needs has completed.
+//! Streaming buffers are allocated in DRAM when their read is issued and freed when the op that
+//! needs them finishes; the KV cache grows by one token per step.
+//!
+//! Metrics, per token (see `docs/metrics.md` in the README):
+//! - `wall`: from the token's start to its last op's end.
+//! - `flash_busy`: time with at least one read in flight.
+//! - `compute_busy`: time ops were computing.
+//! - `stall`: time the next op waited for its reads after the previous op had finished.
+//!
+//! Because ops form a chain, `wall = compute_busy + stall` exactly.
+
+use crate::device::Device;
+use crate::engine::{Engine, Event, Handler};
+use crate::error::SimError;
+use crate::hw::dram::Dram;
+use crate::time::Ps;
+use flashsim_policies::{IssueAfter, Policy, PolicyContext, PolicySetup, TokenInfo, TokenPlan};
+use serde::Serialize;
+
+/// Per-token measurements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TokenStats {
+    pub start: Ps,
+    pub wall: Ps,
+    pub flash_busy: Ps,
+    pub compute_busy: Ps,
+    pub stall: Ps,
+    pub read_bytes: u64,
+    pub reads: u64,
+}
+
+/// The outcome of one simulated generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStats {
+    pub tokens: Vec<TokenStats>,
+    pub dram_peak_bytes: u64,
+    pub resident_weight_bytes: u64,
+    pub events: u64,
+    pub end: Ps,
+}
+
+/// A record of one flash request or op, for timelines and property tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    Read {
+        token: u32,
+        issued: Ps,
+        done: Ps,
+        bytes: u64,
+    },
+    Op {
+        token: u32,
+        op: u32,
+        unit: usize,
+        start: Ps,
+        done: Ps,
+    },
+}
+
+/// How the pipeline issues reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecConfig {
+    /// Reads in flight at once (I/O threads × per-thread depth).
+    pub io_queue_depth: u32,
+    /// Keep an [`Activity`] log.
+    pub record_activity: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    IoDone { read: u32 },
+    OpDone { op: u32 },
+    TokenStart,
+}
+
+impl Event for Ev {
+    fn kind(&self) -> u8 {
+        match self {
+            Ev::IoDone { .. } => 0,
+            Ev::OpDone { .. } => 1,
+            Ev::TokenStart => 2,
+        }
+    }
+}
+
+struct Pipeline<'a> {
+    policy: &'a mut dyn Policy,
+    ctx: PolicyContext<'a>,
+    device: Device,
+    dram: Dram,
+    cfg: ExecConfig,
+    tokens_total: u32,
+    kv_bytes_per_token: u64,
+    token_ids: &'a dyn Fn(u32) -> u32,
+    // Per-token state.
+    token: u32,
+    plan: TokenPlan,
+    op_unit: Vec<usize>,
+    pending: Vec<u32>,
+    buffers: Vec<u64>,
+    started: Vec<bool>,
+    finished: Vec<bool>,
+    next_read: usize,
+    in_flight: u32,
+    next_op: usize,
+    running: bool,
+    ready_at: Ps,
+    op_start: Ps,
+    busy_since: Ps,
+    read_issued: Vec<Ps>,
+    cur: TokenStats,
+    stats: Vec<TokenStats>,
+    activity: Vec<Activity>,
+}
+
+impl Pipeline<'_> {
+    fn begin_token(&mut self, now: Ps, follow: &mut Vec<(Ps, Ev)>) -> Result<(), SimError> {
+        let info = TokenInfo {
+            index: self.token,
+            context: self.ctx.prompt_tokens as u64 + self.token as u64,
+            token_id: (self.token_ids)(self.token),
+        };
+        let plan = self.policy.plan_token(&self.ctx, info)?;
+        plan.check().map_err(SimError::Plan)?;
+        let n = plan.ops.len();
+        if n == 0 {
+            return Err(SimError::Plan("a token plan has no ops".into()));
+        }
+        self.op_unit = plan
+            .ops
+            .iter()
+            .map(|op| {
+                self.device
+                    .unit_index(&op.unit)
+                    .ok_or_else(|| SimError::UnknownUnit(op.unit.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        self.pending = vec![0; n];
+        for r in &plan.reads {
+            self.pending[r.needed_by as usize] += 1;
+        }
+        self.buffers = vec![0; n];
+        self.started = vec![false; n];
+        self.finished = vec![false; n];
+        self.read_issued = vec![Ps::ZERO; plan.reads.len()];
+        self.plan = plan;
+        self.next_read = 0;
+        self.next_op = 0;
+        self.running = false;
+        self.ready_at = now;
+        self.cur = TokenStats {
+            start: now,
+            ..TokenStats::default()
+        };
+        self.dram.free(self.plan.evicted_bytes)?;
+        self.dram.alloc(self.kv_bytes_per_token)?;
+        self.issue(now, follow)?;
+        self.start_op(now, follow)
+    }
+
+    fn condition(&self, after: IssueAfter) -> bool {
+        match after {
+            IssueAfter::TokenStart => true,
+            IssueAfter::OpStart(k) => self.started[k as usize],
+            IssueAfter::OpDone(k) => self.finished[k as usize],
+        }
+    }
+
+    fn issue(&mut self, now: Ps, follow: &mut Vec<(Ps, Ev)>) -> Result<(), SimError> {
+        while self.next_read < self.plan.reads.len() && self.in_flight < self.cfg.io_queue_depth {
+            let r = self.plan.reads[self.next_read];
+            if !self.condition(r.issue_after) {
+                break;
+            }
+            self.dram.alloc(r.extent.bytes)?;
+            if !r.retain {
+                self.buffers[r.needed_by as usize] += r.extent.bytes;
+            }
+            let done = self
+                .device
+                .flash
+                .submit(now, r.extent.offset, r.extent.bytes)?;
+            if self.in_flight == 0 {
+                self.busy_since = now;
+            }
+            self.in_flight += 1;
+            self.cur.read_bytes += r.extent.bytes;
+            self.cur.reads += 1;
+            self.read_issued[self.next_read] = now;
+            follow.push((
+                done,
+                Ev::IoDone {
+                    read: self.next_read as u32,
+                },
+            ));
+            self.next_read += 1;
+        }
+        Ok(())
+    }
+
+    fn start_op(&mut self, now: Ps, follow: &mut Vec<(Ps, Ev)>) -> Result<(), SimError> {
+        let j = self.next_op;
+        if self.running || j >= self.plan.ops.len() || self.pending[j] > 0 {
+            return Ok(());
+        }
+        self.cur.stall = self
+            .cur
+            .stall
+            .checked_add(now.checked_sub(self.ready_at)?)?;
+        let op = &self.plan.ops[j];
+        let unit = &mut self.device.units[self.op_unit[j]];
+        let start = now.max(unit.free_at());
+        let own = start.checked_add(unit.op_time(op.flops, op.dram_bytes)?)?;
+        let done = own.max(self.dram.transfer(start, op.dram_bytes)?);
+        unit.occupy(done);
+        self.running = true;
+        self.started[j] = true;
+        self.op_start = start;
+        if self.cfg.record_activity {
+            self.activity.push(Activity::Op {
+                token: self.token,
+                op: j as u32,
+                unit: self.op_unit[j],
+                start,
+                done,
+            });
+        }
+        follow.push((done, Ev::OpDone { op: j as u32 }));
+        self.issue(now, follow)
+    }
+}
+
+impl Handler for Pipeline<'_> {
+    type Event = Ev;
+
+    fn handle(&mut self, now: Ps, ev: Ev, follow: &mut Vec<(Ps, Ev)>) -> Result<(), SimError> {
+        match ev {
+            Ev::TokenStart => self.begin_token(now, follow),
+            Ev::IoDone { read } => {
+                self.in_flight -= 1;
+                if self.in_flight == 0 {
+                    let busy = now.checked_sub(self.busy_since)?;
+                    self.cur.flash_busy = self.cur.flash_busy.checked_add(busy)?;
+                }
+                let r = self.plan.reads[read as usize];
+                self.pending[r.needed_by as usize] -= 1;
+                if self.cfg.record_activity {
+                    self.activity.push(Activity::Read {
+                        token: self.token,
+                        issued: self.read_issued[read as usize],
+                        done: now,
+                        bytes: r.extent.bytes,
+                    });
+                }
+                self.issue(now, follow)?;
+                self.start_op(now, follow)
+            }
+            Ev::OpDone { op } => {
+                let j = op as usize;
+                let busy = now.checked_sub(self.op_start)?;
+                self.cur.compute_busy = self.cur.compute_busy.checked_add(busy)?;
+                self.finished[j] = true;
+                self.running = false;
+                self.dram.free(self.buffers[j])?;
+                self.buffers[j] = 0;
+                self.next_op += 1;
+                self.ready_at = now;
+                if self.next_op == self.plan.ops.len() {
+                    self.cur.wall = now.checked_sub(self.cur.start)?;
+                    self.stats.push(self.cur);
+                    self.token += 1;
+                    if self.token < self.tokens_total {
+                        follow.push((now, Ev::TokenStart));
+                    }
+                    return Ok(());
+                }
+                self.issue(now, follow)?;
+                self.start_op(now, follow)
+            }
+        }
+    }
+}
+
+/// Simulates `tokens` decode steps of `policy` (already set up, as `setup` says) on `device`
+/// (taken fresh, idle at time zero).
+/// `token_ids(i)` is the input token of step `i` (it picks the embedding row).
+pub fn simulate(
+    policy: &mut dyn Policy,
+    setup: PolicySetup,
+    ctx: PolicyContext<'_>,
+    device: &Device,
+    cfg: ExecConfig,
+    tokens: u32,
+    token_ids: &dyn Fn(u32) -> u32,
+) -> Result<(RunStats, Vec<Activity>), SimError> {
+    if cfg.io_queue_depth == 0 {
+        return Err(SimError::Plan("io_queue_depth must be at least 1".into()));
+    }
+    let kv_bytes_per_token = ctx.shape.kv_bytes_per_token(ctx.kv_bytes_per_value);
+    let mut dram = Dram::new(ctx.dram_budget_bytes, device.dram_bus_bytes_per_s);
+    dram.alloc(setup.resident_weight_bytes)?;
+    dram.alloc(kv_bytes_per_token * ctx.prompt_tokens as u64)?;
+    let mut p = Pipeline {
+        policy,
+        ctx,
+        device: device.clone(),
+        dram,
+        cfg,
+        tokens_total: tokens,
+        kv_bytes_per_token,
+        token_ids,
+        token: 0,
+        plan: TokenPlan::default(),
+        op_unit: Vec::new(),
+        pending: Vec::new(),
+        buffers: Vec::new(),
+        started: Vec::new(),
+        finished: Vec::new(),
+        next_read: 0,
+        in_flight: 0,
+        next_op: 0,
+        running: false,
+        ready_at: Ps::ZERO,
+        op_start: Ps::ZERO,
+        busy_since: Ps::ZERO,
+        read_issued: Vec::new(),
+        cur: TokenStats::default(),
+        stats: Vec::with_capacity(tokens as usize),
+        activity: Vec::new(),
+    };
+    let mut engine = Engine::new();
+    if tokens > 0 {
+        engine.schedule(Ps::ZERO, Ev::TokenStart)?;
+    }
+    let end = engine.run(&mut p)?;
+    if p.token < tokens {
+        return Err(SimError::Deadlock(format!(
+            "token {} stopped at op {} of {} with read {} of {} next and {} in flight",
+            p.token,
+            p.next_op,
+            p.plan.ops.len(),
+            p.next_read,
+            p.plan.reads.len(),
+            p.in_flight
+        )));
+    }
+    Ok((
+        RunStats {
+            tokens: p.stats,
+            dram_peak_bytes: p.dram.peak_bytes(),
+            resident_weight_bytes: setup.resident_weight_bytes,
+            events: engine.processed(),
+            end,
+        },
+        p.activity,
+    ))
+}

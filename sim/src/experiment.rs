@@ -1,0 +1,257 @@
+//! Experiment files (`configs/experiments/*.toml`) and their expansion into points.
+//!
+//! Any key may hold a list; the experiment is then the Cartesian product of the lists, one
+//! result row per point. Policy parameters live in `[policies.NAME]` tables and are expanded only
+//! for the points that run that policy, so a list there multiplies only its own policy's points.
+//! The order of points is deterministic: top-level axes in key order, the last varying fastest,
+//! then the chosen policy's axes likewise.
+
+use flashsim_policies::policy;
+use flashsim_workloads::toml_source::{ConfigError, TomlSource};
+use serde::Deserialize;
+use std::path::Path;
+
+/// One point of an experiment, every value a scalar.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PointConfig {
+    /// Results go to `results/<name>/`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// A device in `configs/devices/` (or a path ending in `.toml`, relative to this file).
+    pub device: String,
+    /// A model shape in `configs/models/` (or a path ending in `.toml`).
+    pub model: String,
+    /// A registered policy (`flashsim list` shows them).
+    pub policy: String,
+    /// DRAM the run may use, weights, buffers and KV cache included, GiB (2^30 bytes).
+    pub dram_budget_gib: f64,
+    /// Tokens to generate (decode steps simulated).
+    pub tokens: u32,
+    /// Prompt length: the KV cache holds this many tokens before the first decode step.
+    pub prompt_tokens: u32,
+    /// Seed for everything random in the point (token ids, synthetic traces).
+    pub seed: u64,
+    /// Reads in flight at once. Default 32: LLM in a Flash reads with 32 threads.
+    #[serde(default = "default_qd")]
+    pub io_queue_depth: u32,
+    /// Largest single read, KiB; larger extents are split. Default 1024.
+    #[serde(default = "default_max_read")]
+    pub max_read_kib: u64,
+    /// Bytes per stored K or V value. Default 2 (fp16 KV cache).
+    #[serde(default = "default_kv")]
+    pub kv_bytes_per_value: u64,
+    /// Alignment of each tensor in the weight file, KiB (O_DIRECT needs 4). Default 4.
+    #[serde(default = "default_align")]
+    pub alignment_kib: u64,
+    /// Activation trace: `none` for policies that need no activations.
+    #[serde(default = "default_trace")]
+    pub trace: String,
+}
+
+fn default_qd() -> u32 {
+    32
+}
+fn default_max_read() -> u64 {
+    1024
+}
+fn default_kv() -> u64 {
+    2
+}
+fn default_align() -> u64 {
+    4
+}
+fn default_trace() -> String {
+    "none".into()
+}
+
+/// A point: its scalar config, its policy's parameters, and the values of the axes that vary.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub index: usize,
+    pub config: PointConfig,
+    pub policy_params: toml::Value,
+    /// `(column, value)` for each list-valued key of this point, in axis order.
+    pub axis_values: Vec<(String, String)>,
+}
+
+/// A parsed and expanded experiment.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub src: TomlSource,
+    pub points: Vec<Point>,
+    /// Column names of every key that holds a list somewhere, in order of first appearance.
+    pub axes: Vec<String>,
+}
+
+impl Experiment {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        Self::from_source(TomlSource::read(path)?)
+    }
+
+    pub fn from_source(src: TomlSource) -> Result<Self, ConfigError> {
+        let mut top = src.table().clone();
+        let policies = match top.remove("policies") {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => {
+                return Err(src.invalid("policies", "must be a table of `[policies.NAME]` tables"))
+            }
+        };
+        for (name, v) in &policies {
+            if policy::find(name).is_none() {
+                return Err(src.invalid(&format!("policies.{name}"), unknown_policy(name)));
+            }
+            if !v.is_table() {
+                return Err(src.invalid(&format!("policies.{name}"), "must be a table"));
+            }
+        }
+        for key in ["name", "description"] {
+            if top.get(key).is_some_and(toml::Value::is_array) {
+                return Err(src.invalid(key, "cannot be a list: one experiment has one name"));
+            }
+        }
+        let mut points = Vec::new();
+        let mut axes: Vec<String> = Vec::new();
+        let add_axis = |axes: &mut Vec<String>, k: &str| {
+            if !axes.iter().any(|a| a == k) {
+                axes.push(k.to_string());
+            }
+        };
+        for (t, top_axes) in product(&src, &top, &[])? {
+            let policy_name = t
+                .get("policy")
+                .and_then(toml::Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let ptable = policies
+                .get(&policy_name)
+                .cloned()
+                .unwrap_or(toml::Value::Table(toml::Table::new()));
+            let pkey = ["policies", policy_name.as_str()];
+            let ptable = ptable.as_table().cloned().unwrap_or_default();
+            let config: PointConfig = src.parse_value(toml::Value::Table(t.clone()), &[])?;
+            validate(&src, &config)?;
+            let entry = policy::find(&config.policy).expect("validated");
+            for (pt, p_axes) in product(&src, &ptable, &pkey)? {
+                // Build once to check the parameters now, not when the point runs.
+                (entry.build)(&src, toml::Value::Table(pt.clone()), &pkey)?;
+                let mut axis_values = Vec::new();
+                for (k, v) in top_axes.iter().chain(p_axes.iter()) {
+                    add_axis(&mut axes, k);
+                    axis_values.push((k.clone(), scalar_text(v)));
+                }
+                points.push(Point {
+                    index: points.len(),
+                    config: config.clone(),
+                    policy_params: toml::Value::Table(pt),
+                    axis_values,
+                });
+            }
+        }
+        Ok(Experiment { src, points, axes })
+    }
+
+    /// The experiment's name (every point shares it; checked on load).
+    pub fn name(&self) -> &str {
+        &self.points[0].config.name
+    }
+}
+
+fn unknown_policy(name: &str) -> String {
+    let known: Vec<_> = policy::registry().iter().map(|e| e.name).collect();
+    format!("unknown policy `{name}`; known: {}", known.join(", "))
+}
+
+fn validate(src: &TomlSource, c: &PointConfig) -> Result<(), ConfigError> {
+    if policy::find(&c.policy).is_none() {
+        return Err(src.invalid("policy", unknown_policy(&c.policy)));
+    }
+    if !(c.dram_budget_gib.is_finite() && c.dram_budget_gib > 0.0) {
+        return Err(src.invalid(
+            "dram_budget_gib",
+            format!("must be positive, got {}", c.dram_budget_gib),
+        ));
+    }
+    for (k, v) in [
+        ("tokens", c.tokens as u64),
+        ("io_queue_depth", c.io_queue_depth as u64),
+        ("max_read_kib", c.max_read_kib),
+        ("kv_bytes_per_value", c.kv_bytes_per_value),
+    ] {
+        if v == 0 {
+            return Err(src.invalid(k, "must be at least 1"));
+        }
+    }
+    if !c.alignment_kib.is_power_of_two() {
+        return Err(src.invalid("alignment_kib", "must be a power of two"));
+    }
+    if c.trace != "none" {
+        return Err(src.invalid(
+            "trace",
+            format!("trace source `{}` is not available: the policies built so far need no activations, use `none`", c.trace),
+        ));
+    }
+    if c.name.is_empty() || c.name.contains(['/', '\\']) {
+        return Err(src.invalid("name", "must be a non-empty name without path separators"));
+    }
+    Ok(())
+}
+
+/// One combination of axis values: the scalar table and `(key, value)` of each axis.
+type Combination = (toml::Table, Vec<(String, toml::Value)>);
+
+/// The Cartesian product of the list-valued keys of `table` (at `prefix` in `src`): each
+/// combination as a scalar table plus the `(key, value)` of each axis.
+fn product(
+    src: &TomlSource,
+    table: &toml::Table,
+    prefix: &[&str],
+) -> Result<Vec<Combination>, ConfigError> {
+    let axes: Vec<(&String, &Vec<toml::Value>)> = table
+        .iter()
+        .filter_map(|(k, v)| v.as_array().map(|a| (k, a)))
+        .collect();
+    for (k, a) in &axes {
+        let key = prefix
+            .iter()
+            .map(|s| s.to_string())
+            .chain([k.to_string()])
+            .collect::<Vec<_>>()
+            .join(".");
+        if a.is_empty() {
+            return Err(src.invalid(&key, "an empty list gives no points"));
+        }
+        if a.iter().any(|v| v.is_array() || v.is_table()) {
+            return Err(src.invalid(&key, "a list of values must hold scalars"));
+        }
+    }
+    let mut out = Vec::new();
+    let total: usize = axes.iter().map(|(_, a)| a.len()).product();
+    for n in 0..total {
+        let mut t = table.clone();
+        let mut vals = Vec::with_capacity(axes.len());
+        let mut rest = n;
+        let mut idx = vec![0; axes.len()];
+        for (i, (_, a)) in axes.iter().enumerate().rev() {
+            idx[i] = rest % a.len();
+            rest /= a.len();
+        }
+        for (i, (k, a)) in axes.iter().enumerate() {
+            let v = a[idx[i]].clone();
+            t.insert((*k).clone(), v.clone());
+            vals.push(((*k).clone(), v));
+        }
+        out.push((t, vals));
+    }
+    Ok(out)
+}
+
+/// A scalar as it appears in a results column.
+pub fn scalar_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

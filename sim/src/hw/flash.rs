@@ -1,0 +1,65 @@
+//! The flash device: requests in, completion times out.
+//!
+//! A model is called with requests in non-decreasing submission time and answers each with its
+//! completion time, keeping its own resource timelines (FEMU style: each resource remembers when
+//! it is next free). Contention and queueing therefore come out of the model, not a formula.
+
+use crate::error::SimError;
+use crate::time::Ps;
+use flashsim_workloads::toml_source::{ConfigError, TomlSource};
+
+pub trait Flash: Send + std::fmt::Debug {
+    /// A read of `bytes` at `offset`, submitted at `now`; returns when it completes.
+    fn submit(&mut self, now: Ps, offset: u64, bytes: u64) -> Result<Ps, SimError>;
+    /// The least time a read of `bytes` can take (an idle device at queue depth 1).
+    fn min_latency(&self, bytes: u64) -> Result<Ps, SimError>;
+    /// The device's maximum sustained read throughput.
+    fn max_bytes_per_s(&self) -> u64;
+    /// A copy of this model with every resource idle at time zero.
+    fn fresh(&self) -> Box<dyn Flash>;
+}
+
+/// Builds a flash model from the device file's `[flash]` table (at key `flash`).
+pub type BuildFlash =
+    fn(src: &TomlSource, table: toml::Value) -> Result<Box<dyn Flash>, ConfigError>;
+
+pub struct FlashEntry {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub build: BuildFlash,
+}
+
+/// Every flash model, by the name written as `model = "…"` in `[flash]`.
+pub fn registry() -> &'static [FlashEntry] {
+    &[super::flash_parametric::ENTRY, super::flash_measured::ENTRY]
+}
+
+/// Builds the model named by `flash.model`.
+pub fn build(src: &TomlSource, table: &toml::Value) -> Result<Box<dyn Flash>, ConfigError> {
+    let name = table
+        .get("model")
+        .and_then(toml::Value::as_str)
+        .ok_or_else(|| {
+            src.invalid(
+                "flash.model",
+                "missing: name a flash model (`parametric` or `measured`)",
+            )
+        })?;
+    let entry = registry().iter().find(|e| e.name == name).ok_or_else(|| {
+        let known: Vec<_> = registry().iter().map(|e| e.name).collect();
+        src.invalid(
+            "flash.model",
+            format!("unknown flash model `{name}`; known: {}", known.join(", ")),
+        )
+    })?;
+    (entry.build)(src, table.clone())
+}
+
+/// Checks that a config value is finite and positive.
+pub fn positive(src: &TomlSource, key: &str, v: f64) -> Result<f64, ConfigError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(src.invalid(key, format!("must be a positive number, got {v}")))
+    }
+}

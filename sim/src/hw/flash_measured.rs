@@ -1,0 +1,208 @@
+//! `measured` flash: a table of measured read throughput by (chunk size, queue depth),
+//! interpolated, in place of the parametric formula (what `flashsim calibrate` writes).
+//!
+//! Interpolation is bilinear in (log chunk size, log queue depth) on log throughput, clamped at
+//! the table's edges. A request of `S` bytes submitted with `q − 1` others in flight (`q`
+//! clamped to the table's largest depth; more wait for a slot) takes `q·S / X(S, q)`, so that `q`
+//! such requests together deliver exactly the measured `X(S, q)` (Little's law). A link at the
+//! table's highest throughput serializes data as in the parametric model, so no mix of sizes can
+//! exceed what was measured.
+
+use super::flash::{positive, Flash, FlashEntry};
+use crate::error::SimError;
+use crate::time::{transfer_time, Ps};
+use flashsim_workloads::toml_source::{ConfigError, TomlSource};
+use serde::Deserialize;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+pub const ENTRY: FlashEntry = FlashEntry {
+    name: "measured",
+    summary: "interpolated table of measured throughput by chunk size and queue depth",
+    build,
+};
+
+/// `[flash]` with `model = "measured"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasuredConfig {
+    pub model: String,
+    /// Chunk sizes of the table's rows, KiB, ascending.
+    pub chunk_kib: Vec<f64>,
+    /// Queue depths of the table's columns, ascending.
+    pub queue_depths: Vec<u32>,
+    /// Measured throughput, GB/s: one row per chunk size, one column per queue depth.
+    pub throughput_gb_per_s: Vec<Vec<f64>>,
+}
+
+fn build(src: &TomlSource, table: toml::Value) -> Result<Box<dyn Flash>, ConfigError> {
+    let c: MeasuredConfig = src.parse_value(table, &["flash"])?;
+    Ok(Box::new(Measured::from_config(src, &c)?))
+}
+
+#[derive(Debug, Clone)]
+pub struct Measured {
+    log_chunk: Vec<f64>,
+    log_qd: Vec<f64>,
+    queue_depths: Vec<u32>,
+    /// ln(bytes/s), `[chunk][qd]`.
+    log_x: Vec<Vec<f64>>,
+    max_bytes_per_s: u64,
+    in_flight: BinaryHeap<Reverse<Ps>>,
+    link_free: Ps,
+}
+
+fn ascending(v: &[f64]) -> bool {
+    v.windows(2).all(|w| w[0] < w[1])
+}
+
+impl Measured {
+    /// A model from a table: chunk sizes in bytes, queue depths, throughput in bytes/s.
+    pub fn new(
+        chunk_bytes: &[f64],
+        queue_depths: &[u32],
+        bytes_per_s: &[Vec<f64>],
+    ) -> Result<Self, String> {
+        if chunk_bytes.is_empty() || queue_depths.is_empty() {
+            return Err("the table needs at least one chunk size and one queue depth".into());
+        }
+        if !ascending(chunk_bytes) || chunk_bytes[0] <= 0.0 {
+            return Err("chunk sizes must be positive and strictly ascending".into());
+        }
+        let qd: Vec<f64> = queue_depths.iter().map(|&q| q as f64).collect();
+        if !ascending(&qd) || queue_depths[0] == 0 {
+            return Err("queue depths must be at least 1 and strictly ascending".into());
+        }
+        if bytes_per_s.len() != chunk_bytes.len()
+            || bytes_per_s.iter().any(|r| r.len() != queue_depths.len())
+        {
+            return Err(format!(
+                "the throughput table must have {} rows (one per chunk size) of {} values (one per queue depth)",
+                chunk_bytes.len(),
+                queue_depths.len()
+            ));
+        }
+        if bytes_per_s
+            .iter()
+            .flatten()
+            .any(|&x| !(x.is_finite() && x > 0.0))
+        {
+            return Err("every throughput must be a positive number".into());
+        }
+        // Physical check: concurrency cannot make one request faster than it is alone, i.e.
+        // X(S, q) <= q · X(S, q0) / q0. Needed so that min_latency is a true lower bound.
+        for (r, row) in bytes_per_s.iter().enumerate() {
+            for (j, &x) in row.iter().enumerate() {
+                let bound = row[0] * qd[j] / qd[0];
+                if x > bound * (1.0 + 1e-9) {
+                    return Err(format!(
+                        "row {r} (chunk {} B): throughput at queue depth {} is more than {}x that at depth {}",
+                        chunk_bytes[r], queue_depths[j], qd[j] / qd[0], queue_depths[0]
+                    ));
+                }
+            }
+        }
+        let max = bytes_per_s.iter().flatten().cloned().fold(0.0, f64::max);
+        Ok(Measured {
+            log_chunk: chunk_bytes.iter().map(|c| c.ln()).collect(),
+            log_qd: qd.iter().map(|q| q.ln()).collect(),
+            queue_depths: queue_depths.to_vec(),
+            log_x: bytes_per_s
+                .iter()
+                .map(|r| r.iter().map(|x| x.ln()).collect())
+                .collect(),
+            max_bytes_per_s: max.round() as u64,
+            in_flight: BinaryHeap::new(),
+            link_free: Ps::ZERO,
+        })
+    }
+
+    fn from_config(src: &TomlSource, c: &MeasuredConfig) -> Result<Self, ConfigError> {
+        for (i, &k) in c.chunk_kib.iter().enumerate() {
+            positive(src, &format!("flash.chunk_kib.{i}"), k)?;
+        }
+        let chunk: Vec<f64> = c.chunk_kib.iter().map(|k| k * 1024.0).collect();
+        let x: Vec<Vec<f64>> = c
+            .throughput_gb_per_s
+            .iter()
+            .map(|r| r.iter().map(|g| g * 1e9).collect())
+            .collect();
+        Measured::new(&chunk, &c.queue_depths, &x)
+            .map_err(|m| src.invalid("flash.throughput_gb_per_s", m))
+    }
+
+    /// Interpolated throughput, bytes/s, for chunks of `bytes` at queue depth `q`.
+    pub fn throughput(&self, bytes: u64, q: u32) -> f64 {
+        let (i0, i1, a) = bracket(&self.log_chunk, (bytes.max(1) as f64).ln());
+        let (j0, j1, b) = bracket(&self.log_qd, (q.max(1) as f64).ln());
+        let lx = |i: usize, j: usize| self.log_x[i][j];
+        let v = (1.0 - a) * ((1.0 - b) * lx(i0, j0) + b * lx(i0, j1))
+            + a * ((1.0 - b) * lx(i1, j0) + b * lx(i1, j1));
+        v.exp()
+    }
+
+    fn max_qd(&self) -> u32 {
+        *self.queue_depths.last().expect("non-empty")
+    }
+
+    fn service(&self, bytes: u64, q: u32) -> Result<Ps, SimError> {
+        let x = self.throughput(bytes, q.min(self.max_qd()));
+        transfer_time(q as u64 * bytes, x.round().max(1.0) as u64)
+    }
+}
+
+/// Index pair and weight for linear interpolation of `x` on ascending `grid`, clamped.
+fn bracket(grid: &[f64], x: f64) -> (usize, usize, f64) {
+    let n = grid.len();
+    if n == 1 || x <= grid[0] {
+        return (0, 0, 0.0);
+    }
+    if x >= grid[n - 1] {
+        return (n - 1, n - 1, 0.0);
+    }
+    let i = grid.partition_point(|&g| g <= x) - 1;
+    (i, i + 1, (x - grid[i]) / (grid[i + 1] - grid[i]))
+}
+
+impl Flash for Measured {
+    fn submit(&mut self, now: Ps, _offset: u64, bytes: u64) -> Result<Ps, SimError> {
+        while self.in_flight.peek().is_some_and(|Reverse(t)| *t <= now) {
+            self.in_flight.pop();
+        }
+        let mut start = now;
+        if self.in_flight.len() >= self.max_qd() as usize {
+            // Wait for a slot: the earliest completion.
+            let Reverse(t) = self.in_flight.pop().expect("non-empty");
+            start = t;
+            while self.in_flight.peek().is_some_and(|Reverse(t)| *t <= start) {
+                self.in_flight.pop();
+            }
+        }
+        let q = self.in_flight.len() as u32 + 1;
+        let service_done = start.checked_add(self.service(bytes, q)?)?;
+        let on_link = transfer_time(bytes, self.max_bytes_per_s)?;
+        let done = service_done.max(self.link_free.checked_add(on_link)?);
+        self.link_free = done;
+        self.in_flight.push(Reverse(done));
+        Ok(done)
+    }
+
+    fn min_latency(&self, bytes: u64) -> Result<Ps, SimError> {
+        let mut best = self.service(bytes, 1)?;
+        for &q in &self.queue_depths {
+            best = best.min(self.service(bytes, q)?);
+        }
+        Ok(best)
+    }
+
+    fn max_bytes_per_s(&self) -> u64 {
+        self.max_bytes_per_s
+    }
+
+    fn fresh(&self) -> Box<dyn Flash> {
+        let mut m = self.clone();
+        m.in_flight.clear();
+        m.link_free = Ps::ZERO;
+        Box::new(m)
+    }
+}

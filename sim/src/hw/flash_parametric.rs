@@ -1,0 +1,174 @@
+//! `parametric` flash: per-request overhead `T0`, per-request transfer rate `B`, a device (link)
+//! maximum `B_max`, a number of parallel units, and optionally a controller command rate.
+//!
+//! Timeline rules (all O(1) per request, deterministic):
+//! 1. The request takes the parallel unit that frees first (lowest index on ties):
+//!    `start = max(now, unit_free)`.
+//! 2. With `max_kiops`, the controller handles one command at a time for `1/IOPS`:
+//!    `start = max(start, controller_free)`, `controller_free = start + 1/IOPS`
+//!    (`1/IOPS ≤ T0` is required, so an idle device keeps its QD1 latency).
+//! 3. The unit works for `T0 + S/B`; its data crosses the shared link at `B_max`, in the last
+//!    `S/B_max` of that time if the link is free, later otherwise:
+//!    `done = max(start + T0 + S/B, link_free + S/B_max)`, `link_free = done`.
+//!
+//! Hence an idle device serves a request in exactly `T0 + S/B`, `Q` requests in flight give
+//! `Q·S/(T0 + S/B)`, and throughput never exceeds `B_max`: the knee sits near `S* = T0·B`.
+
+use super::flash::{positive, Flash, FlashEntry};
+use crate::error::SimError;
+use crate::time::{gb_per_s_to_bytes, transfer_time, Ps};
+use flashsim_workloads::toml_source::{ConfigError, TomlSource};
+use serde::Deserialize;
+
+pub const ENTRY: FlashEntry = FlashEntry {
+    name: "parametric",
+    summary: "T0 + S/B per request, parallel units, link maximum (FEMU-style timelines)",
+    build,
+};
+
+/// `[flash]` with `model = "parametric"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParametricConfig {
+    pub model: String,
+    /// `T0`: fixed cost of one request on an idle device (command, lookup, NAND tR), µs.
+    pub read_latency_us: f64,
+    /// `B`: rate at which one request's data streams, GB/s (10^9 B/s).
+    pub request_bandwidth_gb_per_s: f64,
+    /// `B_max`: the most the device (or its link) delivers, GB/s.
+    pub max_bandwidth_gb_per_s: f64,
+    /// Requests the device serves at once (command-queue slots / parallel NAND units).
+    pub parallel_units: u32,
+    /// Commands per second the controller handles, in thousands (absent: not a limit).
+    #[serde(default)]
+    pub max_kiops: Option<f64>,
+}
+
+fn build(src: &TomlSource, table: toml::Value) -> Result<Box<dyn Flash>, ConfigError> {
+    let c: ParametricConfig = src.parse_value(table, &["flash"])?;
+    Ok(Box::new(Parametric::from_config(src, &c)?))
+}
+
+#[derive(Debug, Clone)]
+pub struct Parametric {
+    t0: Ps,
+    request_bytes_per_s: u64,
+    max_bytes_per_s: u64,
+    command_time: Option<Ps>,
+    unit_free: Vec<Ps>,
+    link_free: Ps,
+    controller_free: Ps,
+}
+
+impl Parametric {
+    /// A model from raw values (tests); `command_time` is `1/IOPS`.
+    pub fn new(
+        t0: Ps,
+        request_bytes_per_s: u64,
+        max_bytes_per_s: u64,
+        parallel_units: u32,
+        command_time: Option<Ps>,
+    ) -> Self {
+        assert!(parallel_units > 0 && request_bytes_per_s > 0 && max_bytes_per_s > 0);
+        assert!(request_bytes_per_s <= max_bytes_per_s);
+        assert!(command_time.is_none_or(|c| c <= t0));
+        Parametric {
+            t0,
+            request_bytes_per_s,
+            max_bytes_per_s,
+            command_time,
+            unit_free: vec![Ps::ZERO; parallel_units as usize],
+            link_free: Ps::ZERO,
+            controller_free: Ps::ZERO,
+        }
+    }
+
+    fn from_config(src: &TomlSource, c: &ParametricConfig) -> Result<Self, ConfigError> {
+        let t0_us = positive(src, "flash.read_latency_us", c.read_latency_us)?;
+        let b = positive(
+            src,
+            "flash.request_bandwidth_gb_per_s",
+            c.request_bandwidth_gb_per_s,
+        )?;
+        let bmax = positive(
+            src,
+            "flash.max_bandwidth_gb_per_s",
+            c.max_bandwidth_gb_per_s,
+        )?;
+        if b > bmax {
+            return Err(src.invalid(
+                "flash.request_bandwidth_gb_per_s",
+                format!("{b} GB/s exceeds max_bandwidth_gb_per_s = {bmax}: one request cannot outrun the device"),
+            ));
+        }
+        if c.parallel_units == 0 {
+            return Err(src.invalid("flash.parallel_units", "must be at least 1"));
+        }
+        let t0 =
+            Ps::from_us(t0_us).map_err(|e| src.invalid("flash.read_latency_us", e.to_string()))?;
+        let command_time = match c.max_kiops {
+            None => None,
+            Some(k) => {
+                let k = positive(src, "flash.max_kiops", k)?;
+                let ct = Ps((1e12 / (k * 1e3)).round() as u64);
+                if ct > t0 {
+                    return Err(src.invalid(
+                        "flash.max_kiops",
+                        format!("1/IOPS = {:.3} µs exceeds read_latency_us = {t0_us}: the controller's per-command time must fit inside T0", ct.as_us()),
+                    ));
+                }
+                Some(ct)
+            }
+        };
+        Ok(Parametric::new(
+            t0,
+            gb_per_s_to_bytes(b),
+            gb_per_s_to_bytes(bmax),
+            c.parallel_units,
+            command_time,
+        ))
+    }
+}
+
+impl Flash for Parametric {
+    fn submit(&mut self, now: Ps, _offset: u64, bytes: u64) -> Result<Ps, SimError> {
+        let (unit, &free) = self
+            .unit_free
+            .iter()
+            .enumerate()
+            .min_by_key(|&(i, t)| (*t, i))
+            .expect("at least one unit");
+        let mut start = now.max(free);
+        if let Some(ct) = self.command_time {
+            start = start.max(self.controller_free);
+            self.controller_free = start.checked_add(ct)?;
+        }
+        let service_done = start
+            .checked_add(self.t0)?
+            .checked_add(transfer_time(bytes, self.request_bytes_per_s)?)?;
+        let on_link = transfer_time(bytes, self.max_bytes_per_s)?;
+        let done = service_done.max(self.link_free.checked_add(on_link)?);
+        self.link_free = done;
+        self.unit_free[unit] = done;
+        Ok(done)
+    }
+
+    fn min_latency(&self, bytes: u64) -> Result<Ps, SimError> {
+        self.t0
+            .checked_add(transfer_time(bytes, self.request_bytes_per_s)?)
+    }
+
+    fn max_bytes_per_s(&self) -> u64 {
+        self.max_bytes_per_s
+    }
+
+    fn fresh(&self) -> Box<dyn Flash> {
+        Box::new(Parametric::new(
+            self.t0,
+            self.request_bytes_per_s,
+            self.max_bytes_per_s,
+            self.unit_free.len() as u32,
+            self.command_time,
+        ))
+    }
+}

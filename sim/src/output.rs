@@ -1,0 +1,182 @@
+//! Results: `results/<experiment>/results.csv` (one row per point, units in every column name)
+//! and the short table printed at the end of a run.
+
+use crate::device::GIB;
+use crate::experiment::Experiment;
+use crate::runner::PointResult;
+use std::path::{Path, PathBuf};
+
+/// Columns every results file starts with.
+pub const IDENTITY: [&str; 7] = [
+    "point",
+    "policy",
+    "device",
+    "model",
+    "dram_budget_gib",
+    "tokens",
+    "prompt_tokens",
+];
+
+/// Metric columns, in order.
+pub const METRICS: [&str; 11] = [
+    "tokens_per_s",
+    "ms_per_token",
+    "flash_io_ms_per_token",
+    "compute_ms_per_token",
+    "stall_ms_per_token",
+    "flash_bytes_per_token",
+    "flash_reads_per_token",
+    "mean_read_bytes",
+    "flash_throughput_gb_per_s",
+    "dram_peak_bytes",
+    "dram_resident_weight_bytes",
+];
+
+/// Header of the results table: identity, then each varying key not already there, then metrics.
+pub fn header(exp: &Experiment) -> Vec<String> {
+    let mut h: Vec<String> = IDENTITY.iter().map(|s| s.to_string()).collect();
+    for a in &exp.axes {
+        if !h.contains(a) {
+            h.push(a.clone());
+        }
+    }
+    h.extend(METRICS.iter().map(|s| s.to_string()));
+    h
+}
+
+fn fmt(x: f64) -> String {
+    format!("{x:.6}")
+}
+
+/// One row of values, matching [`header`].
+pub fn row(exp: &Experiment, r: &PointResult) -> Vec<String> {
+    let c = &r.point.config;
+    let m = &r.metrics;
+    let mut v = vec![
+        r.point.index.to_string(),
+        c.policy.clone(),
+        c.device.clone(),
+        c.model.clone(),
+        c.dram_budget_gib.to_string(),
+        c.tokens.to_string(),
+        c.prompt_tokens.to_string(),
+    ];
+    for a in &exp.axes {
+        if IDENTITY.contains(&a.as_str()) {
+            continue;
+        }
+        v.push(
+            r.point
+                .axis_values
+                .iter()
+                .find(|(k, _)| k == a)
+                .map(|(_, x)| x.clone())
+                .unwrap_or_default(),
+        );
+    }
+    v.extend([
+        fmt(m.tokens_per_s),
+        fmt(m.ms_per_token),
+        fmt(m.flash_io_ms_per_token),
+        fmt(m.compute_ms_per_token),
+        fmt(m.stall_ms_per_token),
+        fmt(m.flash_bytes_per_token),
+        fmt(m.flash_reads_per_token),
+        fmt(m.mean_read_bytes),
+        fmt(m.flash_throughput_gb_per_s),
+        m.dram_peak_bytes.to_string(),
+        m.dram_resident_weight_bytes.to_string(),
+    ]);
+    v
+}
+
+/// Writes `dir/results.csv`; returns its path.
+pub fn write_csv(exp: &Experiment, results: &[PointResult], dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("results.csv");
+    let tmp = dir.join("results.csv.tmp");
+    {
+        let mut w = csv::Writer::from_path(&tmp)?;
+        w.write_record(header(exp))?;
+        for r in results {
+            w.write_record(row(exp, r))?;
+        }
+        w.flush()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// The short table printed after a run.
+pub fn table(exp: &Experiment, results: &[PointResult]) -> String {
+    let mut cols: Vec<String> = vec!["point".into(), "policy".into()];
+    for a in &exp.axes {
+        if a != "policy" {
+            cols.push(a.clone());
+        }
+    }
+    cols.extend(
+        [
+            "tok/s",
+            "ms/tok",
+            "io ms",
+            "compute ms",
+            "stall ms",
+            "GB/tok",
+            "DRAM peak GiB",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let mut rows = vec![cols];
+    for r in results {
+        let m = &r.metrics;
+        let mut v = vec![r.point.index.to_string(), r.point.config.policy.clone()];
+        for a in &exp.axes {
+            if a != "policy" {
+                v.push(
+                    r.point
+                        .axis_values
+                        .iter()
+                        .find(|(k, _)| k == a)
+                        .map(|(_, x)| x.clone())
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+        v.extend([
+            format!("{:.3}", m.tokens_per_s),
+            format!("{:.1}", m.ms_per_token),
+            format!("{:.1}", m.flash_io_ms_per_token),
+            format!("{:.1}", m.compute_ms_per_token),
+            format!("{:.1}", m.stall_ms_per_token),
+            format!("{:.3}", m.flash_bytes_per_token / 1e9),
+            format!("{:.2}", m.dram_peak_bytes as f64 / GIB),
+        ]);
+        rows.push(v);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut s = String::new();
+    for (n, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                if i < 2 {
+                    format!("{x:<w$}", w = widths[i])
+                } else {
+                    format!("{x:>w$}", w = widths[i])
+                }
+            })
+            .collect();
+        s.push_str(line.join("  ").trim_end());
+        s.push('\n');
+        if n == 0 {
+            s.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
+            s.push('\n');
+        }
+    }
+    s
+}

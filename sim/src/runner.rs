@@ -1,0 +1,290 @@
+//! Runs an experiment: for each point, load the device and model, build the policy, check the
+//! DRAM budget, simulate, and summarize into [`Metrics`].
+
+use crate::device::{Device, GIB};
+use crate::executor::{simulate, Activity, ExecConfig, RunStats};
+use crate::experiment::{Experiment, Point};
+use crate::paths;
+use crate::time::Ps;
+use anyhow::Context;
+use flashsim_policies::layout::WeightLayout;
+use flashsim_policies::{policy, Policy, PolicyContext, PolicySetup};
+use flashsim_workloads::shape::ModelShape;
+use flashsim_workloads::toml_source::ConfigError;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Devices and models loaded once per experiment.
+#[derive(Default)]
+pub struct Cache {
+    devices: BTreeMap<String, Device>,
+    models: BTreeMap<String, ModelShape>,
+}
+
+/// A point ready to simulate: everything loaded and checked.
+pub struct Prepared {
+    pub device: Device,
+    pub shape: ModelShape,
+    pub layout: WeightLayout,
+    pub policy: Box<dyn Policy>,
+    pub setup: PolicySetup,
+    pub dram_budget_bytes: u64,
+    pub kv_cache_bytes: u64,
+    pub point: Point,
+}
+
+impl Prepared {
+    fn ctx(&self) -> PolicyContext<'_> {
+        context(
+            &self.shape,
+            &self.layout,
+            self.dram_budget_bytes,
+            self.kv_cache_bytes,
+            &self.point,
+        )
+    }
+
+    /// Simulates the point; with `record`, also returns every read and op.
+    pub fn simulate(
+        &mut self,
+        record: bool,
+    ) -> Result<(RunStats, Vec<Activity>), crate::error::SimError> {
+        let c = &self.point.config;
+        let cfg = ExecConfig {
+            io_queue_depth: c.io_queue_depth,
+            record_activity: record,
+        };
+        let (seed, vocab, tokens) = (c.seed, self.shape.vocab, c.tokens);
+        let ids = move |i: u32| {
+            (splitmix64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9)) % vocab as u64) as u32
+        };
+        let ctx = context(
+            &self.shape,
+            &self.layout,
+            self.dram_budget_bytes,
+            self.kv_cache_bytes,
+            &self.point,
+        );
+        simulate(
+            self.policy.as_mut(),
+            self.setup,
+            ctx,
+            &self.device,
+            cfg,
+            tokens,
+            &ids,
+        )
+    }
+}
+
+fn context<'a>(
+    shape: &'a ModelShape,
+    layout: &'a WeightLayout,
+    dram_budget_bytes: u64,
+    kv_cache_bytes: u64,
+    point: &Point,
+) -> PolicyContext<'a> {
+    let c = &point.config;
+    PolicyContext {
+        shape,
+        layout,
+        dram_budget_bytes,
+        kv_cache_bytes,
+        kv_bytes_per_value: c.kv_bytes_per_value,
+        prompt_tokens: c.prompt_tokens,
+        tokens: c.tokens,
+        max_read_bytes: c.max_read_kib * 1024,
+    }
+}
+
+/// SplitMix64: a small, fixed, well-mixed hash for deterministic per-point choices.
+pub fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Loads and checks one point.
+pub fn prepare(
+    exp: &Experiment,
+    point: &Point,
+    cache: &mut Cache,
+) -> Result<Prepared, ConfigError> {
+    let src = &exp.src;
+    let c = &point.config;
+    let dpath = paths::resolve(src, "device", "devices", &c.device)?;
+    let key = dpath.display().to_string();
+    if !cache.devices.contains_key(&key) {
+        cache.devices.insert(key.clone(), Device::load(&dpath)?);
+    }
+    let device = cache.devices[&key].clone();
+    let mpath = paths::resolve(src, "model", "models", &c.model)?;
+    let key = mpath.display().to_string();
+    if !cache.models.contains_key(&key) {
+        cache.models.insert(key.clone(), ModelShape::load(&mpath)?);
+    }
+    let shape = cache.models[&key].clone();
+
+    let budget = (c.dram_budget_gib * GIB).round() as u64;
+    if budget > device.dram_capacity_bytes {
+        return Err(src.invalid(
+            "dram_budget_gib",
+            format!(
+                "{} GiB exceeds the {:.1} GiB of DRAM of device `{}`",
+                c.dram_budget_gib,
+                device.dram_capacity_bytes as f64 / GIB,
+                device.name
+            ),
+        ));
+    }
+    let layout = WeightLayout::per_matrix(&shape, c.alignment_kib * 1024);
+    let kv_cache_bytes =
+        shape.kv_bytes_per_token(c.kv_bytes_per_value) * (c.prompt_tokens as u64 + c.tokens as u64);
+    let entry = policy::find(&c.policy).expect("validated on load");
+    let mut pol = (entry.build)(src, point.policy_params.clone(), &["policies", entry.name])?;
+    let mut prepared = Prepared {
+        device,
+        shape,
+        layout,
+        policy: Box::new(NoPolicy),
+        setup: PolicySetup::default(),
+        dram_budget_bytes: budget,
+        kv_cache_bytes,
+        point: point.clone(),
+    };
+    let setup = pol
+        .setup(&prepared.ctx())
+        .map_err(|e| src.invalid("dram_budget_gib", e.to_string()))?;
+    let needed = setup.resident_weight_bytes + setup.peak_buffer_bytes + kv_cache_bytes;
+    if needed > budget {
+        return Err(src.invalid(
+            "dram_budget_gib",
+            format!(
+                "{} GiB is smaller than what policy `{}` needs: resident weights {:.3} GiB + streaming buffers {:.3} GiB + KV cache {:.3} GiB = {:.3} GiB",
+                c.dram_budget_gib,
+                entry.name,
+                setup.resident_weight_bytes as f64 / GIB,
+                setup.peak_buffer_bytes as f64 / GIB,
+                kv_cache_bytes as f64 / GIB,
+                needed as f64 / GIB
+            ),
+        ));
+    }
+    prepared.policy = pol;
+    prepared.setup = setup;
+    Ok(prepared)
+}
+
+/// Placeholder while a [`Prepared`] is being built.
+struct NoPolicy;
+impl Policy for NoPolicy {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn setup(&mut self, _: &PolicyContext) -> Result<PolicySetup, flashsim_policies::PolicyError> {
+        Ok(PolicySetup::default())
+    }
+    fn plan_token(
+        &mut self,
+        _: &PolicyContext,
+        _: flashsim_policies::TokenInfo,
+    ) -> Result<flashsim_policies::TokenPlan, flashsim_policies::PolicyError> {
+        Ok(Default::default())
+    }
+}
+
+/// The summary of one point, averaged over its generated tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Metrics {
+    pub tokens_per_s: f64,
+    pub ms_per_token: f64,
+    pub flash_io_ms_per_token: f64,
+    pub compute_ms_per_token: f64,
+    pub stall_ms_per_token: f64,
+    pub flash_bytes_per_token: f64,
+    pub flash_reads_per_token: f64,
+    pub mean_read_bytes: f64,
+    pub flash_throughput_gb_per_s: f64,
+    pub dram_peak_bytes: u64,
+    pub dram_resident_weight_bytes: u64,
+}
+
+impl Metrics {
+    pub fn from_stats(s: &RunStats) -> Self {
+        let n = s.tokens.len().max(1) as f64;
+        let sum = |f: fn(&crate::executor::TokenStats) -> Ps| -> Ps {
+            Ps(s.tokens.iter().map(|t| f(t).0).sum())
+        };
+        let wall = sum(|t| t.wall);
+        let busy = sum(|t| t.flash_busy);
+        let bytes: u64 = s.tokens.iter().map(|t| t.read_bytes).sum();
+        let reads: u64 = s.tokens.iter().map(|t| t.reads).sum();
+        Metrics {
+            tokens_per_s: if wall.0 > 0 { n / wall.as_s() } else { 0.0 },
+            ms_per_token: wall.as_ms() / n,
+            flash_io_ms_per_token: busy.as_ms() / n,
+            compute_ms_per_token: sum(|t| t.compute_busy).as_ms() / n,
+            stall_ms_per_token: sum(|t| t.stall).as_ms() / n,
+            flash_bytes_per_token: bytes as f64 / n,
+            flash_reads_per_token: reads as f64 / n,
+            mean_read_bytes: if reads > 0 {
+                bytes as f64 / reads as f64
+            } else {
+                0.0
+            },
+            flash_throughput_gb_per_s: if busy.0 > 0 {
+                bytes as f64 / busy.as_s() / 1e9
+            } else {
+                0.0
+            },
+            dram_peak_bytes: s.dram_peak_bytes,
+            dram_resident_weight_bytes: s.resident_weight_bytes,
+        }
+    }
+}
+
+/// One finished point.
+#[derive(Debug, Clone)]
+pub struct PointResult {
+    pub point: Point,
+    pub metrics: Metrics,
+}
+
+/// Runs every point of `exp` in order.
+pub fn run_experiment(
+    exp: &Experiment,
+    mut progress: impl FnMut(&PointResult),
+) -> anyhow::Result<Vec<PointResult>> {
+    let mut cache = Cache::default();
+    let mut out = Vec::with_capacity(exp.points.len());
+    for point in &exp.points {
+        let mut p = prepare(exp, point, &mut cache)?;
+        let (stats, _) = p.simulate(false).with_context(|| {
+            format!(
+                "{}: point {} ({})",
+                exp.src.path.display(),
+                point.index,
+                describe(point)
+            )
+        })?;
+        let r = PointResult {
+            point: point.clone(),
+            metrics: Metrics::from_stats(&stats),
+        };
+        progress(&r);
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// `policy=…, key=value, …` for messages.
+pub fn describe(point: &Point) -> String {
+    let mut parts = vec![format!("policy={}", point.config.policy)];
+    for (k, v) in &point.axis_values {
+        if k != "policy" {
+            parts.push(format!("{k}={v}"));
+        }
+    }
+    parts.join(", ")
+}

@@ -187,3 +187,183 @@ impl Policy for DenseStreaming {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::WeightLayout;
+    use crate::plan::Extent;
+    use flashsim_workloads::ModelShape;
+
+    /// One layer, hidden 4, FFN 8, fp16, untied. The file, 1-byte aligned:
+    /// emb 0..32 | wq 32..64 | wk 64..96 | wv 96..128 | wo 128..160 | gate 160..224 |
+    /// up 224..288 | down 288..352 | lm_head 352..384.
+    fn tiny() -> (ModelShape, WeightLayout) {
+        let s = ModelShape {
+            name: "tiny".into(),
+            source: String::new(),
+            layers: 1,
+            hidden: 4,
+            intermediate: 8,
+            heads: 1,
+            kv_heads: 1,
+            vocab: 4,
+            bytes_per_weight: 2.0,
+            gated: true,
+            tied_embeddings: false,
+            head_dim: None,
+        };
+        let l = WeightLayout::per_matrix(&s, 1);
+        (s, l)
+    }
+
+    fn ctx<'a>(s: &'a ModelShape, l: &'a WeightLayout) -> PolicyContext<'a> {
+        PolicyContext {
+            shape: s,
+            layout: l,
+            dram_budget_bytes: 1 << 20,
+            kv_cache_bytes: 0,
+            kv_bytes_per_value: 2,
+            prompt_tokens: 0,
+            tokens: 1,
+            max_read_bytes: 48,
+        }
+    }
+
+    fn params(
+        pinned_fraction: f64,
+        pin_attention: bool,
+        buffered_ops: u32,
+    ) -> DenseStreamingParams {
+        DenseStreamingParams {
+            pin_attention,
+            pinned_fraction,
+            buffered_ops,
+            compute_unit: "cpu".into(),
+        }
+    }
+
+    fn ext(offset: u64, bytes: u64) -> Extent {
+        Extent { offset, bytes }
+    }
+
+    #[test]
+    fn layout_matches_the_hand_computed_offsets() {
+        let (_, l) = tiny();
+        let offs: Vec<(u64, u64)> = l.tensors().iter().map(|t| (t.offset, t.bytes)).collect();
+        assert_eq!(
+            offs,
+            vec![
+                (0, 32),
+                (32, 32),
+                (64, 32),
+                (96, 32),
+                (128, 32),
+                (160, 64),
+                (224, 64),
+                (288, 64),
+                (352, 32)
+            ]
+        );
+        assert_eq!(l.file_bytes, 384);
+    }
+
+    #[test]
+    fn nothing_pinned_reads_every_matrix_in_48_byte_chunks() {
+        let (s, l) = tiny();
+        let c = ctx(&s, &l);
+        let mut p = DenseStreaming::new(params(0.0, false, 2));
+        let setup = p.setup(&c).unwrap();
+        assert_eq!(setup.resident_weight_bytes, 0);
+        // Two consecutive ops at most: attention 128 + FFN 192, plus one embedding row of 8.
+        assert_eq!(setup.peak_buffer_bytes, 328);
+        let plan = p
+            .plan_token(
+                &c,
+                TokenInfo {
+                    index: 0,
+                    context: 0,
+                    token_id: 1,
+                },
+            )
+            .unwrap();
+        plan.check().unwrap();
+        let got: Vec<(Extent, u32, IssueAfter)> = plan
+            .reads
+            .iter()
+            .map(|r| (r.extent, r.needed_by, r.issue_after))
+            .collect();
+        use IssueAfter::*;
+        assert_eq!(
+            got,
+            vec![
+                (ext(8, 8), 0, TokenStart), // embedding row of token 1
+                (ext(32, 32), 0, TokenStart),
+                (ext(64, 32), 0, TokenStart),
+                (ext(96, 32), 0, TokenStart),
+                (ext(128, 32), 0, TokenStart),
+                (ext(160, 48), 1, TokenStart),
+                (ext(208, 16), 1, TokenStart),
+                (ext(224, 48), 1, TokenStart),
+                (ext(272, 16), 1, TokenStart),
+                (ext(288, 48), 1, TokenStart),
+                (ext(336, 16), 1, TokenStart),
+                (ext(352, 32), 2, OpDone(0)), // LM head, once attention's buffer is free
+            ]
+        );
+        assert_eq!(plan.read_bytes(), 8 + 352);
+        assert_eq!(plan.ops.len(), 3);
+        // FFN: 2 x (3 x 8 x 4) FLOPs, 192 bytes of weights.
+        assert_eq!(plan.ops[1].flops, 192);
+        assert_eq!(plan.ops[1].dram_bytes, 192);
+    }
+
+    #[test]
+    fn half_pinned_and_attention_resident() {
+        let (s, l) = tiny();
+        let c = ctx(&s, &l);
+        let mut p = DenseStreaming::new(params(0.5, true, 1));
+        let setup = p.setup(&c).unwrap();
+        // Attention 128 B all resident; half the rows of gate, up, down (32 each), LM head (16),
+        // embedding (16).
+        assert_eq!(setup.resident_weight_bytes, 128 + 96 + 16 + 16);
+        let plan = p
+            .plan_token(
+                &c,
+                TokenInfo {
+                    index: 0,
+                    context: 0,
+                    token_id: 3,
+                },
+            )
+            .unwrap();
+        let got: Vec<(Extent, u32, IssueAfter)> = plan
+            .reads
+            .iter()
+            .map(|r| (r.extent, r.needed_by, r.issue_after))
+            .collect();
+        use IssueAfter::*;
+        assert_eq!(
+            got,
+            vec![
+                (ext(24, 8), 0, TokenStart),  // row 3 of the embedding is not pinned
+                (ext(192, 32), 1, OpDone(0)), // gate rows 4..8
+                (ext(256, 32), 1, OpDone(0)), // up rows 4..8
+                (ext(320, 32), 1, OpDone(0)), // down rows 2..4
+                (ext(368, 16), 2, OpDone(1)), // LM head rows 2..4
+            ]
+        );
+        // Token 1's embedding row is pinned: no read for it.
+        let plan = p
+            .plan_token(
+                &c,
+                TokenInfo {
+                    index: 1,
+                    context: 1,
+                    token_id: 1,
+                },
+            )
+            .unwrap();
+        assert_eq!(plan.reads[0].extent, ext(192, 32));
+    }
+}

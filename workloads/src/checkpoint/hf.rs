@@ -231,6 +231,9 @@ fn permute(w: &Array2<f32>, hs: usize) -> Array2<f32> {
     out
 }
 
+/// A tensor ready to write: name, shape, little-endian bytes.
+type Encoded = (String, Vec<usize>, Vec<u8>);
+
 /// Tensor element type for [`write`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteDtype {
@@ -321,11 +324,11 @@ pub fn write(
             half::bf16::from_f32(x).to_le_bytes().to_vec()
         }),
     };
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let encoded: Vec<Encoded> = tensors
         .into_iter()
         .map(|(n, s, v)| (n, s, v.into_iter().flat_map(encode).collect()))
         .collect();
-    let mut shards: Vec<Vec<&(String, Vec<usize>, Vec<u8>)>> = vec![Vec::new()];
+    let mut shards: Vec<Vec<&Encoded>> = vec![Vec::new()];
     let mut in_shard = 0usize;
     for t in &encoded {
         let n: usize = t.1.iter().product();

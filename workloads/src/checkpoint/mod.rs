@@ -44,7 +44,10 @@ impl ModelConfig {
         {
             return Err(format!("every dimension must be positive: {c:?}"));
         }
-        if c.dim % c.n_heads != 0 || c.n_heads % c.n_kv_heads != 0 || c.head_size() % 2 != 0 {
+        if !c.dim.is_multiple_of(c.n_heads)
+            || !c.n_heads.is_multiple_of(c.n_kv_heads)
+            || !c.head_size().is_multiple_of(2)
+        {
             return Err(format!(
                 "dim {} must split into {} heads of even size, and heads into {} KV heads",
                 c.dim, c.n_heads, c.n_kv_heads

@@ -9,7 +9,9 @@
 //! - [`runner`]: loads, checks and simulates each point; per-point [`runner::Metrics`].
 //! - [`output`]: results CSV and the printed table.
 //! - [`paths`]: finding device and model files by name.
+//! - [`commands`]: the model and trace subcommands (`generate`, `trace …`).
 
+pub mod commands;
 pub mod device;
 pub mod engine;
 pub mod error;

@@ -2,8 +2,10 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use flashsim::commands;
 use flashsim::experiment::Experiment;
 use flashsim::{output, paths, runner};
+use flashsim_workloads::trace::stats::StatsConfig;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -31,11 +33,118 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Generate text with the reference model (llama2.c `.bin` or a Hugging Face directory).
+    Generate {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long, default_value = "Once upon a time")]
+        prompt: String,
+        /// Positions to run, prompt included.
+        #[arg(long, default_value_t = 256)]
+        steps: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Record, inspect, synthesize and fit activation traces.
+    #[command(subcommand)]
+    Trace(TraceCmd),
     /// List the registered policies and flash models, and the device and model files found.
     List {
         /// The configs folder to list.
         #[arg(long)]
         configs: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct StatsArgs {
+    /// Share of the width taken as the top-k set.
+    #[arg(long, default_value_t = 0.1)]
+    top_frac: f64,
+    /// Tokens in the window of `window_reuse`.
+    #[arg(long, default_value_t = 5)]
+    window: usize,
+    /// Share of neurons counted as hot.
+    #[arg(long, default_value_t = 0.1)]
+    hot_frac: f64,
+}
+
+impl StatsArgs {
+    fn config(self) -> StatsConfig {
+        StatsConfig {
+            top_frac: self.top_frac,
+            window: self.window,
+            hot_frac: self.hot_frac,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum TraceCmd {
+    /// Run the reference model over prompts and store every position's activations.
+    Record {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// One sequence per prompt (repeat the flag).
+        #[arg(long = "prompt", required = true)]
+        prompts: Vec<String>,
+        /// Positions per sequence, prompt included.
+        #[arg(long, default_value_t = 128)]
+        positions: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Per-layer statistics of a trace (real or synthetic).
+    Stats {
+        trace: PathBuf,
+        #[command(flatten)]
+        stats: StatsArgs,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a synthetic trace for a model shape.
+    Synth {
+        /// A model in configs/models, or a model TOML file.
+        #[arg(long)]
+        model: String,
+        /// Generator parameters (TOML; missing keys keep the published defaults).
+        #[arg(long)]
+        params: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        sequences: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 256)]
+        tokens: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Fit the synthetic generator to a real trace.
+    Fit {
+        trace: PathBuf,
+        #[command(flatten)]
+        stats: StatsArgs,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Budget of synthetic traces evaluated.
+        #[arg(long, default_value_t = 900)]
+        evaluations: usize,
+        /// Write the fitted parameters here (TOML, for `trace synth --params`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -71,6 +180,51 @@ fn run(cli: Cli) -> Result<()> {
             println!("{} points -> {}", n, path.display());
             Ok(())
         }
+        Cmd::Generate {
+            checkpoint,
+            tokenizer,
+            prompt,
+            steps,
+            temperature,
+            seed,
+        } => commands::cmd_generate(&checkpoint, &tokenizer, &prompt, steps, temperature, seed),
+        Cmd::Trace(t) => match t {
+            TraceCmd::Record {
+                checkpoint,
+                tokenizer,
+                prompts,
+                positions,
+                temperature,
+                seed,
+                out,
+            } => commands::cmd_record(
+                &checkpoint,
+                &tokenizer,
+                &prompts,
+                positions,
+                temperature,
+                seed,
+                &out,
+            ),
+            TraceCmd::Stats { trace, stats, json } => {
+                commands::cmd_stats(&trace, stats.config(), json)
+            }
+            TraceCmd::Synth {
+                model,
+                params,
+                sequences,
+                tokens,
+                seed,
+                out,
+            } => commands::cmd_synth(&model, params.as_deref(), sequences, tokens, seed, &out),
+            TraceCmd::Fit {
+                trace,
+                stats,
+                seed,
+                evaluations,
+                out,
+            } => commands::cmd_fit(&trace, stats.config(), seed, evaluations, out.as_deref()),
+        },
         Cmd::List { configs } => {
             println!("policies:");
             for e in flashsim_policies::registry() {

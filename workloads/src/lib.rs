@@ -12,6 +12,7 @@ pub mod quality;
 pub mod shape;
 pub mod tokenizer;
 pub mod toml_source;
+pub mod trace;
 
 pub use error::WorkloadError;
 pub use shape::ModelShape;

@@ -3,8 +3,10 @@
 //! Any key may hold a list; the experiment is then the Cartesian product of the lists, one
 //! result row per point. Policy parameters live in `[policies.NAME]` tables and are expanded only
 //! for the points that run that policy, so a list there multiplies only its own policy's points.
-//! The order of points is deterministic: top-level axes in key order, the last varying fastest,
-//! then the chosen policy's axes likewise.
+//! `zip = [["model", "trace"]]` makes the named lists one axis: they must be of one length and
+//! move together (point i takes element i of each), instead of multiplying.
+//! The order of points is deterministic: top-level axes in key order (a zip group where its
+//! first key sorts), the last varying fastest, then the chosen policy's axes likewise.
 
 use flashsim_policies::policy;
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
@@ -45,7 +47,9 @@ pub struct PointConfig {
     /// Alignment of each tensor in the weight file, KiB (O_DIRECT needs 4). Default 4.
     #[serde(default = "default_align")]
     pub alignment_kib: u64,
-    /// Activation trace: `none` for policies that need no activations.
+    /// Activation trace: `none`, a bundled trace by name (`workloads/traces/NAME.safetensors`,
+    /// e.g. `stories260K`), or a path ending in `.safetensors` relative to this file. Its model
+    /// shape must match `model`; its token ids drive the embedding lookups.
     #[serde(default = "default_trace")]
     pub trace: String,
 }
@@ -187,12 +191,6 @@ fn validate(src: &TomlSource, c: &PointConfig) -> Result<(), ConfigError> {
     if !c.alignment_kib.is_power_of_two() {
         return Err(src.invalid("alignment_kib", "must be a power of two"));
     }
-    if c.trace != "none" {
-        return Err(src.invalid(
-            "trace",
-            format!("trace source `{}` is not available: the policies built so far need no activations, use `none`", c.trace),
-        ));
-    }
     if c.name.is_empty() || c.name.contains(['/', '\\']) {
         return Err(src.invalid("name", "must be a non-empty name without path separators"));
     }
@@ -209,39 +207,104 @@ fn product(
     table: &toml::Table,
     prefix: &[&str],
 ) -> Result<Vec<Combination>, ConfigError> {
-    let axes: Vec<(&String, &Vec<toml::Value>)> = table
-        .iter()
-        .filter_map(|(k, v)| v.as_array().map(|a| (k, a)))
-        .collect();
-    for (k, a) in &axes {
-        let key = prefix
+    let at = |k: &str| {
+        prefix
             .iter()
             .map(|s| s.to_string())
             .chain([k.to_string()])
             .collect::<Vec<_>>()
-            .join(".");
+            .join(".")
+    };
+    let mut table = table.clone();
+    // Zip groups: lists of key names that move together.
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    if let Some(z) = table.remove("zip") {
+        let bad = || {
+            src.invalid(
+                &at("zip"),
+                "must be a list of lists of key names, e.g. zip = [[\"model\", \"trace\"]]",
+            )
+        };
+        for g in z.as_array().ok_or_else(bad)? {
+            let names: Vec<String> = g
+                .as_array()
+                .ok_or_else(bad)?
+                .iter()
+                .map(|n| n.as_str().map(str::to_string).ok_or_else(bad))
+                .collect::<Result<_, _>>()?;
+            if names.len() < 2 {
+                return Err(src.invalid(&at("zip"), "a zip group names at least two keys"));
+            }
+            for n in &names {
+                if groups.iter().flatten().any(|m| m == n) {
+                    return Err(src.invalid(&at("zip"), format!("`{n}` is in two zip groups")));
+                }
+                if !table.get(n).is_some_and(toml::Value::is_array) {
+                    return Err(
+                        src.invalid(&at("zip"), format!("`{n}` must be a list to be zipped"))
+                    );
+                }
+            }
+            groups.push(names);
+        }
+    }
+    let lists: Vec<(&String, &Vec<toml::Value>)> = table
+        .iter()
+        .filter_map(|(k, v)| v.as_array().map(|a| (k, a)))
+        .collect();
+    for (k, a) in &lists {
         if a.is_empty() {
-            return Err(src.invalid(&key, "an empty list gives no points"));
+            return Err(src.invalid(&at(k), "an empty list gives no points"));
         }
         if a.iter().any(|v| v.is_array() || v.is_table()) {
-            return Err(src.invalid(&key, "a list of values must hold scalars"));
+            return Err(src.invalid(&at(k), "a list of values must hold scalars"));
+        }
+    }
+    // Axes: each zip group at its first key's place, every other list on its own.
+    let mut axes: Vec<Vec<(&String, &Vec<toml::Value>)>> = Vec::new();
+    let mut placed: Vec<usize> = Vec::new();
+    for (k, a) in &lists {
+        match groups.iter().position(|g| g.contains(k)) {
+            Some(gi) if placed.contains(&gi) => {}
+            Some(gi) => {
+                placed.push(gi);
+                let members: Vec<_> = lists
+                    .iter()
+                    .filter(|(k2, _)| groups[gi].contains(k2))
+                    .cloned()
+                    .collect();
+                if let Some((k2, a2)) = members.iter().find(|(_, a2)| a2.len() != a.len()) {
+                    return Err(src.invalid(
+                        &at("zip"),
+                        format!(
+                            "zipped lists differ in length: `{k}` has {}, `{k2}` has {}",
+                            a.len(),
+                            a2.len()
+                        ),
+                    ));
+                }
+                axes.push(members);
+            }
+            None => axes.push(vec![(*k, *a)]),
         }
     }
     let mut out = Vec::new();
-    let total: usize = axes.iter().map(|(_, a)| a.len()).product();
+    let total: usize = axes.iter().map(|ax| ax[0].1.len()).product();
     for n in 0..total {
         let mut t = table.clone();
-        let mut vals = Vec::with_capacity(axes.len());
-        let mut rest = n;
+        let mut vals = Vec::new();
         let mut idx = vec![0; axes.len()];
-        for (i, (_, a)) in axes.iter().enumerate().rev() {
-            idx[i] = rest % a.len();
-            rest /= a.len();
+        let mut rest = n;
+        for (i, ax) in axes.iter().enumerate().rev() {
+            idx[i] = rest % ax[0].1.len();
+            rest /= ax[0].1.len();
         }
-        for (i, (k, a)) in axes.iter().enumerate() {
-            let v = a[idx[i]].clone();
-            t.insert((*k).clone(), v.clone());
-            vals.push(((*k).clone(), v));
+        for (i, ax) in axes.iter().enumerate() {
+            for (k, a) in ax {
+                let v = a[idx[i]].clone();
+                t.insert((*k).clone(), v.clone());
+                vals.push(((*k).clone(), v));
+            }
         }
         out.push((t, vals));
     }

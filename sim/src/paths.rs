@@ -80,3 +80,31 @@ pub fn list(dir: &Path, kind: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Resolves the experiment's `trace` value: a path ending in `.safetensors` (relative to the
+/// experiment file) or the name of a trace in `workloads/traces/` beside a `configs/` folder.
+pub fn resolve_trace(src: &TomlSource, name: &str) -> Result<PathBuf, ConfigError> {
+    if name.ends_with(".safetensors") {
+        let p = src.path.parent().unwrap_or(Path::new(".")).join(name);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(src.invalid("trace", format!("no file {}", p.display())))
+        };
+    }
+    let dirs: Vec<PathBuf> = config_dirs(&src.path)
+        .into_iter()
+        .map(|d| d.join("../workloads/traces"))
+        .collect();
+    for d in &dirs {
+        let p = d.join(format!("{name}.safetensors"));
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(src.invalid(
+        "trace",
+        format!("no trace `{name}.safetensors` in {} (use `none`, a bundled name, or a path ending in .safetensors)", looked.join(", ")),
+    ))
+}

@@ -11,14 +11,17 @@ use flashsim_policies::layout::WeightLayout;
 use flashsim_policies::{policy, Policy, PolicyContext, PolicySetup};
 use flashsim_workloads::shape::ModelShape;
 use flashsim_workloads::toml_source::ConfigError;
+use flashsim_workloads::trace::Trace;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Devices and models loaded once per experiment.
 #[derive(Default)]
 pub struct Cache {
     devices: BTreeMap<String, Device>,
     models: BTreeMap<String, ModelShape>,
+    traces: BTreeMap<String, Arc<Trace>>,
 }
 
 /// A point ready to simulate: everything loaded and checked.
@@ -31,6 +34,8 @@ pub struct Prepared {
     pub dram_budget_bytes: u64,
     pub kv_cache_bytes: u64,
     pub point: Point,
+    /// The activation trace, when the experiment names one.
+    pub trace: Option<Arc<Trace>>,
 }
 
 impl Prepared {
@@ -126,6 +131,45 @@ pub fn prepare(
     }
     let shape = cache.models[&key].clone();
 
+    let trace = if c.trace == "none" {
+        None
+    } else {
+        let tpath = paths::resolve_trace(src, &c.trace)?;
+        let key = tpath.display().to_string();
+        if !cache.traces.contains_key(&key) {
+            let t = Trace::open(&tpath).map_err(|e| src.invalid("trace", e.to_string()))?;
+            cache.traces.insert(key.clone(), Arc::new(t));
+        }
+        let t = cache.traces[&key].clone();
+        let (a, b) = (&t.shape, &shape);
+        if (
+            a.layers,
+            a.hidden,
+            a.intermediate,
+            a.heads,
+            a.kv_heads,
+            a.vocab,
+        ) != (
+            b.layers,
+            b.hidden,
+            b.intermediate,
+            b.heads,
+            b.kv_heads,
+            b.vocab,
+        ) {
+            return Err(src.invalid(
+                "trace",
+                format!(
+                    "trace `{}` was taken from a model of {} layers x {} hidden x {} neurons, not `{}` ({} x {} x {})",
+                    c.trace, a.layers, a.hidden, a.intermediate, b.name, b.layers, b.hidden, b.intermediate
+                ),
+            ));
+        }
+        if t.tokens() == 0 {
+            return Err(src.invalid("trace", format!("trace `{}` holds no tokens", c.trace)));
+        }
+        Some(t)
+    };
     let budget = (c.dram_budget_gib * GIB).round() as u64;
     if budget > device.dram_capacity_bytes {
         return Err(src.invalid(
@@ -152,6 +196,7 @@ pub fn prepare(
         dram_budget_bytes: budget,
         kv_cache_bytes,
         point: point.clone(),
+        trace,
     };
     let setup = pol
         .setup(&prepared.ctx())

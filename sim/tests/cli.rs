@@ -40,24 +40,36 @@ fn quickstart_writes_results_csv_with_units_in_column_names() {
         "dram_peak_bytes",
         "dram_budget_gib",
         "pin_attention",
+        "model",
+        "trace",
     ] {
         assert!(header.contains(&col), "missing column {col} in {header:?}");
     }
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(
         rows.len(),
-        3,
-        "two dense-streaming points and one all-in-dram"
+        6,
+        "two models x (two dense-streaming points and one all-in-dram)"
     );
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let tps: Vec<f64> = rows
-        .iter()
-        .map(|r| r[col("tokens_per_s")].parse().unwrap())
-        .collect();
-    // Keeping attention resident reads less and runs faster; all in DRAM is fastest.
-    assert!(tps[0] < tps[1] && tps[1] < tps[2], "{tps:?}");
-    let all_in_dram_bytes: f64 = rows[2][col("flash_bytes_per_token")].parse().unwrap();
-    assert_eq!(all_in_dram_bytes, 0.0);
+    for (model, trace, range) in [
+        ("llama-2-7b", "none", 0..3),
+        ("stories260K", "stories260K", 3..6),
+    ] {
+        let tps: Vec<f64> = rows[range.clone()]
+            .iter()
+            .map(|r| r[col("tokens_per_s")].parse().unwrap())
+            .collect();
+        // Keeping attention resident reads less and runs faster; all in DRAM is fastest.
+        assert!(tps[0] < tps[1] && tps[1] < tps[2], "{model}: {tps:?}");
+        let all_in_dram_bytes: f64 = rows[range.end - 1][col("flash_bytes_per_token")]
+            .parse()
+            .unwrap();
+        assert_eq!(all_in_dram_bytes, 0.0);
+        for r in &rows[range] {
+            assert_eq!((r[col("model")], r[col("trace")]), (model, trace));
+        }
+    }
 
     // Byte-identical on a second run.
     let again = tempfile::tempdir().unwrap();

@@ -225,3 +225,30 @@ fn every_shipped_config_loads() {
         }
     }
 }
+
+#[test]
+fn a_trace_runs_with_its_own_model_and_is_refused_with_another() {
+    let text = GOOD
+        .replace("opt-6.7b", "stories260K")
+        .replace("dram_budget_gib = 8.0", "dram_budget_gib = 0.01")
+        .replace("seed = 1\n", "seed = 1\ntrace = \"stories260K\"\n");
+    let exp = common::experiment("trace.toml", &text).unwrap();
+    let mut p = prepare(&exp, &exp.points[0], &mut Cache::default()).unwrap();
+    let t = p.trace.clone().unwrap();
+    assert_eq!(t.tokens(), 384);
+    p.simulate(false).unwrap();
+    // The same trace for a 7B model is refused, naming the key and the line.
+    let text = GOOD.replace("seed = 1\n", "seed = 1\ntrace = \"stories260K\"\n");
+    let exp = common::experiment("trace-mismatch.toml", &text).unwrap();
+    let e = prepare(&exp, &exp.points[0], &mut Cache::default())
+        .err()
+        .unwrap();
+    assert_names(&e, "trace-mismatch.toml", "trace", 9);
+    assert!(e.to_string().contains("5 layers"));
+    let text = GOOD.replace("seed = 1\n", "seed = 1\ntrace = \"nope\"\n");
+    let exp = common::experiment("no-trace.toml", &text).unwrap();
+    let e = prepare(&exp, &exp.points[0], &mut Cache::default())
+        .err()
+        .unwrap();
+    assert_names(&e, "no-trace.toml", "trace", 9);
+}

@@ -170,6 +170,23 @@ fn broken_checkpoints_are_clear_errors() {
             b
         }),
         ("beyond", [bytes.clone(), vec![0u8; 8]].concat()),
+        ("truncated", {
+            // Dimensions so large that the sizes overflow 64 bits.
+            let mut b = bytes.clone();
+            let dims = [
+                1i32 << 30,
+                1 << 30,
+                1 << 30,
+                1 << 20,
+                1 << 20,
+                1 << 30,
+                1 << 30,
+            ];
+            for (i, v) in dims.iter().enumerate() {
+                b[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            b
+        }),
     ] {
         let e = llama2c::parse(p, &b).unwrap_err().to_string();
         println!("{e}");

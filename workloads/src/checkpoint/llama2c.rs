@@ -64,6 +64,10 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Weights> {
         c.kv_dim(),
         c.head_size(),
     );
+    // In 128 bits: a corrupt header can describe a model too large for 64-bit sizes.
+    let (d, hd, l, v, kv, hs) = (
+        d as u128, hd as u128, l as u128, v as u128, kv as u128, hs as u128,
+    );
     let floats = v * d
         + l * d
         + l * d * d
@@ -72,9 +76,20 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Weights> {
         + l * d
         + 3 * l * hd * d
         + d
-        + c.seq_len * hs
+        + c.seq_len as u128 * hs
         + if c.shared_classifier { 0 } else { v * d };
-    let expected = HEADER_BYTES + 4 * floats;
+    let expected = HEADER_BYTES as u128 + 4 * floats;
+    if expected > bytes.len() as u128 {
+        return Err(WorkloadError::format(
+            path,
+            format!(
+                "truncated: the header promises {expected} bytes, the file has {}",
+                bytes.len()
+            ),
+        ));
+    }
+    let expected = expected as usize;
+    let (d, hd, l, v, kv) = (d as usize, hd as usize, l as usize, v as usize, kv as usize);
     if bytes.len() < expected {
         return Err(WorkloadError::format(
             path,
@@ -105,7 +120,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Weights> {
     let w2: Vec<_> = (0..l).map(|_| r.matrix(d, hd)).collect();
     let w3: Vec<_> = (0..l).map(|_| r.matrix(hd, d)).collect();
     let rms_final = r.vector(d);
-    r.skip(c.seq_len * hs); // freq_cis_real and freq_cis_imag (legacy, unused)
+    r.skip(c.seq_len * c.head_size()); // freq_cis_real and freq_cis_imag (legacy, unused)
     let wcls = (!c.shared_classifier).then(|| r.matrix(v, d));
     debug_assert_eq!(r.pos, expected);
     let layers = (0..l)

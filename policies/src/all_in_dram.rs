@@ -68,7 +68,7 @@ impl Policy for AllInDram {
                 &self.params.compute_unit,
             ),
             reads: Vec::new(),
-            evicted_bytes: 0,
+            ..Default::default()
         })
     }
 }
@@ -105,6 +105,7 @@ mod tests {
             prompt_tokens: 3,
             tokens: 1,
             max_read_bytes: 4096,
+            trace: None,
         };
         let mut p = AllInDram {
             params: AllInDramParams {

@@ -183,7 +183,7 @@ impl Policy for DenseStreaming {
         Ok(TokenPlan {
             ops,
             reads,
-            evicted_bytes: 0,
+            ..Default::default()
         })
     }
 }
@@ -227,6 +227,7 @@ mod tests {
             prompt_tokens: 0,
             tokens: 1,
             max_read_bytes: 48,
+            trace: None,
         }
     }
 

@@ -9,12 +9,15 @@
 //! - [`layout`]: where each weight matrix sits in the flash file.
 //! - [`decode`]: the ops every decode step has (attention with its KV cache, FFN, LM head).
 //! - [`policy`]: the [`Policy`] trait and the registry that builds a policy by name.
-//! - one file per policy: [`dense_streaming`], [`all_in_dram`].
+//! - [`cache`]: sliding window, LRU, LFU, count-admission LFU and Belady caches of weight units.
+//! - one file per policy: [`dense_streaming`], [`all_in_dram`], [`llm_in_a_flash`].
 
 pub mod all_in_dram;
+pub mod cache;
 pub mod decode;
 pub mod dense_streaming;
 pub mod layout;
+pub mod llm_in_a_flash;
 pub mod plan;
 pub mod policy;
 

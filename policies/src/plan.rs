@@ -73,6 +73,12 @@ pub struct TokenPlan {
     pub reads: Vec<Read>,
     /// Bytes of retained data the policy evicts at the start of this token.
     pub evicted_bytes: u64,
+    /// Share of the FFN activation mass (Σ|h| over computed neurons / Σ|h|) this token's masks
+    /// keep, averaged over layers; `None` when the policy computes everything.
+    pub retained_mass: Option<f64>,
+    /// Cache lookups and hits this token (units of the policy's cache), when it has a cache.
+    pub cache_lookups: u64,
+    pub cache_hits: u64,
 }
 
 impl TokenPlan {

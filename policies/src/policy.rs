@@ -4,9 +4,11 @@ use crate::layout::WeightLayout;
 use crate::plan::TokenPlan;
 use flashsim_workloads::shape::ModelShape;
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
+use flashsim_workloads::trace::stats::TraceView;
+use flashsim_workloads::trace::Act;
 
 /// What every policy may know about the run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct PolicyContext<'a> {
     pub shape: &'a ModelShape,
     pub layout: &'a WeightLayout,
@@ -21,6 +23,39 @@ pub struct PolicyContext<'a> {
     pub tokens: u32,
     /// Largest single read the policy should issue (adjacent extents coalesce up to this).
     pub max_read_bytes: u64,
+    /// The activation trace, when the experiment has one. Generated token `i` is trace token
+    /// `i mod T`. A policy reads only the current token's activations (and earlier ones); only
+    /// oracles, which say so in their name, look ahead.
+    pub trace: Option<&'a dyn TraceView>,
+}
+
+impl PolicyContext<'_> {
+    /// The trace, or an error naming the policy that needs one.
+    pub fn need_trace(&self, policy: &str) -> Result<&dyn TraceView, PolicyError> {
+        self.trace.ok_or_else(|| {
+            PolicyError::Invalid(format!(
+                "policy `{policy}` decides from activations: give the experiment a `trace`"
+            ))
+        })
+    }
+
+    /// Trace token of generated token `index`.
+    pub fn trace_token(&self, index: u32) -> Option<usize> {
+        self.trace.map(|t| index as usize % t.tokens())
+    }
+
+    /// Reads `act` of layer `layer` for generated token `index` into `out`.
+    pub fn read(
+        &self,
+        act: Act,
+        index: u32,
+        layer: u32,
+        out: &mut Vec<f32>,
+    ) -> Result<(), PolicyError> {
+        let t = self.need_trace("this policy")?;
+        t.read(act, index as usize % t.tokens(), layer as usize, out);
+        Ok(())
+    }
 }
 
 /// What a policy holds once set up.
@@ -59,6 +94,10 @@ pub enum PolicyError {
 pub trait Policy: Send {
     /// The registered name.
     fn name(&self) -> &'static str;
+    /// How the policy wants the weights laid out in flash (default: every matrix row-major).
+    fn layout(&self, shape: &ModelShape, alignment_bytes: u64) -> WeightLayout {
+        WeightLayout::per_matrix(shape, alignment_bytes)
+    }
     /// Decides what stays resident. Called once before the first token.
     fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError>;
     /// The plan for one token.
@@ -82,7 +121,11 @@ pub struct PolicyEntry {
 
 /// Every policy flashsim knows. A new policy is one file plus one line here.
 pub fn registry() -> &'static [PolicyEntry] {
-    &[crate::dense_streaming::ENTRY, crate::all_in_dram::ENTRY]
+    &[
+        crate::dense_streaming::ENTRY,
+        crate::all_in_dram::ENTRY,
+        crate::llm_in_a_flash::ENTRY,
+    ]
 }
 
 /// The policy registered as `name`.

@@ -23,7 +23,7 @@ use flashsim_policies::{IssueAfter, Policy, PolicyContext, PolicySetup, TokenInf
 use serde::Serialize;
 
 /// Per-token measurements.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct TokenStats {
     pub start: Ps,
     pub wall: Ps,
@@ -32,10 +32,13 @@ pub struct TokenStats {
     pub stall: Ps,
     pub read_bytes: u64,
     pub reads: u64,
+    pub retained_mass: Option<f64>,
+    pub cache_lookups: u64,
+    pub cache_hits: u64,
 }
 
 /// The outcome of one simulated generation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunStats {
     pub tokens: Vec<TokenStats>,
     pub dram_peak_bytes: u64,
@@ -155,6 +158,9 @@ impl Pipeline<'_> {
         self.ready_at = now;
         self.cur = TokenStats {
             start: now,
+            retained_mass: self.plan.retained_mass,
+            cache_lookups: self.plan.cache_lookups,
+            cache_hits: self.plan.cache_hits,
             ..TokenStats::default()
         };
         self.dram.free(self.plan.evicted_bytes)?;

@@ -33,6 +33,10 @@ pub struct PointConfig {
     pub tokens: u32,
     /// Prompt length: the KV cache holds this many tokens before the first decode step.
     pub prompt_tokens: u32,
+    /// The first this many decode steps run but are left out of the averages (caches and
+    /// windows filling up). Default 0.
+    #[serde(default)]
+    pub warmup_tokens: u32,
     /// Seed for everything random in the point (token ids, synthetic traces).
     pub seed: u64,
     /// Reads in flight at once. Default 32: LLM in a Flash reads with 32 threads.
@@ -52,6 +56,11 @@ pub struct PointConfig {
     /// shape must match `model`; its token ids drive the embedding lookups.
     #[serde(default = "default_trace")]
     pub trace: String,
+    /// With `trace = "synthetic"`: the generator's parameters (`[synthetic]`; missing keys keep
+    /// the published 7B defaults). The trace has `tokens` tokens, seeded by `seed`, and is
+    /// cached by content in `results/.trace-cache/` (or `$FLASHSIM_CACHE`).
+    #[serde(default)]
+    pub synthetic: Option<flashsim_workloads::trace::synth::SynthParams>,
 }
 
 fn default_qd() -> u32 {
@@ -188,8 +197,23 @@ fn validate(src: &TomlSource, c: &PointConfig) -> Result<(), ConfigError> {
             return Err(src.invalid(k, "must be at least 1"));
         }
     }
+    if c.warmup_tokens >= c.tokens {
+        return Err(src.invalid(
+            "warmup_tokens",
+            format!("must be less than `tokens` ({})", c.tokens),
+        ));
+    }
     if !c.alignment_kib.is_power_of_two() {
         return Err(src.invalid("alignment_kib", "must be a power of two"));
+    }
+    if let Some(p) = &c.synthetic {
+        p.check().map_err(|m| src.invalid("synthetic", m))?;
+        if c.trace != "synthetic" {
+            return Err(src.invalid(
+                "synthetic",
+                "a [synthetic] table needs `trace = \"synthetic\"`",
+            ));
+        }
     }
     if c.name.is_empty() || c.name.contains(['/', '\\']) {
         return Err(src.invalid("name", "must be a non-empty name without path separators"));

@@ -18,7 +18,7 @@ pub const IDENTITY: [&str; 7] = [
 ];
 
 /// Metric columns, in order.
-pub const METRICS: [&str; 11] = [
+pub const METRICS: [&str; 13] = [
     "tokens_per_s",
     "ms_per_token",
     "flash_io_ms_per_token",
@@ -30,6 +30,8 @@ pub const METRICS: [&str; 11] = [
     "flash_throughput_gb_per_s",
     "dram_peak_bytes",
     "dram_resident_weight_bytes",
+    "retained_mass",
+    "cache_hit_rate",
 ];
 
 /// Header of the results table: identity, then each varying key not already there, then metrics.
@@ -45,7 +47,11 @@ pub fn header(exp: &Experiment) -> Vec<String> {
 }
 
 fn fmt(x: f64) -> String {
-    format!("{x:.6}")
+    if x.is_nan() {
+        String::new()
+    } else {
+        format!("{x:.6}")
+    }
 }
 
 /// One row of values, matching [`header`].
@@ -86,6 +92,8 @@ pub fn row(exp: &Experiment, r: &PointResult) -> Vec<String> {
         fmt(m.flash_throughput_gb_per_s),
         m.dram_peak_bytes.to_string(),
         m.dram_resident_weight_bytes.to_string(),
+        fmt(m.retained_mass),
+        fmt(m.cache_hit_rate),
     ]);
     v
 }

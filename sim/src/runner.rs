@@ -11,6 +11,7 @@ use flashsim_policies::layout::WeightLayout;
 use flashsim_policies::{policy, Policy, PolicyContext, PolicySetup};
 use flashsim_workloads::shape::ModelShape;
 use flashsim_workloads::toml_source::ConfigError;
+use flashsim_workloads::trace::stats::TraceView;
 use flashsim_workloads::trace::Trace;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -46,7 +47,21 @@ impl Prepared {
             self.dram_budget_bytes,
             self.kv_cache_bytes,
             &self.point,
+            self.trace.as_deref(),
         )
+    }
+
+    /// The input token of generated token `i`: the trace's (wrapping), or a seeded hash when
+    /// there is no trace.
+    pub fn token_id(&self, i: u32) -> u32 {
+        match &self.trace {
+            Some(t) => t.token(i as usize % t.tokens()),
+            None => {
+                let c = &self.point.config;
+                (splitmix64(c.seed ^ (i as u64).wrapping_mul(0x9E37_79B9))
+                    % self.shape.vocab as u64) as u32
+            }
+        }
     }
 
     /// Simulates the point; with `record`, also returns every read and op.
@@ -59,16 +74,16 @@ impl Prepared {
             io_queue_depth: c.io_queue_depth,
             record_activity: record,
         };
-        let (seed, vocab, tokens) = (c.seed, self.shape.vocab, c.tokens);
-        let ids = move |i: u32| {
-            (splitmix64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9)) % vocab as u64) as u32
-        };
+        let tokens = c.tokens;
+        let ids: Vec<u32> = (0..tokens).map(|i| self.token_id(i)).collect();
+        let ids = move |i: u32| ids[i as usize];
         let ctx = context(
             &self.shape,
             &self.layout,
             self.dram_budget_bytes,
             self.kv_cache_bytes,
             &self.point,
+            self.trace.as_deref(),
         );
         simulate(
             self.policy.as_mut(),
@@ -88,6 +103,7 @@ fn context<'a>(
     dram_budget_bytes: u64,
     kv_cache_bytes: u64,
     point: &Point,
+    trace: Option<&'a Trace>,
 ) -> PolicyContext<'a> {
     let c = &point.config;
     PolicyContext {
@@ -99,7 +115,47 @@ fn context<'a>(
         prompt_tokens: c.prompt_tokens,
         tokens: c.tokens,
         max_read_bytes: c.max_read_kib * 1024,
+        trace: trace.map(|t| t as &dyn TraceView),
     }
+}
+
+/// The synthetic trace of a point: generated once per content (shape, parameters, tokens,
+/// seed) into the cache folder, then reused.
+fn synthetic_trace(
+    src: &flashsim_workloads::TomlSource,
+    c: &crate::experiment::PointConfig,
+    shape: &ModelShape,
+) -> Result<std::path::PathBuf, ConfigError> {
+    use flashsim_workloads::trace::synth::{self, SynthConfig};
+    let params = c.synthetic.unwrap_or_default();
+    let key = format!(
+        "{}|{}|{}|{}",
+        serde_json::to_string(shape).expect("json"),
+        serde_json::to_string(&params).expect("json"),
+        c.tokens,
+        c.seed
+    );
+    let hash = splitmix64(key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    }));
+    let dir = match std::env::var_os("FLASHSIM_CACHE") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => paths::config_dirs(&src.path)[0].join("../results/.trace-cache"),
+    };
+    let path = dir.join(format!("synthetic-{}-{hash:016x}.safetensors", shape.name));
+    if !path.is_file() {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| src.invalid("trace", format!("cannot create {}: {e}", dir.display())))?;
+        let cfg = SynthConfig {
+            params,
+            shape: shape.clone(),
+            sequences: 1,
+            tokens_per_sequence: c.tokens as usize,
+            seed: c.seed,
+        };
+        synth::generate(&cfg, &path).map_err(|e| src.invalid("synthetic", e.to_string()))?;
+    }
+    Ok(path)
 }
 
 /// SplitMix64: a small, fixed, well-mixed hash for deterministic per-point choices.
@@ -134,7 +190,11 @@ pub fn prepare(
     let trace = if c.trace == "none" {
         None
     } else {
-        let tpath = paths::resolve_trace(src, &c.trace)?;
+        let tpath = if c.trace == "synthetic" {
+            synthetic_trace(src, c, &shape)?
+        } else {
+            paths::resolve_trace(src, &c.trace)?
+        };
         let key = tpath.display().to_string();
         if !cache.traces.contains_key(&key) {
             let t = Trace::open(&tpath).map_err(|e| src.invalid("trace", e.to_string()))?;
@@ -182,11 +242,11 @@ pub fn prepare(
             ),
         ));
     }
-    let layout = WeightLayout::per_matrix(&shape, c.alignment_kib * 1024);
     let kv_cache_bytes =
         shape.kv_bytes_per_token(c.kv_bytes_per_value) * (c.prompt_tokens as u64 + c.tokens as u64);
     let entry = policy::find(&c.policy).expect("validated on load");
     let mut pol = (entry.build)(src, point.policy_params.clone(), &["policies", entry.name])?;
+    let layout = pol.layout(&shape, c.alignment_kib * 1024);
     let mut prepared = Prepared {
         device,
         shape,
@@ -253,10 +313,20 @@ pub struct Metrics {
     pub flash_throughput_gb_per_s: f64,
     pub dram_peak_bytes: u64,
     pub dram_resident_weight_bytes: u64,
+    /// Mean share of the FFN activation mass the masks keep (NaN: the policy masks nothing).
+    pub retained_mass: f64,
+    /// Cache hits / lookups over the run (NaN: the policy has no cache).
+    pub cache_hit_rate: f64,
 }
 
 impl Metrics {
-    pub fn from_stats(s: &RunStats) -> Self {
+    /// Averages over the tokens after the first `warmup`.
+    pub fn from_stats(s: &RunStats, warmup: usize) -> Self {
+        let measured = RunStats {
+            tokens: s.tokens[warmup.min(s.tokens.len())..].to_vec(),
+            ..s.clone()
+        };
+        let s = &measured;
         let n = s.tokens.len().max(1) as f64;
         let sum = |f: fn(&crate::executor::TokenStats) -> Ps| -> Ps {
             Ps(s.tokens.iter().map(|t| f(t).0).sum())
@@ -285,6 +355,25 @@ impl Metrics {
             },
             dram_peak_bytes: s.dram_peak_bytes,
             dram_resident_weight_bytes: s.resident_weight_bytes,
+            retained_mass: {
+                let v: Vec<f64> = s.tokens.iter().filter_map(|t| t.retained_mass).collect();
+                if v.is_empty() {
+                    f64::NAN
+                } else {
+                    v.iter().sum::<f64>() / v.len() as f64
+                }
+            },
+            cache_hit_rate: {
+                let (l, h): (u64, u64) = s
+                    .tokens
+                    .iter()
+                    .fold((0, 0), |a, t| (a.0 + t.cache_lookups, a.1 + t.cache_hits));
+                if l == 0 {
+                    f64::NAN
+                } else {
+                    h as f64 / l as f64
+                }
+            },
         }
     }
 }
@@ -315,7 +404,7 @@ pub fn run_experiment(
         })?;
         let r = PointResult {
             point: point.clone(),
-            metrics: Metrics::from_stats(&stats),
+            metrics: Metrics::from_stats(&stats, point.config.warmup_tokens as usize),
         };
         progress(&r);
         out.push(r);

@@ -236,6 +236,12 @@ fn a_trace_runs_with_its_own_model_and_is_refused_with_another() {
     let mut p = prepare(&exp, &exp.points[0], &mut Cache::default()).unwrap();
     let t = p.trace.clone().unwrap();
     assert_eq!(t.tokens(), 384);
+    // The trace's tokens drive the run, wrapping at its end.
+    assert_eq!(
+        (p.token_id(0), p.token_id(5), p.token_id(384 + 5)),
+        (t.token(0), t.token(5), t.token(5))
+    );
+    assert_eq!(p.token_id(0), 1, "the trace starts with BOS");
     p.simulate(false).unwrap();
     // The same trace for a 7B model is refused, naming the key and the line.
     let text = GOOD.replace("seed = 1\n", "seed = 1\ntrace = \"stories260K\"\n");

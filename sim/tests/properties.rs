@@ -172,6 +172,6 @@ proptest! {
         let (stats2, activity2) = p2.simulate(true).unwrap();
         prop_assert_eq!(&stats, &stats2);
         prop_assert_eq!(activity, activity2);
-        prop_assert_eq!(Metrics::from_stats(&stats), Metrics::from_stats(&stats2));
+        prop_assert_eq!(Metrics::from_stats(&stats, 0), Metrics::from_stats(&stats2, 0));
     }
 }

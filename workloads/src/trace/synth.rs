@@ -8,7 +8,9 @@
 //!   Active neurons get `|h| = exp(σ·m)` with `m` an AR(1) series of persistence
 //!   `value_persistence` while the neuron stays active, plus a fixed per-neuron offset
 //!   `magnitude_skew · g_i` (g_i ~ N(0, 1) drawn once: some neurons are strong whenever they
-//!   fire); inactive ones get Gaussian noise of scale `inactive_scale`; signs are random.
+//!   fire); inactive ones get Gaussian noise of scale `inactive_scale · exp(g_i·magnitude_skew)`
+//!   (a neuron's pre-activation scale is its own, so the same neurons sit just below the
+//!   threshold token after token); signs are random.
 //! - `x_attn(l)`, `x_mlp(l)` follow one residual-like chain per token,
 //!   x_attn(0) → x_mlp(0) → x_attn(1) → …, each step `x ← ρ·x + √(1−ρ²)·(c ⊙ z)` with
 //!   `ρ = √layer_cosine` (so consecutive `x_mlp` have cosine ≈ `layer_cosine`) and channel scales
@@ -332,7 +334,7 @@ impl Generator {
                 *hv = if st.active[i] {
                     sign * (p.active_sigma * st.m[i] + st.offset[i]).exp() as f32
                 } else {
-                    (p.inactive_scale * self.normal()) as f32
+                    (p.inactive_scale * st.offset[i].exp() * self.normal()) as f32
                 };
             }
             // Evolve the magnitudes of the neurons that stay active for the next token.

@@ -1,0 +1,511 @@
+//! Caches of weight units (neurons, channels, bundles), usable by any policy.
+//!
+//! Each cache holds unit ids (`u32`) up to a capacity in units (the policy converts its byte
+//! budget with the unit size). [`UnitCache::access`] presents one token's set of needed units
+//! and returns which were hits, which must be read (misses), which of those the cache keeps,
+//! and which units it evicted to make room.
+//!
+//! - [`SlidingWindow`]: LLM in a Flash's window: the union of the last k tokens' sets.
+//! - [`Lru`]: least recently used.
+//! - [`Lfu`]: least frequently used, DIP's "mask-first" variant (the current set is always
+//!   inserted; victims are the least-used units outside it).
+//! - [`LfuAdmit`]: ActiveFlow's hot cache: a missed unit is admitted only if its use count
+//!   exceeds the least-used cached unit's.
+//! - [`Belady`]: the offline oracle: evict the unit whose next use is farthest (knows the future).
+
+use std::collections::BTreeSet;
+
+/// The outcome of one token's access.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    pub hits: Vec<u32>,
+    /// Units to read from flash this token.
+    pub misses: Vec<u32>,
+    /// Misses the cache keeps (the rest are streamed and dropped after use).
+    pub admitted: Vec<u32>,
+    pub evicted: Vec<u32>,
+}
+
+pub trait UnitCache: Send {
+    /// Presents token `t`'s needed units (sorted, distinct).
+    fn access(&mut self, t: u64, units: &[u32]) -> Access;
+    fn contains(&self, unit: u32) -> bool;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Resident flags plus a count, shared by the caches.
+#[derive(Debug, Clone)]
+struct Resident {
+    flag: Vec<bool>,
+    n: usize,
+}
+
+impl Resident {
+    fn new(units: usize) -> Self {
+        Resident {
+            flag: vec![false; units],
+            n: 0,
+        }
+    }
+    fn has(&self, u: u32) -> bool {
+        self.flag[u as usize]
+    }
+    fn insert(&mut self, u: u32) {
+        if !self.flag[u as usize] {
+            self.flag[u as usize] = true;
+            self.n += 1;
+        }
+    }
+    fn remove(&mut self, u: u32) {
+        if self.flag[u as usize] {
+            self.flag[u as usize] = false;
+            self.n -= 1;
+        }
+    }
+}
+
+/// The union of the sets of the last `k` tokens.
+#[derive(Debug, Clone)]
+pub struct SlidingWindow {
+    k: usize,
+    res: Resident,
+    last_use: Vec<u64>,
+    history: std::collections::VecDeque<Vec<u32>>,
+}
+
+impl SlidingWindow {
+    pub fn new(units: usize, k: usize) -> Self {
+        assert!(k >= 1);
+        SlidingWindow {
+            k,
+            res: Resident::new(units),
+            last_use: vec![0; units],
+            history: Default::default(),
+        }
+    }
+}
+
+impl UnitCache for SlidingWindow {
+    fn access(&mut self, t: u64, units: &[u32]) -> Access {
+        let mut a = Access::default();
+        for &u in units {
+            if self.res.has(u) {
+                a.hits.push(u);
+            } else {
+                a.misses.push(u);
+                a.admitted.push(u);
+                self.res.insert(u);
+            }
+            self.last_use[u as usize] = t;
+        }
+        self.history.push_back(units.to_vec());
+        if self.history.len() > self.k {
+            let old = self.history.pop_front().expect("non-empty");
+            // Units of the token leaving the window that no later token in it used.
+            let oldest_kept = t + 1 - self.k as u64;
+            for u in old {
+                if self.res.has(u) && self.last_use[u as usize] < oldest_kept {
+                    self.res.remove(u);
+                    a.evicted.push(u);
+                }
+            }
+        }
+        a.evicted.sort_unstable();
+        a
+    }
+    fn contains(&self, unit: u32) -> bool {
+        self.res.has(unit)
+    }
+    fn len(&self) -> usize {
+        self.res.n
+    }
+}
+
+/// Evicts, among units not needed by this token, the one with the smallest key.
+fn make_room(
+    res: &mut Resident,
+    order: &mut BTreeSet<(u64, u64, u32)>,
+    keys: &mut [(u64, u64)],
+    capacity: usize,
+    current: &[u32],
+    evicted: &mut Vec<u32>,
+) {
+    let mut skipped = Vec::new();
+    while res.n > capacity {
+        let Some(&(k1, k2, u)) = order.iter().next() else {
+            break;
+        };
+        order.remove(&(k1, k2, u));
+        if current.binary_search(&u).is_ok() {
+            skipped.push((k1, k2, u));
+            continue;
+        }
+        res.remove(u);
+        keys[u as usize] = (0, 0);
+        evicted.push(u);
+    }
+    for s in skipped {
+        order.insert(s);
+    }
+}
+
+/// Least recently used, `capacity` units.
+#[derive(Debug, Clone)]
+pub struct Lru {
+    capacity: usize,
+    res: Resident,
+    keys: Vec<(u64, u64)>,
+    order: BTreeSet<(u64, u64, u32)>,
+}
+
+impl Lru {
+    pub fn new(units: usize, capacity: usize) -> Self {
+        Lru {
+            capacity,
+            res: Resident::new(units),
+            keys: vec![(0, 0); units],
+            order: BTreeSet::new(),
+        }
+    }
+}
+
+impl UnitCache for Lru {
+    fn access(&mut self, t: u64, units: &[u32]) -> Access {
+        let mut a = Access::default();
+        for &u in units {
+            let k = &mut self.keys[u as usize];
+            if self.res.has(u) {
+                a.hits.push(u);
+                self.order.remove(&(k.0, k.1, u));
+            } else {
+                a.misses.push(u);
+                self.res.insert(u);
+            }
+            *k = (t + 1, 0);
+            self.order.insert((t + 1, 0, u));
+        }
+        make_room(
+            &mut self.res,
+            &mut self.order,
+            &mut self.keys,
+            self.capacity,
+            units,
+            &mut a.evicted,
+        );
+        a.admitted = a
+            .misses
+            .iter()
+            .copied()
+            .filter(|&u| self.res.has(u))
+            .collect();
+        a
+    }
+    fn contains(&self, unit: u32) -> bool {
+        self.res.has(unit)
+    }
+    fn len(&self) -> usize {
+        self.res.n
+    }
+}
+
+/// Least frequently used with DIP's mask-first rule: the current set is always inserted (and
+/// may exceed the capacity when it alone is larger); victims are the least-used units outside
+/// it, ties to the least recently used.
+#[derive(Debug, Clone)]
+pub struct Lfu {
+    capacity: usize,
+    res: Resident,
+    count: Vec<u64>,
+    keys: Vec<(u64, u64)>,
+    order: BTreeSet<(u64, u64, u32)>,
+}
+
+impl Lfu {
+    pub fn new(units: usize, capacity: usize) -> Self {
+        Lfu {
+            capacity,
+            res: Resident::new(units),
+            count: vec![0; units],
+            keys: vec![(0, 0); units],
+            order: BTreeSet::new(),
+        }
+    }
+}
+
+impl UnitCache for Lfu {
+    fn access(&mut self, t: u64, units: &[u32]) -> Access {
+        let mut a = Access::default();
+        for &u in units {
+            self.count[u as usize] += 1;
+            let k = &mut self.keys[u as usize];
+            if self.res.has(u) {
+                a.hits.push(u);
+                self.order.remove(&(k.0, k.1, u));
+            } else {
+                a.misses.push(u);
+                self.res.insert(u);
+            }
+            *k = (self.count[u as usize], t + 1);
+            self.order.insert((k.0, k.1, u));
+        }
+        make_room(
+            &mut self.res,
+            &mut self.order,
+            &mut self.keys,
+            self.capacity,
+            units,
+            &mut a.evicted,
+        );
+        a.admitted = a.misses.clone();
+        a
+    }
+    fn contains(&self, unit: u32) -> bool {
+        self.res.has(unit)
+    }
+    fn len(&self) -> usize {
+        self.res.n
+    }
+}
+
+/// ActiveFlow's hot cache: use counts over the current context; a missed unit is loaded on
+/// demand and admitted only if the cache has room or its count exceeds the least-used cached
+/// unit's (which it then replaces).
+#[derive(Debug, Clone)]
+pub struct LfuAdmit {
+    capacity: usize,
+    res: Resident,
+    count: Vec<u64>,
+    order: BTreeSet<(u64, u32)>,
+}
+
+impl LfuAdmit {
+    pub fn new(units: usize, capacity: usize) -> Self {
+        LfuAdmit {
+            capacity,
+            res: Resident::new(units),
+            count: vec![0; units],
+            order: BTreeSet::new(),
+        }
+    }
+    /// Forgets the counts (a new sequence begins).
+    pub fn reset_counts(&mut self) {
+        self.count.iter_mut().for_each(|c| *c = 0);
+        let cached: Vec<u32> = self.order.iter().map(|&(_, u)| u).collect();
+        self.order = cached.into_iter().map(|u| (0, u)).collect();
+    }
+}
+
+impl UnitCache for LfuAdmit {
+    fn access(&mut self, _t: u64, units: &[u32]) -> Access {
+        let mut a = Access::default();
+        for &u in units {
+            let c = &mut self.count[u as usize];
+            if self.res.has(u) {
+                self.order.remove(&(*c, u));
+                *c += 1;
+                self.order.insert((*c, u));
+                a.hits.push(u);
+                continue;
+            }
+            *c += 1;
+            let c = *c;
+            a.misses.push(u);
+            if self.res.n < self.capacity {
+                self.res.insert(u);
+                self.order.insert((c, u));
+                a.admitted.push(u);
+            } else if let Some(&(min_c, v)) = self.order.iter().next() {
+                if c > min_c && units.binary_search(&v).is_err() {
+                    self.order.remove(&(min_c, v));
+                    self.res.remove(v);
+                    a.evicted.push(v);
+                    self.res.insert(u);
+                    self.order.insert((c, u));
+                    a.admitted.push(u);
+                }
+            }
+        }
+        a
+    }
+    fn contains(&self, unit: u32) -> bool {
+        self.res.has(unit)
+    }
+    fn len(&self) -> usize {
+        self.res.n
+    }
+}
+
+/// Belady's optimal replacement (offline: built from every token's future set). The current
+/// set is always inserted; victims are the units outside it whose next use is farthest.
+#[derive(Debug, Clone)]
+pub struct Belady {
+    capacity: usize,
+    res: Resident,
+    /// For each token, each unit of its set with the token of its next use (u64::MAX: never).
+    next_use: Vec<Vec<(u32, u64)>>,
+    keys: Vec<(u64, u64)>,
+    order: BTreeSet<(u64, u64, u32)>,
+}
+
+impl Belady {
+    /// `future[t]` is token t's set (sorted).
+    pub fn new(units: usize, capacity: usize, future: &[Vec<u32>]) -> Self {
+        let mut next = vec![u64::MAX; units];
+        let mut next_use = vec![Vec::new(); future.len()];
+        for (t, set) in future.iter().enumerate().rev() {
+            next_use[t] = set.iter().map(|&u| (u, next[u as usize])).collect();
+            for &u in set {
+                next[u as usize] = t as u64;
+            }
+        }
+        Belady {
+            capacity,
+            res: Resident::new(units),
+            next_use,
+            keys: vec![(0, 0); units],
+            order: BTreeSet::new(),
+        }
+    }
+}
+
+impl UnitCache for Belady {
+    fn access(&mut self, t: u64, units: &[u32]) -> Access {
+        let mut a = Access::default();
+        let nexts = &self.next_use[t as usize];
+        debug_assert_eq!(
+            nexts.len(),
+            units.len(),
+            "Belady sees the set it was built with"
+        );
+        for &(u, next) in nexts {
+            let k = &mut self.keys[u as usize];
+            if self.res.has(u) {
+                a.hits.push(u);
+                self.order.remove(&(k.0, k.1, u));
+            } else {
+                a.misses.push(u);
+                self.res.insert(u);
+            }
+            // Smallest key evicted first: farthest next use = smallest (MAX - next).
+            *k = (u64::MAX - next, 0);
+            self.order.insert((k.0, 0, u));
+        }
+        make_room(
+            &mut self.res,
+            &mut self.order,
+            &mut self.keys,
+            self.capacity,
+            units,
+            &mut a.evicted,
+        );
+        a.admitted = a.misses.clone();
+        a
+    }
+    fn contains(&self, unit: u32) -> bool {
+        self.res.has(unit)
+    }
+    fn len(&self) -> usize {
+        self.res.n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(c: &mut dyn UnitCache, sets: &[&[u32]]) -> Vec<Access> {
+        sets.iter()
+            .enumerate()
+            .map(|(t, s)| c.access(t as u64, s))
+            .collect()
+    }
+
+    #[test]
+    fn sliding_window_keeps_the_union_of_the_last_k_sets() {
+        let mut w = SlidingWindow::new(8, 2);
+        let a = run(&mut w, &[&[0, 1], &[1, 2], &[3], &[3]]);
+        assert_eq!(a[0].misses, vec![0, 1]);
+        // Token 1: window {tokens 0, 1} = {0, 1, 2}, nothing leaves.
+        assert_eq!(
+            (a[1].hits.clone(), a[1].misses.clone(), a[1].evicted.clone()),
+            (vec![1], vec![2], vec![])
+        );
+        // Token 2: window {1, 2} = {1, 2, 3}; of token 0's units, 0 leaves, 1 was used at 1.
+        assert_eq!(
+            (a[2].misses.clone(), a[2].evicted.clone()),
+            (vec![3], vec![0])
+        );
+        // Token 3: window {2, 3} = {3}; token 1's units 1 and 2 leave.
+        assert_eq!(
+            (a[3].hits.clone(), a[3].evicted.clone()),
+            (vec![3], vec![1, 2])
+        );
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn lru_evicts_the_least_recent_outside_the_current_set() {
+        let mut c = Lru::new(8, 2);
+        let a = run(&mut c, &[&[0], &[1], &[0], &[2]]);
+        assert_eq!(a[2].hits, vec![0]);
+        assert_eq!(
+            (a[3].misses.clone(), a[3].evicted.clone()),
+            (vec![2], vec![1])
+        );
+    }
+
+    #[test]
+    fn lfu_mask_first_keeps_the_frequent_and_always_inserts_the_mask() {
+        let mut c = Lfu::new(8, 2);
+        let a = run(&mut c, &[&[0, 1], &[0], &[0, 2], &[3, 4, 5]]);
+        // Token 2: 2 inserted, the victim is 1 (count 1) not 0 (count 3).
+        assert_eq!(a[2].evicted, vec![1]);
+        // Token 3: the mask alone (3 units) exceeds the capacity: all inserted, 0 and 2 evicted.
+        assert_eq!(a[3].admitted, vec![3, 4, 5]);
+        let mut ev = a[3].evicted.clone();
+        ev.sort();
+        assert_eq!(ev, vec![0, 2]);
+    }
+
+    #[test]
+    fn lfu_admit_refuses_units_used_less_than_the_coldest_cached() {
+        let mut c = LfuAdmit::new(8, 1);
+        let a = run(&mut c, &[&[0], &[0], &[1], &[1], &[1]]);
+        assert_eq!(a[0].admitted, vec![0]);
+        // Unit 1 at count 1 vs cached 0 at count 2: loaded on demand, not admitted.
+        assert!(a[2].admitted.is_empty() && a[2].misses == vec![1]);
+        // Count 2 is not more than 2: still refused; count 3 replaces 0.
+        assert!(a[3].admitted.is_empty());
+        assert_eq!(
+            (a[4].admitted.clone(), a[4].evicted.clone()),
+            (vec![1], vec![0])
+        );
+    }
+
+    #[test]
+    fn belady_evicts_the_farthest_next_use() {
+        let future: Vec<Vec<u32>> = vec![vec![0], vec![1], vec![2], vec![0], vec![1]];
+        let mut c = Belady::new(4, 2, &future);
+        let a: Vec<Access> = future
+            .iter()
+            .enumerate()
+            .map(|(t, s)| c.access(t as u64, s))
+            .collect();
+        // At token 2, cache {0, 1}: 0 is next used at 3, 1 at 4: evict 1.
+        assert_eq!(a[2].evicted, vec![1]);
+        assert_eq!(a[3].hits, vec![0]);
+        // Belady's misses: 0, 1, 2, 1 = 4; LRU on the same sequence misses all 5.
+        let misses: usize = a.iter().map(|x| x.misses.len()).sum();
+        assert_eq!(misses, 4);
+        let mut lru = Lru::new(4, 2);
+        let lm: usize = future
+            .iter()
+            .enumerate()
+            .map(|(t, s)| lru.access(t as u64, s).misses.len())
+            .sum();
+        assert_eq!(lm, 5);
+    }
+}

@@ -1,0 +1,338 @@
+//! `llm-in-a-flash` (Alizadeh et al., arXiv 2312.11514): attention resident, FFN neurons
+//! predicted per token and read from flash, a sliding window of the last k tokens' neurons kept
+//! in DRAM, optional row-column bundling, delete-by-copy DRAM management, compute over the whole
+//! window, and no I/O/compute overlap by default.
+//!
+//! Per token t and layer l, from the trace's `h`:
+//! - the true active set A = { i : |h_i| > active_threshold · rms(h) } (a ReLU zeroes the rest);
+//! - the predicted set P: `oracle` → P = A; `model` → each i ∈ A kept with probability `recall`
+//!   (a missed neuron costs accuracy, not I/O), plus false positives up to `over_prediction`·|A|
+//!   taken from the neurons just below the threshold (largest |h| outside A);
+//! - the window W_t = P_{t−k+1} ∪ … ∪ P_t: load P_t \ W_{t−1}, evict what leaves the window;
+//! - reads: per loaded neuron its bundle (gate row, up row, down column together) or, unbundled,
+//!   its rows and column as separate reads; each neuron's read is its own request, as in the
+//!   paper (32 threads reading neurons), unless `coalesce` merges adjacent ones;
+//! - DRAM management: deleting a neuron copies the last row over it (read + write one neuron),
+//!   an op of its own before the FFN;
+//! - the FFN computes over all of W_t, so compute grows with the window, not with P_t.
+
+use crate::cache::{SlidingWindow, UnitCache};
+use crate::decode;
+use crate::layout::{coalesce, Major, WeightLayout};
+use crate::plan::{Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+use crate::policy::{
+    parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
+};
+use flashsim_workloads::shape::{ModelShape, TensorKind};
+use flashsim_workloads::toml_source::{ConfigError, TomlSource};
+use flashsim_workloads::trace::Act;
+use serde::Deserialize;
+
+pub const ENTRY: PolicyEntry = PolicyEntry {
+    name: "llm-in-a-flash",
+    summary: "predicted FFN neurons, sliding window, bundling (LLM in a Flash)",
+    build,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Predictor {
+    /// The true active set (an upper bound on any predictor).
+    Oracle,
+    /// A predictor with recall `recall` and over-prediction `over_prediction`.
+    Model,
+}
+
+/// Parameters of `[policies.llm-in-a-flash]`, with the paper's values as defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmInAFlashParams {
+    /// Default `model`: the paper's low-rank predictor.
+    #[serde(default = "default_predictor")]
+    pub predictor: Predictor,
+    /// Share of truly active neurons the predictor marks. Default 0.95: 5% false negatives on OPT.
+    #[serde(default = "default_recall")]
+    pub recall: f64,
+    /// Predicted set size over the true active set. Default 3.0: on OPT the predictor marks
+    /// about 3x the truly active neurons (2x on Phi-2).
+    #[serde(default = "default_over")]
+    pub over_prediction: f64,
+    /// Window k in tokens. Default 4 (OPT/Falcon use 4–5; Llama-2 uses 2). 0 = no window:
+    /// every predicted neuron is read each token and dropped after use (Table 2's
+    /// "+ predictor" row).
+    #[serde(default = "default_window")]
+    pub window_tokens: u32,
+    /// Store gate row, up row and down column of each neuron together. Default true.
+    #[serde(default = "default_true")]
+    pub bundling: bool,
+    /// |h_i| above this share of rms(h) marks neuron i active in the trace. Default 0.02, far
+    /// below any active neuron of a ReLU model and above its zeroed ones (assumed).
+    #[serde(default = "default_threshold")]
+    pub active_threshold: f64,
+    /// Issue a layer's neuron reads when its attention starts instead of when it ends (the
+    /// paper does not overlap). Default false.
+    #[serde(default)]
+    pub overlap: bool,
+    /// Charge the delete-by-copy DRAM management. Default true.
+    #[serde(default = "default_true")]
+    pub dram_management: bool,
+    /// Merge reads of adjacent neurons (up to `max_read_kib`). Default false: the paper reads
+    /// each neuron (or bundle) as one request.
+    #[serde(default)]
+    pub coalesce: bool,
+    /// Seed of the predictor's misses.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_cpu")]
+    pub compute_unit: String,
+}
+
+fn default_predictor() -> Predictor {
+    Predictor::Model
+}
+fn default_recall() -> f64 {
+    0.95
+}
+fn default_over() -> f64 {
+    3.0
+}
+fn default_window() -> u32 {
+    4
+}
+fn default_true() -> bool {
+    true
+}
+fn default_threshold() -> f64 {
+    0.02
+}
+fn default_cpu() -> String {
+    "cpu".into()
+}
+
+fn build(
+    src: &TomlSource,
+    params: toml::Value,
+    key: &[&str],
+) -> Result<Box<dyn Policy>, ConfigError> {
+    let p: LlmInAFlashParams = parse_params(src, params, key)?;
+    let at = |k: &str| [key.join("."), k.to_string()].join(".");
+    if !(0.0..=1.0).contains(&p.recall) {
+        return Err(src.invalid(&at("recall"), "must lie in [0, 1]"));
+    }
+    if !(p.over_prediction >= 1.0 && p.over_prediction.is_finite()) {
+        return Err(src.invalid(&at("over_prediction"), "must be at least 1"));
+    }
+    if !(p.active_threshold >= 0.0 && p.active_threshold.is_finite()) {
+        return Err(src.invalid(&at("active_threshold"), "must be zero or positive"));
+    }
+    Ok(Box::new(LlmInAFlash::new(p)))
+}
+
+pub struct LlmInAFlash {
+    p: LlmInAFlashParams,
+    windows: Vec<SlidingWindow>,
+    h: Vec<f32>,
+}
+
+impl LlmInAFlash {
+    pub fn new(p: LlmInAFlashParams) -> Self {
+        LlmInAFlash {
+            p,
+            windows: Vec::new(),
+            h: Vec::new(),
+        }
+    }
+
+    /// Bytes of one neuron's FFN weights.
+    fn neuron_bytes(shape: &ModelShape) -> u64 {
+        (if shape.gated { 3 } else { 2 }) * shape.weight_bytes(shape.hidden as u64)
+    }
+
+    /// The extents holding neuron `i` of `layer`.
+    fn neuron_extents(&self, layout: &WeightLayout, layer: u32, i: u64, out: &mut Vec<Extent>) {
+        if let Some(b) = layout.bundles(layer) {
+            out.push(b.bundle(i));
+            return;
+        }
+        for t in layout.layer(layer).filter(|t| t.shape.kind.is_ffn()) {
+            out.push(t.unit(i));
+        }
+    }
+
+    /// Predicted set of one layer (sorted), and the true active set's size.
+    fn predict(&self, h: &[f32], token: u32, layer: u32) -> Vec<u32> {
+        let rms = (h.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / h.len() as f64).sqrt();
+        let thr = self.p.active_threshold * rms;
+        let active: Vec<u32> = (0..h.len() as u32)
+            .filter(|&i| h[i as usize].abs() as f64 > thr)
+            .collect();
+        if self.p.predictor == Predictor::Oracle {
+            return active;
+        }
+        let mut p: Vec<u32> = active
+            .iter()
+            .copied()
+            .filter(|&i| unit_hash(self.p.seed, token, layer, i) < self.p.recall)
+            .collect();
+        let target = (self.p.over_prediction * active.len() as f64).round() as usize;
+        let extra = target.saturating_sub(p.len());
+        if extra > 0 {
+            // False positives: the neurons just below the threshold.
+            let mut below: Vec<u32> = (0..h.len() as u32)
+                .filter(|&i| h[i as usize].abs() as f64 <= thr)
+                .collect();
+            let key = |i: &u32| std::cmp::Reverse(h[*i as usize].abs().to_bits());
+            if extra < below.len() {
+                below.select_nth_unstable_by_key(extra, key);
+                below.truncate(extra);
+            }
+            p.extend(below);
+        }
+        p.sort_unstable();
+        p
+    }
+}
+
+/// A uniform number in [0, 1) from (seed, token, layer, unit).
+pub fn unit_hash(seed: u64, token: u32, layer: u32, unit: u32) -> f64 {
+    let mut x = seed ^ ((token as u64) << 40) ^ ((layer as u64) << 24) ^ unit as u64;
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Policy for LlmInAFlash {
+    fn name(&self) -> &'static str {
+        ENTRY.name
+    }
+
+    fn layout(&self, shape: &ModelShape, alignment_bytes: u64) -> WeightLayout {
+        if self.p.bundling {
+            WeightLayout::bundled(shape, alignment_bytes)
+        } else {
+            // Neuron i: row i of gate and up, column i of down.
+            WeightLayout::oriented(shape, alignment_bytes, |k| {
+                if k == TensorKind::Down {
+                    Major::Col
+                } else {
+                    Major::Row
+                }
+            })
+        }
+    }
+
+    fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError> {
+        ctx.need_trace(ENTRY.name)?;
+        let n = ctx.shape.intermediate as usize;
+        // Without a window, a one-token window tells what this token needs; nothing is kept.
+        let k = self.p.window_tokens.max(1) as usize;
+        self.windows = (0..ctx.shape.layers)
+            .map(|_| SlidingWindow::new(n, k))
+            .collect();
+        // Resident: everything but the FFN (embeddings, attention, LM head; predictors are small).
+        let resident = ctx
+            .layout
+            .tensors()
+            .iter()
+            .filter(|t| !t.shape.kind.is_ffn())
+            .map(|t| t.bytes)
+            .sum();
+        Ok(PolicySetup {
+            resident_weight_bytes: resident,
+            peak_buffer_bytes: 0,
+        })
+    }
+
+    fn plan_token(
+        &mut self,
+        ctx: &PolicyContext,
+        token: TokenInfo,
+    ) -> Result<TokenPlan, PolicyError> {
+        let shape = ctx.shape;
+        let dense = decode::dense_ops(
+            shape,
+            ctx.layout,
+            token.context,
+            ctx.kv_bytes_per_value,
+            &self.p.compute_unit,
+        );
+        let nb = Self::neuron_bytes(shape);
+        let mut plan = TokenPlan::default();
+        let mut mass = 0.0;
+        let mut extents = Vec::new();
+        for l in 0..shape.layers {
+            let attn = plan.ops.len() as u32;
+            plan.ops
+                .push(dense[decode::attention_op(l) as usize].clone());
+            ctx.read(Act::H, token.index, l, &mut self.h)?;
+            let predicted = self.predict(&self.h, token.index, l);
+            let windowed = self.p.window_tokens > 0;
+            let mut access = self.windows[l as usize].access(token.index as u64, &predicted);
+            if !windowed {
+                // Stream every predicted neuron; the window object only tracks this token's set.
+                access.misses = predicted.clone();
+                access.hits.clear();
+                access.evicted.clear();
+            }
+            plan.cache_lookups += predicted.len() as u64;
+            plan.cache_hits += access.hits.len() as u64;
+            plan.evicted_bytes += access.evicted.len() as u64 * nb;
+            if self.p.dram_management && !access.evicted.is_empty() {
+                plan.ops.push(Op {
+                    kind: OpKind::DramManagement,
+                    layer: Some(l),
+                    unit: self.p.compute_unit.clone(),
+                    flops: 0,
+                    dram_bytes: 2 * access.evicted.len() as u64 * nb,
+                });
+            }
+            let ffn = plan.ops.len() as u32;
+            let window = &self.windows[l as usize];
+            let w = if windowed {
+                window.len() as u64
+            } else {
+                predicted.len() as u64
+            };
+            plan.ops.push(Op {
+                kind: OpKind::Ffn,
+                layer: Some(l),
+                unit: self.p.compute_unit.clone(),
+                // 2 FLOPs per weight over every neuron in the window.
+                flops: 2 * w * (if shape.gated { 3 } else { 2 }) * shape.hidden as u64,
+                dram_bytes: w * nb,
+            });
+            extents.clear();
+            for &i in &access.misses {
+                self.neuron_extents(ctx.layout, l, i as u64, &mut extents);
+            }
+            let reads = if self.p.coalesce {
+                coalesce(extents.clone(), ctx.max_read_bytes)
+            } else {
+                extents.clone()
+            };
+            let issue_after = if self.p.overlap {
+                IssueAfter::OpStart(attn)
+            } else {
+                IssueAfter::OpDone(attn)
+            };
+            plan.reads.extend(reads.into_iter().map(|e| Read {
+                extent: e,
+                needed_by: ffn,
+                issue_after,
+                retain: windowed,
+            }));
+            let total: f64 = self.h.iter().map(|x| x.abs() as f64).sum();
+            let kept: f64 = (0..self.h.len())
+                .filter(|&i| window.contains(i as u32))
+                .map(|i| self.h[i].abs() as f64)
+                .sum();
+            mass += if total > 0.0 { kept / total } else { 1.0 };
+        }
+        plan.ops
+            .push(dense[decode::lm_head_op(shape) as usize].clone());
+        plan.retained_mass = Some(mass / shape.layers as f64);
+        Ok(plan)
+    }
+}

@@ -47,11 +47,11 @@ pub fn header(exp: &Experiment) -> Vec<String> {
 }
 
 fn fmt(x: f64) -> String {
-    if x.is_nan() {
-        String::new()
-    } else {
-        format!("{x:.6}")
-    }
+    format!("{x:.6}")
+}
+
+fn fmt_opt(x: Option<f64>) -> String {
+    x.map(fmt).unwrap_or_default()
 }
 
 /// One row of values, matching [`header`].
@@ -92,8 +92,8 @@ pub fn row(exp: &Experiment, r: &PointResult) -> Vec<String> {
         fmt(m.flash_throughput_gb_per_s),
         m.dram_peak_bytes.to_string(),
         m.dram_resident_weight_bytes.to_string(),
-        fmt(m.retained_mass),
-        fmt(m.cache_hit_rate),
+        fmt_opt(m.retained_mass),
+        fmt_opt(m.cache_hit_rate),
     ]);
     v
 }

@@ -313,10 +313,10 @@ pub struct Metrics {
     pub flash_throughput_gb_per_s: f64,
     pub dram_peak_bytes: u64,
     pub dram_resident_weight_bytes: u64,
-    /// Mean share of the FFN activation mass the masks keep (NaN: the policy masks nothing).
-    pub retained_mass: f64,
-    /// Cache hits / lookups over the run (NaN: the policy has no cache).
-    pub cache_hit_rate: f64,
+    /// Mean share of the FFN activation mass the masks keep (`None`: the policy masks nothing).
+    pub retained_mass: Option<f64>,
+    /// Cache hits / lookups over the run (`None`: the policy has no cache).
+    pub cache_hit_rate: Option<f64>,
 }
 
 impl Metrics {
@@ -357,22 +357,14 @@ impl Metrics {
             dram_resident_weight_bytes: s.resident_weight_bytes,
             retained_mass: {
                 let v: Vec<f64> = s.tokens.iter().filter_map(|t| t.retained_mass).collect();
-                if v.is_empty() {
-                    f64::NAN
-                } else {
-                    v.iter().sum::<f64>() / v.len() as f64
-                }
+                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
             },
             cache_hit_rate: {
                 let (l, h): (u64, u64) = s
                     .tokens
                     .iter()
                     .fold((0, 0), |a, t| (a.0 + t.cache_lookups, a.1 + t.cache_hits));
-                if l == 0 {
-                    f64::NAN
-                } else {
-                    h as f64 / l as f64
-                }
+                (l > 0).then(|| h as f64 / l as f64)
             },
         }
     }

@@ -51,6 +51,7 @@ impl Policy for AllInDram {
         Ok(PolicySetup {
             resident_weight_bytes: ctx.shape.total_weight_bytes(),
             peak_buffer_bytes: 0,
+            reserved_bytes: 0,
         })
     }
 

@@ -124,41 +124,72 @@ impl UnitCache for SlidingWindow {
     }
 }
 
-/// Evicts, among units not needed by this token, the one with the smallest key.
-fn make_room(
-    res: &mut Resident,
-    order: &mut BTreeSet<(u64, u64, u32)>,
-    keys: &mut [(u64, u64)],
-    capacity: usize,
-    current: &[u32],
-    evicted: &mut Vec<u32>,
-) {
-    let mut skipped = Vec::new();
-    while res.n > capacity {
-        let Some(&(k1, k2, u)) = order.iter().next() else {
-            break;
-        };
-        order.remove(&(k1, k2, u));
-        if current.binary_search(&u).is_ok() {
-            skipped.push((k1, k2, u));
-            continue;
+const NIL: u32 = u32::MAX;
+
+/// Doubly linked lists of units threaded through per-unit `prev`/`next` arrays, one list per
+/// key (LRU: one list; LFU: one per use count). O(1) insert, remove, and pop from the front.
+#[derive(Debug, Clone)]
+struct Lists {
+    prev: Vec<u32>,
+    next: Vec<u32>,
+    head: Vec<u32>,
+    tail: Vec<u32>,
+    list_of: Vec<u32>,
+}
+
+impl Lists {
+    fn new(units: usize) -> Self {
+        Lists {
+            prev: vec![NIL; units],
+            next: vec![NIL; units],
+            head: Vec::new(),
+            tail: Vec::new(),
+            list_of: vec![NIL; units],
         }
-        res.remove(u);
-        keys[u as usize] = (0, 0);
-        evicted.push(u);
     }
-    for s in skipped {
-        order.insert(s);
+    fn push_back(&mut self, list: u32, u: u32) {
+        let l = list as usize;
+        if self.head.len() <= l {
+            self.head.resize(l + 1, NIL);
+            self.tail.resize(l + 1, NIL);
+        }
+        self.prev[u as usize] = self.tail[l];
+        self.next[u as usize] = NIL;
+        if self.tail[l] != NIL {
+            self.next[self.tail[l] as usize] = u;
+        } else {
+            self.head[l] = u;
+        }
+        self.tail[l] = u;
+        self.list_of[u as usize] = list;
+    }
+    fn remove(&mut self, u: u32) {
+        let l = self.list_of[u as usize] as usize;
+        let (p, n) = (self.prev[u as usize], self.next[u as usize]);
+        if p != NIL {
+            self.next[p as usize] = n;
+        } else {
+            self.head[l] = n;
+        }
+        if n != NIL {
+            self.prev[n as usize] = p;
+        } else {
+            self.tail[l] = p;
+        }
+        self.list_of[u as usize] = NIL;
+    }
+    fn first(&self, list: u32) -> u32 {
+        self.head.get(list as usize).copied().unwrap_or(NIL)
     }
 }
 
-/// Least recently used, `capacity` units.
+/// Least recently used, `capacity` units; victims are outside the current set.
 #[derive(Debug, Clone)]
 pub struct Lru {
     capacity: usize,
     res: Resident,
-    keys: Vec<(u64, u64)>,
-    order: BTreeSet<(u64, u64, u32)>,
+    lists: Lists,
+    stamp: Vec<u64>,
 }
 
 impl Lru {
@@ -166,8 +197,8 @@ impl Lru {
         Lru {
             capacity,
             res: Resident::new(units),
-            keys: vec![(0, 0); units],
-            order: BTreeSet::new(),
+            lists: Lists::new(units),
+            stamp: vec![u64::MAX; units],
         }
     }
 }
@@ -176,25 +207,26 @@ impl UnitCache for Lru {
     fn access(&mut self, t: u64, units: &[u32]) -> Access {
         let mut a = Access::default();
         for &u in units {
-            let k = &mut self.keys[u as usize];
             if self.res.has(u) {
                 a.hits.push(u);
-                self.order.remove(&(k.0, k.1, u));
+                self.lists.remove(u);
             } else {
                 a.misses.push(u);
                 self.res.insert(u);
             }
-            *k = (t + 1, 0);
-            self.order.insert((t + 1, 0, u));
+            self.stamp[u as usize] = t;
+            self.lists.push_back(0, u);
         }
-        make_room(
-            &mut self.res,
-            &mut self.order,
-            &mut self.keys,
-            self.capacity,
-            units,
-            &mut a.evicted,
-        );
+        // The front of the list is the least recent; this token's units are at the back.
+        while self.res.n > self.capacity {
+            let v = self.lists.first(0);
+            if v == NIL || self.stamp[v as usize] == t {
+                break;
+            }
+            self.lists.remove(v);
+            self.res.remove(v);
+            a.evicted.push(v);
+        }
         a.admitted = a
             .misses
             .iter()
@@ -213,14 +245,15 @@ impl UnitCache for Lru {
 
 /// Least frequently used with DIP's mask-first rule: the current set is always inserted (and
 /// may exceed the capacity when it alone is larger); victims are the least-used units outside
-/// it, ties to the least recently used.
+/// it, ties to the least recently used. Use counts cover the whole run, cached or not.
 #[derive(Debug, Clone)]
 pub struct Lfu {
     capacity: usize,
     res: Resident,
-    count: Vec<u64>,
-    keys: Vec<(u64, u64)>,
-    order: BTreeSet<(u64, u64, u32)>,
+    count: Vec<u32>,
+    stamp: Vec<u64>,
+    lists: Lists,
+    min_count: u32,
 }
 
 impl Lfu {
@@ -229,8 +262,9 @@ impl Lfu {
             capacity,
             res: Resident::new(units),
             count: vec![0; units],
-            keys: vec![(0, 0); units],
-            order: BTreeSet::new(),
+            stamp: vec![u64::MAX; units],
+            lists: Lists::new(units),
+            min_count: 1,
         }
     }
 }
@@ -239,26 +273,47 @@ impl UnitCache for Lfu {
     fn access(&mut self, t: u64, units: &[u32]) -> Access {
         let mut a = Access::default();
         for &u in units {
-            self.count[u as usize] += 1;
-            let k = &mut self.keys[u as usize];
             if self.res.has(u) {
                 a.hits.push(u);
-                self.order.remove(&(k.0, k.1, u));
+                self.lists.remove(u);
             } else {
                 a.misses.push(u);
                 self.res.insert(u);
             }
-            *k = (self.count[u as usize], t + 1);
-            self.order.insert((k.0, k.1, u));
+            self.count[u as usize] += 1;
+            self.stamp[u as usize] = t;
+            let c = self.count[u as usize];
+            self.lists.push_back(c, u);
+            self.min_count = self.min_count.min(c);
         }
-        make_room(
-            &mut self.res,
-            &mut self.order,
-            &mut self.keys,
-            self.capacity,
-            units,
-            &mut a.evicted,
-        );
+        // Victims: lowest count first, oldest first within a count, skipping this token's set.
+        let mut c = self.min_count;
+        let mut cursor = self.lists.first(c);
+        while self.res.n > self.capacity {
+            while cursor == NIL {
+                c += 1;
+                if c as usize >= self.lists.head.len() {
+                    break;
+                }
+                cursor = self.lists.first(c);
+            }
+            if cursor == NIL {
+                break;
+            }
+            let v = cursor;
+            cursor = self.lists.next[v as usize];
+            if self.stamp[v as usize] == t {
+                continue;
+            }
+            self.lists.remove(v);
+            self.res.remove(v);
+            a.evicted.push(v);
+        }
+        while (self.min_count as usize) < self.lists.head.len()
+            && self.lists.first(self.min_count) == NIL
+        {
+            self.min_count += 1;
+        }
         a.admitted = a.misses.clone();
         a
     }
@@ -393,14 +448,21 @@ impl UnitCache for Belady {
             *k = (u64::MAX - next, 0);
             self.order.insert((k.0, 0, u));
         }
-        make_room(
-            &mut self.res,
-            &mut self.order,
-            &mut self.keys,
-            self.capacity,
-            units,
-            &mut a.evicted,
-        );
+        let mut skipped = Vec::new();
+        while self.res.n > self.capacity {
+            let Some(&(k1, k2, v)) = self.order.iter().next() else {
+                break;
+            };
+            self.order.remove(&(k1, k2, v));
+            if units.binary_search(&v).is_ok() {
+                skipped.push((k1, k2, v));
+                continue;
+            }
+            self.res.remove(v);
+            self.keys[v as usize] = (0, 0);
+            a.evicted.push(v);
+        }
+        self.order.extend(skipped);
         a.admitted = a.misses.clone();
         a
     }

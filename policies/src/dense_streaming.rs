@@ -145,6 +145,7 @@ impl Policy for DenseStreaming {
         Ok(PolicySetup {
             resident_weight_bytes: resident,
             peak_buffer_bytes: peak,
+            reserved_bytes: 0,
         })
     }
 

@@ -10,16 +10,19 @@
 //! - [`decode`]: the ops every decode step has (attention with its KV cache, FFN, LM head).
 //! - [`policy`]: the [`Policy`] trait and the registry that builds a policy by name.
 //! - [`cache`]: sliding window, LRU, LFU, count-admission LFU and Belady caches of weight units.
-//! - one file per policy: [`dense_streaming`], [`all_in_dram`], [`llm_in_a_flash`].
+//! - one file per policy: [`dense_streaming`], [`all_in_dram`], [`llm_in_a_flash`], [`dip`], [`activeflow`].
 
+pub mod activeflow;
 pub mod all_in_dram;
 pub mod cache;
 pub mod decode;
 pub mod dense_streaming;
+pub mod dip;
 pub mod layout;
 pub mod llm_in_a_flash;
 pub mod plan;
 pub mod policy;
+pub mod topk;
 
 pub use plan::{Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 pub use policy::{

@@ -242,6 +242,7 @@ impl Policy for LlmInAFlash {
         Ok(PolicySetup {
             resident_weight_bytes: resident,
             peak_buffer_bytes: 0,
+            reserved_bytes: 0,
         })
     }
 

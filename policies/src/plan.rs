@@ -43,10 +43,15 @@ pub struct Read {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
-    /// Q/K/V/O projections and attention over the KV cache of one layer.
+    /// Q/K/V/O projections and attention over the KV cache of one layer (or, when a policy
+    /// splits it, Q/K/V and attention only).
     Attention,
-    /// The FFN of one layer.
+    /// The O projection, when a policy splits attention (its input is the attention output).
+    AttentionOut,
+    /// The FFN of one layer (or, when split, its gate/up half).
     Ffn,
+    /// The down projection, when a policy splits the FFN (its inputs depend on gate/up).
+    FfnDown,
     /// Final norm and classifier.
     LmHead,
     /// DRAM bookkeeping a policy pays for (e.g. LLM in a Flash's delete-by-copy).

@@ -65,6 +65,9 @@ pub struct PolicySetup {
     pub resident_weight_bytes: u64,
     /// The most streaming-buffer bytes the policy's plans hold at once.
     pub peak_buffer_bytes: u64,
+    /// DRAM set aside for the whole run beyond the weights (e.g. a fixed-size cache whose fills
+    /// the plans do not allocate one by one).
+    pub reserved_bytes: u64,
 }
 
 /// The token being planned.
@@ -125,6 +128,8 @@ pub fn registry() -> &'static [PolicyEntry] {
         crate::dense_streaming::ENTRY,
         crate::all_in_dram::ENTRY,
         crate::llm_in_a_flash::ENTRY,
+        crate::dip::ENTRY,
+        crate::activeflow::ENTRY,
     ]
 }
 

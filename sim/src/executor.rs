@@ -310,6 +310,7 @@ pub fn simulate(
     let kv_bytes_per_token = ctx.shape.kv_bytes_per_token(ctx.kv_bytes_per_value);
     let mut dram = Dram::new(ctx.dram_budget_bytes, device.dram_bus_bytes_per_s);
     dram.alloc(setup.resident_weight_bytes)?;
+    dram.alloc(setup.reserved_bytes)?;
     dram.alloc(kv_bytes_per_token * ctx.prompt_tokens as u64)?;
     let mut p = Pipeline {
         policy,

@@ -261,16 +261,19 @@ pub fn prepare(
     let setup = pol
         .setup(&prepared.ctx())
         .map_err(|e| src.invalid("dram_budget_gib", e.to_string()))?;
-    let needed = setup.resident_weight_bytes + setup.peak_buffer_bytes + kv_cache_bytes;
+    let needed = setup.resident_weight_bytes
+        + setup.peak_buffer_bytes
+        + setup.reserved_bytes
+        + kv_cache_bytes;
     if needed > budget {
         return Err(src.invalid(
             "dram_budget_gib",
             format!(
-                "{} GiB is smaller than what policy `{}` needs: resident weights {:.3} GiB + streaming buffers {:.3} GiB + KV cache {:.3} GiB = {:.3} GiB",
+                "{} GiB is smaller than what policy `{}` needs: resident weights {:.3} GiB + streaming buffers and caches {:.3} GiB + KV cache {:.3} GiB = {:.3} GiB",
                 c.dram_budget_gib,
                 entry.name,
                 setup.resident_weight_bytes as f64 / GIB,
-                setup.peak_buffer_bytes as f64 / GIB,
+                (setup.peak_buffer_bytes + setup.reserved_bytes) as f64 / GIB,
                 kv_cache_bytes as f64 / GIB,
                 needed as f64 / GIB
             ),

@@ -25,6 +25,17 @@ pub trait TraceView: Sync {
     fn sequences(&self) -> Vec<std::ops::Range<usize>>;
     /// `act` at token `t`, layer `l`, into `out`.
     fn read(&self, act: Act, t: usize, l: usize, out: &mut Vec<f32>);
+    /// Magnitude keys of `act` at token `t`, layer `l`: the f16 bits with the sign cleared,
+    /// whose order is the order of |value|.
+    fn read_keys(&self, act: Act, t: usize, l: usize, out: &mut Vec<u16>) {
+        let mut v = Vec::new();
+        self.read(act, t, l, &mut v);
+        out.clear();
+        out.extend(
+            v.iter()
+                .map(|&x| half::f16::from_f32(x.abs()).to_bits() & 0x7fff),
+        );
+    }
 }
 
 impl TraceView for Trace {
@@ -39,6 +50,14 @@ impl TraceView for Trace {
     }
     fn read(&self, act: Act, t: usize, l: usize, out: &mut Vec<f32>) {
         Trace::read(self, act, t, l, out)
+    }
+    fn read_keys(&self, act: Act, t: usize, l: usize, out: &mut Vec<u16>) {
+        out.clear();
+        out.extend(
+            self.bytes(act, t, l)
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7fff),
+        );
     }
 }
 

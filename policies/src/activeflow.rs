@@ -1,0 +1,419 @@
+//! `activeflow` (Jia et al., arXiv 2504.08378): top-K magnitude sparsity on the input channels of
+//! every linear, cross-layer preloading of the next N layers' channels chosen from the current
+//! layer's activations, on-demand loading of what the preload missed, and a per-tensor hot cache
+//! with count-based admission.
+//!
+//! Per token, layers run in groups of N (`preload_layers`). While group g computes, the channels
+//! of every layer of group g+1 are read, chosen as the top-K of the first layer of group g:
+//! `x_attn` for Q/K/V and `x_mlp` for gate/up (the residual stream makes them similar across
+//! layers). O and down have no residual-stream input: `o_down = "on-demand"` loads them only once
+//! the real activation is known; `"predict"` preloads them from the same operator's activation in
+//! the first layer of group g. Each layer's true top-K mask is then compared with what is cached
+//! or preloaded, and the misses load on demand before its op runs. N = 0 is serial loading:
+//! every channel on demand.
+//!
+//! Memory (the paper's M = M_cl + M_cache + M_kv ≤ M_max): embeddings and LM head resident; the
+//! preload buffers of one group, M_cl = S_l·(1 − sp)·N; the rest is hot cache, split over the
+//! tensors of every layer in proportion to their size. Sparsity defaults to the paper's
+//! sp = 1 − M_max / S_model.
+//!
+//! Not yet built: the cross-layer interleaved flash layout (channel, layer, operator), so a
+//! preload read is one column, merged with adjacent columns up to `max_read_kib`; and the solver
+//! that raises N until T_preload ≤ T_comp (N is a parameter, default 4 as on the paper's phones).
+
+use crate::cache::{LfuAdmit, UnitCache};
+use crate::decode;
+use crate::layout::{coalesce, Major, WeightLayout};
+use crate::plan::{Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+use crate::policy::{
+    parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
+};
+use crate::topk::top_k;
+use flashsim_workloads::shape::{ModelShape, TensorKind};
+use flashsim_workloads::toml_source::{ConfigError, TomlSource};
+use flashsim_workloads::trace::Act;
+use serde::Deserialize;
+
+pub const ENTRY: PolicyEntry = PolicyEntry {
+    name: "activeflow",
+    summary: "top-K sparsity on every linear, cross-layer preload, hot cache (ActiveFlow)",
+    build,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ODown {
+    OnDemand,
+    Predict,
+}
+
+/// Parameters of `[policies.activeflow]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveFlowParams {
+    /// Share of input channels dropped in every linear. Default: 1 − M_max / S_model (paper).
+    #[serde(default)]
+    pub sparsity: Option<f64>,
+    /// N: layers preloaded ahead (the group size). Default 4 (hides loading on their phones);
+    /// 0 = serial loading.
+    #[serde(default = "four")]
+    pub preload_layers: u32,
+    /// How O and down are loaded. Default `on-demand`.
+    #[serde(default = "on_demand")]
+    pub o_down: ODown,
+    /// Keep a hot cache with the rest of the budget. Default true.
+    #[serde(default = "yes")]
+    pub hot_cache: bool,
+    #[serde(default = "cpu")]
+    pub compute_unit: String,
+}
+
+fn four() -> u32 {
+    4
+}
+fn on_demand() -> ODown {
+    ODown::OnDemand
+}
+fn yes() -> bool {
+    true
+}
+fn cpu() -> String {
+    "cpu".into()
+}
+
+fn build(
+    src: &TomlSource,
+    params: toml::Value,
+    key: &[&str],
+) -> Result<Box<dyn Policy>, ConfigError> {
+    let p: ActiveFlowParams = parse_params(src, params, key)?;
+    if let Some(sp) = p.sparsity {
+        if !(0.0..1.0).contains(&sp) {
+            return Err(src.invalid(
+                &[key.join("."), "sparsity".into()].join("."),
+                "must lie in [0, 1)",
+            ));
+        }
+    }
+    Ok(Box::new(ActiveFlow::new(p)))
+}
+
+/// The four sparsified operators of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Oper {
+    Qkv,
+    O,
+    GateUp,
+    Down,
+}
+
+const OPERS: [Oper; 4] = [Oper::Qkv, Oper::O, Oper::GateUp, Oper::Down];
+
+impl Oper {
+    fn act(self) -> Act {
+        match self {
+            Oper::Qkv => Act::XAttn,
+            Oper::O => Act::XO,
+            Oper::GateUp => Act::XMlp,
+            Oper::Down => Act::H,
+        }
+    }
+    fn kinds(self, gated: bool) -> &'static [TensorKind] {
+        match self {
+            Oper::Qkv => &[TensorKind::Wq, TensorKind::Wk, TensorKind::Wv],
+            Oper::O => &[TensorKind::Wo],
+            Oper::GateUp if gated => &[TensorKind::Gate, TensorKind::Up],
+            Oper::GateUp => &[TensorKind::Up],
+            Oper::Down => &[TensorKind::Down],
+        }
+    }
+    fn residual(self) -> bool {
+        matches!(self, Oper::Qkv | Oper::GateUp)
+    }
+}
+
+pub struct ActiveFlow {
+    p: ActiveFlowParams,
+    sparsity: f64,
+    /// caches[layer][oper]
+    caches: Vec<Vec<LfuAdmit>>,
+    keys: Vec<u16>,
+    sel: Vec<u32>,
+    v: Vec<f32>,
+}
+
+impl ActiveFlow {
+    pub fn new(p: ActiveFlowParams) -> Self {
+        ActiveFlow {
+            p,
+            sparsity: 0.0,
+            caches: Vec::new(),
+            keys: Vec::new(),
+            sel: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+
+    fn width(shape: &ModelShape, o: Oper) -> usize {
+        match o {
+            Oper::Qkv | Oper::GateUp => shape.hidden as usize,
+            Oper::O => shape.q_dim() as usize,
+            Oper::Down => shape.intermediate as usize,
+        }
+    }
+
+    fn k(&self, shape: &ModelShape, o: Oper) -> usize {
+        let w = Self::width(shape, o);
+        (((1.0 - self.sparsity) * w as f64).round() as usize).clamp(1, w)
+    }
+
+    /// Bytes of one input channel of operator `o` (all its matrices).
+    fn unit_bytes(layout: &WeightLayout, l: u32, o: Oper, gated: bool) -> u64 {
+        o.kinds(gated)
+            .iter()
+            .map(|&k| layout.tensor(k, Some(l)).expect("linear").row_bytes)
+            .sum()
+    }
+
+    fn mask(
+        &mut self,
+        ctx: &PolicyContext,
+        o: Oper,
+        index: u32,
+        l: u32,
+    ) -> Result<Vec<u32>, PolicyError> {
+        let t = ctx.need_trace(ENTRY.name)?;
+        t.read_keys(
+            o.act(),
+            index as usize % t.tokens(),
+            l as usize,
+            &mut self.keys,
+        );
+        top_k(&self.keys, self.k(ctx.shape, o), &mut self.sel);
+        Ok(self.sel.clone())
+    }
+}
+
+impl Policy for ActiveFlow {
+    fn name(&self) -> &'static str {
+        ENTRY.name
+    }
+
+    fn layout(&self, shape: &ModelShape, alignment_bytes: u64) -> WeightLayout {
+        // Every linear stored input-channel-major.
+        WeightLayout::oriented(shape, alignment_bytes, |k| {
+            if k == TensorKind::Embedding || k == TensorKind::LmHead {
+                Major::Row
+            } else {
+                Major::Col
+            }
+        })
+    }
+
+    fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError> {
+        ctx.need_trace(ENTRY.name)?;
+        let shape = ctx.shape;
+        let total = shape.total_weight_bytes();
+        let resident: u64 = ctx
+            .layout
+            .tensors()
+            .iter()
+            .filter(|t| t.shape.layer.is_none())
+            .map(|t| t.bytes)
+            .sum();
+        let budget = ctx.dram_budget_bytes.saturating_sub(ctx.kv_cache_bytes);
+        self.sparsity = match self.p.sparsity {
+            Some(sp) => sp,
+            // sp = 1 − M_max / S_model, the paper's rule (the budget without the KV cache).
+            None => (1.0 - budget as f64 / total as f64).clamp(0.0, 0.99),
+        };
+        // Preload buffers: the paper's M_cl = S_l (1 − sp) N, doubled because the next group's
+        // preload is read while this group's preloaded weights are still in use, plus one layer
+        // of on-demand loads: S_l (1 − sp) (2N + 1).
+        let layer_bytes = (total - resident) / shape.layers as u64;
+        let m_cl = ((layer_bytes as f64 * (1.0 - self.sparsity))
+            * (2 * self.p.preload_layers + 1) as f64) as u64;
+        let needed = resident + m_cl + ctx.kv_cache_bytes;
+        if needed > ctx.dram_budget_bytes {
+            return Err(PolicyError::DramBudget {
+                needed_bytes: needed,
+                budget_bytes: ctx.dram_budget_bytes,
+                what: format!(
+                    "embeddings, KV cache and the preload buffers of {} layers at sparsity {:.2}",
+                    2 * self.p.preload_layers + 1,
+                    self.sparsity
+                ),
+            });
+        }
+        let cache_bytes = if self.p.hot_cache {
+            ctx.dram_budget_bytes - needed
+        } else {
+            0
+        };
+        // Split over every tensor in proportion to its size.
+        let share = cache_bytes as f64 / (total - resident) as f64;
+        self.caches = (0..shape.layers)
+            .map(|l| {
+                OPERS
+                    .iter()
+                    .map(|&o| {
+                        let w = Self::width(shape, o);
+                        let ub = Self::unit_bytes(ctx.layout, l, o, shape.gated);
+                        let cap = ((share * (w as u64 * ub) as f64) / ub as f64).floor() as usize;
+                        LfuAdmit::new(w, cap.min(w))
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(PolicySetup {
+            resident_weight_bytes: resident,
+            peak_buffer_bytes: m_cl,
+            reserved_bytes: cache_bytes,
+        })
+    }
+
+    fn plan_token(
+        &mut self,
+        ctx: &PolicyContext,
+        token: TokenInfo,
+    ) -> Result<TokenPlan, PolicyError> {
+        let shape = ctx.shape;
+        let trace = ctx.need_trace(ENTRY.name)?;
+        let tt = token.index as usize % trace.tokens();
+        if tt == 0 || trace.sequences().iter().any(|s| s.start == tt) {
+            // Counts are per context: a new sequence starts afresh.
+            self.caches
+                .iter_mut()
+                .flatten()
+                .for_each(LfuAdmit::reset_counts);
+        }
+        let dense = decode::dense_ops(
+            shape,
+            ctx.layout,
+            token.context,
+            ctx.kv_bytes_per_value,
+            &self.p.compute_unit,
+        );
+        let n = self.p.preload_layers;
+        let gated = shape.gated;
+        let mut plan = TokenPlan::default();
+        let mut mass = 0.0;
+        // Preloaded channels per (layer, oper), and the op index that issues each group's preload.
+        let layers = shape.layers as usize;
+        let mut preloaded: Vec<[Vec<u32>; 4]> = vec![Default::default(); layers];
+        // Op indices: 4 per layer (qkv+attention, O, gate/up, down), then the LM head.
+        let op_of =
+            |l: u32, o: Oper| 4 * l + OPERS.iter().position(|x| *x == o).expect("oper") as u32;
+        let kv = decode::kv_bytes_per_layer(shape, token.context, ctx.kv_bytes_per_value);
+        let attn_flops = 4 * shape.q_dim() * (token.context + 1);
+        for l in 0..shape.layers {
+            // Preload of the next group, issued when this group's first layer starts. Reads are
+            // issued in plan order, so these go after that layer's own on-demand Q/K/V reads.
+            let mut preload_reads: Vec<Read> = Vec::new();
+            if n > 0 && l % n == 0 {
+                let next: Vec<u32> = (l + n..(l + 2 * n).min(shape.layers)).collect();
+                for o in OPERS {
+                    if !o.residual() && self.p.o_down == ODown::OnDemand {
+                        continue;
+                    }
+                    let predicted = self.mask(ctx, o, token.index, l)?;
+                    for &nl in &next {
+                        let cache = &self.caches[nl as usize][o as usize];
+                        let fetch: Vec<u32> = predicted
+                            .iter()
+                            .copied()
+                            .filter(|&c| !cache.contains(c))
+                            .collect();
+                        let mut ext = Vec::new();
+                        for &kind in o.kinds(gated) {
+                            let t = ctx.layout.tensor(kind, Some(nl)).expect("linear");
+                            ext.extend(fetch.iter().map(|&c| t.unit(c as u64)));
+                        }
+                        for e in coalesce(ext, ctx.max_read_bytes) {
+                            preload_reads.push(Read {
+                                extent: e,
+                                needed_by: op_of(nl, o),
+                                issue_after: IssueAfter::OpStart(op_of(l, Oper::Qkv)),
+                                retain: false,
+                            });
+                        }
+                        preloaded[nl as usize][o as usize] = predicted.clone();
+                    }
+                }
+            }
+            for o in OPERS {
+                let mask = self.mask(ctx, o, token.index, l)?;
+                let pre = &preloaded[l as usize][o as usize];
+                let cache = &mut self.caches[l as usize][o as usize];
+                let access = cache.access(token.index as u64, &mask);
+                plan.cache_lookups += mask.len() as u64;
+                plan.cache_hits += access.hits.len() as u64;
+                let ub = Self::unit_bytes(ctx.layout, l, o, gated);
+                plan.evicted_bytes += access.evicted.len() as u64 * ub;
+                // Missed by both the cache and the preload: on demand, once the input is known.
+                let demand: Vec<u32> = access
+                    .misses
+                    .iter()
+                    .copied()
+                    .filter(|c| pre.binary_search(c).is_err())
+                    .collect();
+                let op = op_of(l, o);
+                let mut ext: Vec<Extent> = Vec::new();
+                for &kind in o.kinds(gated) {
+                    let t = ctx.layout.tensor(kind, Some(l)).expect("linear");
+                    ext.extend(demand.iter().map(|&c| t.unit(c as u64)));
+                }
+                let after = if op == 0 {
+                    IssueAfter::TokenStart
+                } else {
+                    IssueAfter::OpDone(op - 1)
+                };
+                for e in coalesce(ext, ctx.max_read_bytes) {
+                    plan.reads.push(Read {
+                        extent: e,
+                        needed_by: op,
+                        issue_after: after,
+                        retain: false,
+                    });
+                }
+                if o == Oper::Qkv {
+                    plan.reads.append(&mut preload_reads);
+                }
+                // Admitted units stay in DRAM as cache (counted in the setup's cache budget).
+                let k = mask.len() as u64;
+                let out_width: u64 = o
+                    .kinds(gated)
+                    .iter()
+                    .map(|&kd| ctx.layout.tensor(kd, Some(l)).expect("linear").shape.rows)
+                    .sum();
+                let (kind, flops, bytes) = match o {
+                    Oper::Qkv => (
+                        OpKind::Attention,
+                        2 * out_width * k + attn_flops,
+                        k * ub + kv,
+                    ),
+                    Oper::O => (OpKind::AttentionOut, 2 * out_width * k, k * ub),
+                    Oper::GateUp => (OpKind::Ffn, 2 * out_width * k, k * ub),
+                    Oper::Down => (OpKind::FfnDown, 2 * out_width * k, k * ub),
+                };
+                plan.ops.push(Op {
+                    kind,
+                    layer: Some(l),
+                    unit: self.p.compute_unit.clone(),
+                    flops,
+                    dram_bytes: bytes,
+                });
+                if o == Oper::Down {
+                    ctx.read(Act::H, token.index, l, &mut self.v)?;
+                    let total: f64 = self.v.iter().map(|x| x.abs() as f64).sum();
+                    let kept: f64 = mask.iter().map(|&i| self.v[i as usize].abs() as f64).sum();
+                    mass += if total > 0.0 { kept / total } else { 1.0 };
+                }
+            }
+        }
+        plan.ops
+            .push(dense[decode::lm_head_op(shape) as usize].clone());
+        plan.retained_mass = Some(mass / shape.layers as f64);
+        Ok(plan)
+    }
+}

@@ -528,7 +528,7 @@ mod tests {
             2
         }
         fn sequences(&self) -> Vec<std::ops::Range<usize>> {
-            vec![0..2]
+            std::iter::once(0..2).collect()
         }
         fn read(&self, act: Act, t: usize, _l: usize, out: &mut Vec<f32>) {
             *out = match act {

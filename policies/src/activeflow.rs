@@ -17,13 +17,16 @@
 //! tensors of every layer in proportion to their size. Sparsity defaults to the paper's
 //! sp = 1 − M_max / S_model.
 //!
-//! Not yet built: the cross-layer interleaved flash layout (channel, layer, operator), so a
-//! preload read is one column, merged with adjacent columns up to `max_read_kib`; and the solver
-//! that raises N until T_preload ≤ T_comp (N is a parameter, default 4 as on the paper's phones).
+//! Flash layout: ActiveFlow's cross-layer interleave ([`WeightLayout::interleaved`]) with groups
+//! of N layers, so a preload of channel c is one read of N layers' columns; on-demand reads take
+//! one layer's columns. Preloads are prefetches: on-demand reads are issued first.
+//!
+//! Not yet built: the solver that raises N until T_preload ≤ T_comp (N is a parameter, default
+//! 4 as on the paper's phones), which needs device figures a policy does not see.
 
 use crate::cache::{LfuAdmit, UnitCache};
 use crate::decode;
-use crate::layout::{coalesce, Major, WeightLayout};
+use crate::layout::{coalesce, InterleaveRegion, WeightLayout};
 use crate::plan::{Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 use crate::policy::{
     parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
@@ -154,6 +157,11 @@ impl ActiveFlow {
         }
     }
 
+    /// Layers per group: N, or 1 for serial loading.
+    fn group(&self) -> u32 {
+        self.p.preload_layers.max(1)
+    }
+
     fn width(shape: &ModelShape, o: Oper) -> usize {
         match o {
             Oper::Qkv | Oper::GateUp => shape.hidden as usize,
@@ -167,12 +175,10 @@ impl ActiveFlow {
         (((1.0 - self.sparsity) * w as f64).round() as usize).clamp(1, w)
     }
 
-    /// Bytes of one input channel of operator `o` (all its matrices).
-    fn unit_bytes(layout: &WeightLayout, l: u32, o: Oper, gated: bool) -> u64 {
-        o.kinds(gated)
-            .iter()
-            .map(|&k| layout.tensor(k, Some(l)).expect("linear").row_bytes)
-            .sum()
+    fn region(layout: &WeightLayout, l: u32, o: Oper) -> &InterleaveRegion {
+        layout
+            .interleave_region(l, o as usize)
+            .expect("activeflow's layout interleaves every linear")
     }
 
     fn mask(
@@ -200,27 +206,16 @@ impl Policy for ActiveFlow {
     }
 
     fn layout(&self, shape: &ModelShape, alignment_bytes: u64) -> WeightLayout {
-        // Every linear stored input-channel-major.
-        WeightLayout::oriented(shape, alignment_bytes, |k| {
-            if k == TensorKind::Embedding || k == TensorKind::LmHead {
-                Major::Row
-            } else {
-                Major::Col
-            }
-        })
+        let gated = shape.gated;
+        let opers: Vec<&[TensorKind]> = OPERS.iter().map(|o| o.kinds(gated)).collect();
+        WeightLayout::interleaved(shape, alignment_bytes, self.group(), &opers)
     }
 
     fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError> {
         ctx.need_trace(ENTRY.name)?;
         let shape = ctx.shape;
         let total = shape.total_weight_bytes();
-        let resident: u64 = ctx
-            .layout
-            .tensors()
-            .iter()
-            .filter(|t| t.shape.layer.is_none())
-            .map(|t| t.bytes)
-            .sum();
+        let resident: u64 = ctx.layout.tensors().iter().map(|t| t.bytes).sum();
         let budget = ctx.dram_budget_bytes.saturating_sub(ctx.kv_cache_bytes);
         self.sparsity = match self.p.sparsity {
             Some(sp) => sp,
@@ -258,8 +253,8 @@ impl Policy for ActiveFlow {
                     .iter()
                     .map(|&o| {
                         let w = Self::width(shape, o);
-                        let ub = Self::unit_bytes(ctx.layout, l, o, shape.gated);
-                        let cap = ((share * (w as u64 * ub) as f64) / ub as f64).floor() as usize;
+                        let cap = (share * w as f64).floor() as usize;
+                        let _ = Self::region(ctx.layout, l, o);
                         LfuAdmit::new(w, cap.min(w))
                     })
                     .collect()
@@ -280,7 +275,7 @@ impl Policy for ActiveFlow {
         let shape = ctx.shape;
         let trace = ctx.need_trace(ENTRY.name)?;
         let tt = token.index as usize % trace.tokens();
-        if tt == 0 || trace.sequences().iter().any(|s| s.start == tt) {
+        if trace.sequences().iter().any(|s| s.start == tt) {
             // Counts are per context: a new sequence starts afresh.
             self.caches
                 .iter_mut()
@@ -295,48 +290,41 @@ impl Policy for ActiveFlow {
             &self.p.compute_unit,
         );
         let n = self.p.preload_layers;
-        let gated = shape.gated;
+        let g = self.group();
         let mut plan = TokenPlan::default();
         let mut mass = 0.0;
-        // Preloaded channels per (layer, oper), and the op index that issues each group's preload.
         let layers = shape.layers as usize;
         let mut preloaded: Vec<[Vec<u32>; 4]> = vec![Default::default(); layers];
-        // Op indices: 4 per layer (qkv+attention, O, gate/up, down), then the LM head.
-        let op_of =
-            |l: u32, o: Oper| 4 * l + OPERS.iter().position(|x| *x == o).expect("oper") as u32;
+        // Op indices: 4 per layer (Q/K/V + attention, O, gate/up, down), then the LM head.
+        let op_of = |l: u32, o: Oper| 4 * l + o as u32;
         let kv = decode::kv_bytes_per_layer(shape, token.context, ctx.kv_bytes_per_value);
         let attn_flops = 4 * shape.q_dim() * (token.context + 1);
         for l in 0..shape.layers {
-            // Preload of the next group, issued when this group's first layer starts. Reads are
-            // issued in plan order, so these go after that layer's own on-demand Q/K/V reads.
-            let mut preload_reads: Vec<Read> = Vec::new();
-            if n > 0 && l % n == 0 {
-                let next: Vec<u32> = (l + n..(l + 2 * n).min(shape.layers)).collect();
+            // The next group's preload, issued when this group's first layer starts, chosen from
+            // this layer's activations; prefetches, so on-demand reads go first.
+            if n > 0 && l % g == 0 && l + g < shape.layers {
+                let (first, last) = (l + g, (l + 2 * g).min(shape.layers) - 1);
                 for o in OPERS {
                     if !o.residual() && self.p.o_down == ODown::OnDemand {
                         continue;
                     }
                     let predicted = self.mask(ctx, o, token.index, l)?;
-                    for &nl in &next {
-                        let cache = &self.caches[nl as usize][o as usize];
-                        let fetch: Vec<u32> = predicted
-                            .iter()
-                            .copied()
-                            .filter(|&c| !cache.contains(c))
-                            .collect();
-                        let mut ext = Vec::new();
-                        for &kind in o.kinds(gated) {
-                            let t = ctx.layout.tensor(kind, Some(nl)).expect("linear");
-                            ext.extend(fetch.iter().map(|&c| t.unit(c as u64)));
-                        }
-                        for e in coalesce(ext, ctx.max_read_bytes) {
-                            preload_reads.push(Read {
-                                extent: e,
-                                needed_by: op_of(nl, o),
+                    let region = Self::region(ctx.layout, first, o);
+                    for &c in &predicted {
+                        let cached_everywhere = (first..=last)
+                            .all(|nl| self.caches[nl as usize][o as usize].contains(c));
+                        if !cached_everywhere {
+                            plan.reads.push(Read {
+                                extent: region.group_channel(c as u64),
+                                needed_by: op_of(first, o),
                                 issue_after: IssueAfter::OpStart(op_of(l, Oper::Qkv)),
                                 retain: false,
+                                free_after: op_of(last, o),
+                                prefetch: true,
                             });
                         }
+                    }
+                    for nl in first..=last {
                         preloaded[nl as usize][o as usize] = predicted.clone();
                     }
                 }
@@ -344,57 +332,40 @@ impl Policy for ActiveFlow {
             for o in OPERS {
                 let mask = self.mask(ctx, o, token.index, l)?;
                 let pre = &preloaded[l as usize][o as usize];
+                let region = Self::region(ctx.layout, l, o);
                 let cache = &mut self.caches[l as usize][o as usize];
                 let access = cache.access(token.index as u64, &mask);
                 plan.cache_lookups += mask.len() as u64;
                 plan.cache_hits += access.hits.len() as u64;
-                let ub = Self::unit_bytes(ctx.layout, l, o, gated);
-                plan.evicted_bytes += access.evicted.len() as u64 * ub;
                 // Missed by both the cache and the preload: on demand, once the input is known.
-                let demand: Vec<u32> = access
-                    .misses
-                    .iter()
-                    .copied()
-                    .filter(|c| pre.binary_search(c).is_err())
-                    .collect();
                 let op = op_of(l, o);
-                let mut ext: Vec<Extent> = Vec::new();
-                for &kind in o.kinds(gated) {
-                    let t = ctx.layout.tensor(kind, Some(l)).expect("linear");
-                    ext.extend(demand.iter().map(|&c| t.unit(c as u64)));
-                }
                 let after = if op == 0 {
                     IssueAfter::TokenStart
                 } else {
                     IssueAfter::OpDone(op - 1)
                 };
-                for e in coalesce(ext, ctx.max_read_bytes) {
-                    plan.reads.push(Read {
-                        extent: e,
-                        needed_by: op,
-                        issue_after: after,
-                        retain: false,
-                    });
-                }
-                if o == Oper::Qkv {
-                    plan.reads.append(&mut preload_reads);
-                }
-                // Admitted units stay in DRAM as cache (counted in the setup's cache budget).
-                let k = mask.len() as u64;
-                let out_width: u64 = o
-                    .kinds(gated)
+                let demand: Vec<Extent> = access
+                    .misses
                     .iter()
-                    .map(|&kd| ctx.layout.tensor(kd, Some(l)).expect("linear").shape.rows)
-                    .sum();
+                    .filter(|c| pre.binary_search(c).is_err())
+                    .map(|&c| region.channel(l, c as u64))
+                    .collect();
+                for e in coalesce(demand, ctx.max_read_bytes) {
+                    plan.reads.push(Read::demand(e, op, after, false));
+                }
+                // Cache fills live in the reserved cache budget; the fetched bytes are buffers.
+                let k = mask.len() as u64;
+                let ub = region.unit_bytes;
+                let out_rows = ub / shape.weight_bytes(1).max(1);
                 let (kind, flops, bytes) = match o {
                     Oper::Qkv => (
                         OpKind::Attention,
-                        2 * out_width * k + attn_flops,
+                        2 * out_rows * k + attn_flops,
                         k * ub + kv,
                     ),
-                    Oper::O => (OpKind::AttentionOut, 2 * out_width * k, k * ub),
-                    Oper::GateUp => (OpKind::Ffn, 2 * out_width * k, k * ub),
-                    Oper::Down => (OpKind::FfnDown, 2 * out_width * k, k * ub),
+                    Oper::O => (OpKind::AttentionOut, 2 * out_rows * k, k * ub),
+                    Oper::GateUp => (OpKind::Ffn, 2 * out_rows * k, k * ub),
+                    Oper::Down => (OpKind::FfnDown, 2 * out_rows * k, k * ub),
                 };
                 plan.ops.push(Op {
                     kind,
@@ -415,5 +386,136 @@ impl Policy for ActiveFlow {
             .push(dense[decode::lm_head_op(shape) as usize].clone());
         plan.retained_mass = Some(mass / shape.layers as f64);
         Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsim_workloads::trace::stats::TraceView;
+
+    struct Fake {
+        shape: ModelShape,
+    }
+    impl TraceView for Fake {
+        fn shape(&self) -> &ModelShape {
+            &self.shape
+        }
+        fn tokens(&self) -> usize {
+            1
+        }
+        fn sequences(&self) -> Vec<std::ops::Range<usize>> {
+            std::iter::once(0..1).collect()
+        }
+        fn read(&self, act: Act, _t: usize, l: usize, out: &mut Vec<f32>) {
+            let v: [[f32; 4]; 2] = match act {
+                Act::XAttn => [[5.0, 0.0, 3.0, 1.0], [4.0, 0.5, 6.0, 0.0]],
+                Act::XO => [[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]],
+                Act::XMlp => [[0.0, 2.0, 0.0, 7.0], [3.0, 0.0, 0.0, 9.0]],
+                Act::H => [[1.0, 0.0, 0.0, 2.0], [0.0, 5.0, 6.0, 0.0]],
+            };
+            *out = v[l].to_vec();
+        }
+    }
+
+    #[test]
+    fn preload_from_the_current_layer_and_load_the_misses_on_demand() {
+        let shape = ModelShape {
+            name: "t".into(),
+            source: String::new(),
+            layers: 2,
+            hidden: 4,
+            intermediate: 4,
+            heads: 1,
+            kv_heads: 1,
+            vocab: 4,
+            bytes_per_weight: 2.0,
+            gated: true,
+            tied_embeddings: true,
+            head_dim: None,
+        };
+        let trace = Fake {
+            shape: shape.clone(),
+        };
+        let mut p = ActiveFlow::new(ActiveFlowParams {
+            sparsity: Some(0.5),
+            preload_layers: 1,
+            o_down: ODown::OnDemand,
+            hot_cache: false,
+            compute_unit: "cpu".into(),
+        });
+        let layout = p.layout(&shape, 1);
+        let ctx = PolicyContext {
+            shape: &shape,
+            layout: &layout,
+            dram_budget_bytes: 1 << 20,
+            kv_cache_bytes: 0,
+            kv_bytes_per_value: 2,
+            prompt_tokens: 0,
+            tokens: 1,
+            max_read_bytes: 1 << 20,
+            trace: Some(&trace),
+        };
+        p.setup(&ctx).unwrap();
+        let plan = p
+            .plan_token(
+                &ctx,
+                TokenInfo {
+                    index: 0,
+                    context: 0,
+                    token_id: 0,
+                },
+            )
+            .unwrap();
+        plan.check().unwrap();
+        let region = |l, o: Oper| *layout.interleave_region(l, o as usize).unwrap();
+        // Preloads for layer 1, chosen from layer 0: Q/K/V channels {0, 2} (top-2 of x_attn),
+        // gate/up channels {1, 3} (top-2 of x_mlp); O and down are on demand only.
+        let pre: Vec<(Extent, u32)> = plan
+            .reads
+            .iter()
+            .filter(|r| r.prefetch)
+            .map(|r| (r.extent, r.needed_by))
+            .collect();
+        let (q1, g1) = (region(1, Oper::Qkv), region(1, Oper::GateUp));
+        assert_eq!(
+            pre,
+            vec![
+                (q1.group_channel(0), 4),
+                (q1.group_channel(2), 4),
+                (g1.group_channel(1), 6),
+                (g1.group_channel(3), 6)
+            ]
+        );
+        assert!(plan
+            .reads
+            .iter()
+            .filter(|r| r.prefetch)
+            .all(|r| r.issue_after == IssueAfter::OpStart(0)));
+        // On demand: all of layer 0 (2 Q/K/V channels, O {2, 3} merged, gate/up 2, down 2), and in
+        // layer 1 what the preload missed: O {0, 1} merged, gate/up channel 0, down {1, 2} merged.
+        let demand: Vec<(u32, Extent)> = plan
+            .reads
+            .iter()
+            .filter(|r| !r.prefetch)
+            .map(|r| (r.needed_by, r.extent))
+            .collect();
+        assert_eq!(demand.len(), 7 + 3);
+        let o1 = region(1, Oper::O);
+        assert!(demand.contains(&(
+            5,
+            Extent {
+                offset: o1.channel(1, 0).offset,
+                bytes: 2 * o1.unit_bytes
+            }
+        )));
+        assert!(demand.contains(&(6, g1.channel(1, 0))));
+        assert!(
+            !demand.iter().any(|&(op, _)| op == 4),
+            "layer 1's Q/K/V was fully preloaded"
+        );
+        // Q/K/V of a layer: 3 columns of 4 fp16 weights per channel.
+        assert_eq!(q1.unit_bytes, 24);
+        assert_eq!(plan.ops.len(), 2 * 4 + 1);
     }
 }

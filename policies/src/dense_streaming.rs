@@ -168,12 +168,12 @@ impl Policy for DenseStreaming {
             .expect("layout has an embedding");
         let row = token.token_id as u64 % emb.shape.rows;
         if row >= self.embedding_pinned_rows {
-            reads.push(Read {
-                extent: emb.rows(row, 1),
-                needed_by: 0,
-                issue_after: IssueAfter::TokenStart,
-                retain: false,
-            });
+            reads.push(Read::demand(
+                emb.rows(row, 1),
+                0,
+                IssueAfter::TokenStart,
+                false,
+            ));
         }
         for (op, extents) in self.streamed.iter().enumerate() {
             let op = op as u32;

@@ -479,12 +479,8 @@ impl Policy for Dip {
                 }
                 let admitted_all = access.admitted.len() == access.misses.len();
                 for e in coalesce(std::mem::take(&mut extents), ctx.max_read_bytes) {
-                    plan.reads.push(Read {
-                        extent: e,
-                        needed_by: op,
-                        issue_after,
-                        retain: admitted_all,
-                    });
+                    plan.reads
+                        .push(Read::demand(e, op, issue_after, admitted_all));
                 }
                 // Retained mass of this mask.
                 let v = if act == Act::XMlp {

@@ -8,6 +8,11 @@
 //!   gate row, up row and down column stored together (`bundle_bytes` each), after the other
 //!   matrices in per-matrix order.
 //!
+//! - [`WeightLayout::interleaved`]: ActiveFlow's cross-layer layout: inside each group of N
+//!   layers and for each operator (a set of matrices sharing one input, e.g. Q, K, V), the
+//!   weights are ordered by (channel, layer, matrix), so channel c of the whole group is one
+//!   contiguous read of N × unit bytes.
+//!
 //! A *unit* is what a policy reads or caches: a row or column of a matrix, or a bundle.
 //! [`coalesce`] merges adjacent extents into reads of at most a configured size.
 
@@ -80,11 +85,49 @@ impl BundleRegion {
     }
 }
 
+/// One (layer group, operator) region of an interleaved layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterleaveRegion {
+    pub first_layer: u32,
+    pub layers: u32,
+    /// Index of the operator in the list given to [`WeightLayout::interleaved`].
+    pub oper: usize,
+    /// Input channels of the operator's matrices.
+    pub channels: u64,
+    /// Bytes of one channel of one layer (a column of each of the operator's matrices).
+    pub unit_bytes: u64,
+    pub offset: u64,
+}
+
+impl InterleaveRegion {
+    /// Channel `c` of `layer` alone.
+    pub fn channel(&self, layer: u32, c: u64) -> Extent {
+        debug_assert!(
+            layer >= self.first_layer
+                && layer < self.first_layer + self.layers
+                && c < self.channels
+        );
+        Extent {
+            offset: self.offset
+                + (c * self.layers as u64 + (layer - self.first_layer) as u64) * self.unit_bytes,
+            bytes: self.unit_bytes,
+        }
+    }
+    /// Channel `c` of every layer of the group: one read.
+    pub fn group_channel(&self, c: u64) -> Extent {
+        Extent {
+            offset: self.offset + c * self.layers as u64 * self.unit_bytes,
+            bytes: self.layers as u64 * self.unit_bytes,
+        }
+    }
+}
+
 /// A model's weight file.
 #[derive(Debug, Clone)]
 pub struct WeightLayout {
     tensors: Vec<TensorExtent>,
     bundles: Vec<BundleRegion>,
+    interleave: Vec<InterleaveRegion>,
     pub file_bytes: u64,
     pub alignment_bytes: u64,
 }
@@ -125,6 +168,7 @@ impl WeightLayout {
         WeightLayout {
             tensors,
             bundles: Vec::new(),
+            interleave: Vec::new(),
             file_bytes: off.next_multiple_of(alignment_bytes),
             alignment_bytes,
         }
@@ -158,6 +202,65 @@ impl WeightLayout {
         }
         l.file_bytes = off.next_multiple_of(alignment_bytes);
         l
+    }
+
+    /// ActiveFlow's interleaved layout with groups of `group` layers; `opers` lists the
+    /// operators, each a set of matrices sharing one input. Embedding and LM head stay
+    /// row-major; every layer matrix not named in `opers` is stored per matrix, row-major.
+    pub fn interleaved(
+        shape: &ModelShape,
+        alignment_bytes: u64,
+        group: u32,
+        opers: &[&[TensorKind]],
+    ) -> Self {
+        assert!(group >= 1);
+        let named: Vec<TensorKind> = opers.iter().flat_map(|o| o.iter().copied()).collect();
+        let mut l = Self::oriented(shape, alignment_bytes, |_| Major::Row);
+        l.tensors
+            .retain(|t| t.shape.layer.is_none() || !named.contains(&t.shape.kind));
+        let mut off = 0u64;
+        for t in &mut l.tensors {
+            off = off.next_multiple_of(alignment_bytes);
+            t.offset = off;
+            off += t.bytes;
+        }
+        let mut first = 0;
+        while first < shape.layers {
+            let layers = group.min(shape.layers - first);
+            for (oi, kinds) in opers.iter().enumerate() {
+                let mats: Vec<TensorShape> = shape
+                    .layer_tensors(first)
+                    .into_iter()
+                    .filter(|t| kinds.contains(&t.kind))
+                    .collect();
+                let channels = mats[0].cols;
+                assert!(
+                    mats.iter().all(|m| m.cols == channels),
+                    "an operator's matrices share their input"
+                );
+                let unit_bytes = mats.iter().map(|m| shape.weight_bytes(m.rows)).sum();
+                off = off.next_multiple_of(alignment_bytes);
+                l.interleave.push(InterleaveRegion {
+                    first_layer: first,
+                    layers,
+                    oper: oi,
+                    channels,
+                    unit_bytes,
+                    offset: off,
+                });
+                off += channels * layers as u64 * unit_bytes;
+            }
+            first += layers;
+        }
+        l.file_bytes = off.next_multiple_of(alignment_bytes);
+        l
+    }
+
+    /// The interleave region holding operator `oper` of `layer`.
+    pub fn interleave_region(&self, layer: u32, oper: usize) -> Option<&InterleaveRegion> {
+        self.interleave
+            .iter()
+            .find(|r| r.oper == oper && layer >= r.first_layer && layer < r.first_layer + r.layers)
     }
 
     pub fn tensors(&self) -> &[TensorExtent] {
@@ -299,6 +402,22 @@ mod tests {
         assert_eq!(l.bundles(1).unwrap().offset, 1088 + 4 * 48);
         assert_eq!(l.file_bytes, 1088 + 2 * 4 * 48);
         assert!(l.tensors().iter().all(|t| !t.shape.kind.is_ffn()));
+        // Interleaved, groups of 2 layers, one operator (gate, up): channel c of a layer is a gate
+        // column (4 fp16 = 8 B) then an up column (8 B); of both layers, one 32-byte read.
+        let il = WeightLayout::interleaved(&s, 1, 2, &[&[TensorKind::Gate, TensorKind::Up]]);
+        let r = il.interleave_region(1, 0).unwrap();
+        assert_eq!(
+            (r.first_layer, r.layers, r.channels, r.unit_bytes),
+            (0, 2, 8, 16)
+        );
+        assert_eq!(r.group_channel(3), ext(r.offset + 3 * 32, 32));
+        assert_eq!(r.channel(1, 3), ext(r.offset + 3 * 32 + 16, 16));
+        // Everything else stays: the embedding and every layer's attention and down.
+        assert_eq!(il.tensors().len(), 1 + 2 * 5);
+        assert_eq!(
+            il.file_bytes,
+            il.tensors().iter().map(|t| t.bytes).sum::<u64>() + 2 * 8 * 8 * 2
+        );
         // Column-major down: a column of down (one neuron) is `hidden` weights.
         let o = WeightLayout::oriented(&s, 1, |k| {
             if k == TensorKind::Down {

@@ -318,12 +318,11 @@ impl Policy for LlmInAFlash {
             } else {
                 IssueAfter::OpDone(attn)
             };
-            plan.reads.extend(reads.into_iter().map(|e| Read {
-                extent: e,
-                needed_by: ffn,
-                issue_after,
-                retain: windowed,
-            }));
+            plan.reads.extend(
+                reads
+                    .into_iter()
+                    .map(|e| Read::demand(e, ffn, issue_after, windowed)),
+            );
             let total: f64 = self.h.iter().map(|x| x.abs() as f64).sum();
             let kept: f64 = (0..self.h.len())
                 .filter(|&i| window.contains(i as u32))

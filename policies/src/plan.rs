@@ -34,9 +34,27 @@ pub struct Read {
     /// Index of the op that cannot start before this read completes.
     pub needed_by: u32,
     pub issue_after: IssueAfter,
-    /// `false`: a streaming buffer, freed when `needed_by` completes. `true`: the bytes stay in
-    /// DRAM (a cache fill) until the policy evicts them.
+    /// `false`: a streaming buffer, freed when op `free_after` completes. `true`: the bytes stay
+    /// in DRAM (a cache fill) until the policy evicts them.
     pub retain: bool,
+    /// The last op that uses a streaming buffer (at least `needed_by`).
+    pub free_after: u32,
+    /// A prefetch: issued only while no eligible on-demand read is waiting.
+    pub prefetch: bool,
+}
+
+impl Read {
+    /// An on-demand read needed (and then released) by op `needed_by`.
+    pub fn demand(extent: Extent, needed_by: u32, issue_after: IssueAfter, retain: bool) -> Self {
+        Read {
+            extent,
+            needed_by,
+            issue_after,
+            retain,
+            free_after: needed_by,
+            prefetch: false,
+        }
+    }
 }
 
 /// What an op computes.
@@ -103,6 +121,12 @@ impl TokenPlan {
             if r.extent.bytes == 0 {
                 return Err(format!("read {i} has zero bytes"));
             }
+            if r.free_after < r.needed_by || r.free_after >= n {
+                return Err(format!(
+                    "read {i} is freed after op {} but needed by op {}",
+                    r.free_after, r.needed_by
+                ));
+            }
             match r.issue_after {
                 IssueAfter::TokenStart => {}
                 IssueAfter::OpStart(k) if k < r.needed_by => {}
@@ -131,12 +155,12 @@ pub fn chunked(
     let mut off = extent.offset;
     while off < extent.end() {
         let bytes = max_bytes.min(extent.end() - off);
-        out.push(Read {
-            extent: Extent { offset: off, bytes },
+        out.push(Read::demand(
+            Extent { offset: off, bytes },
             needed_by,
             issue_after,
-            retain: false,
-        });
+            false,
+        ));
         off += bytes;
     }
 }

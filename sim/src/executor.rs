@@ -2,9 +2,9 @@
 //!
 //! Per token the policy returns ops (a chain: op j starts when op j − 1 is done) and reads.
 //! Reads are issued in plan order, each once its `issue_after` condition holds and fewer than
-//! `io_queue_depth` reads are in flight; an op starts once every read it needs has completed.
-//! Streaming buffers are allocated in DRAM when their read is issued and freed when the op that
-//! needs them finishes; the KV cache grows by one token per step.
+//! `io_queue_depth` reads are in flight, on-demand reads before prefetches; an op starts once
+//! every read it needs has completed. Streaming buffers are allocated in DRAM when their read is
+//! issued and freed when their `free_after` op finishes; the KV cache grows by one token per step.
 //!
 //! Metrics, per token (see `docs/metrics.md` in the README):
 //! - `wall`: from the token's start to its last op's end.
@@ -109,6 +109,11 @@ struct Pipeline<'a> {
     started: Vec<bool>,
     finished: Vec<bool>,
     next_read: usize,
+    /// Plan indices of on-demand and prefetch reads, and the next of each to issue.
+    demand: Vec<u32>,
+    prefetch: Vec<u32>,
+    next_demand: usize,
+    next_prefetch: usize,
     in_flight: u32,
     next_op: usize,
     running: bool,
@@ -151,6 +156,14 @@ impl Pipeline<'_> {
         self.started = vec![false; n];
         self.finished = vec![false; n];
         self.read_issued = vec![Ps::ZERO; plan.reads.len()];
+        self.demand = (0..plan.reads.len() as u32)
+            .filter(|&i| !plan.reads[i as usize].prefetch)
+            .collect();
+        self.prefetch = (0..plan.reads.len() as u32)
+            .filter(|&i| plan.reads[i as usize].prefetch)
+            .collect();
+        self.next_demand = 0;
+        self.next_prefetch = 0;
         self.plan = plan;
         self.next_read = 0;
         self.next_op = 0;
@@ -177,15 +190,28 @@ impl Pipeline<'_> {
         }
     }
 
+    /// Issues reads while I/O slots are free: the next on-demand read in plan order when its
+    /// condition holds, otherwise the next prefetch in plan order when its condition holds.
     fn issue(&mut self, now: Ps, follow: &mut Vec<(Ps, Ev)>) -> Result<(), SimError> {
-        while self.next_read < self.plan.reads.len() && self.in_flight < self.cfg.io_queue_depth {
-            let r = self.plan.reads[self.next_read];
-            if !self.condition(r.issue_after) {
+        while self.in_flight < self.cfg.io_queue_depth {
+            let ready = |q: &[u32], at: usize, me: &Self| {
+                q.get(at)
+                    .copied()
+                    .filter(|&i| me.condition(me.plan.reads[i as usize].issue_after))
+            };
+            let idx = if let Some(i) = ready(&self.demand, self.next_demand, self) {
+                self.next_demand += 1;
+                i
+            } else if let Some(i) = ready(&self.prefetch, self.next_prefetch, self) {
+                self.next_prefetch += 1;
+                i
+            } else {
                 break;
-            }
+            };
+            let r = self.plan.reads[idx as usize];
             self.dram.alloc(r.extent.bytes)?;
             if !r.retain {
-                self.buffers[r.needed_by as usize] += r.extent.bytes;
+                self.buffers[r.free_after as usize] += r.extent.bytes;
             }
             let done = self
                 .device
@@ -197,13 +223,8 @@ impl Pipeline<'_> {
             self.in_flight += 1;
             self.cur.read_bytes += r.extent.bytes;
             self.cur.reads += 1;
-            self.read_issued[self.next_read] = now;
-            follow.push((
-                done,
-                Ev::IoDone {
-                    read: self.next_read as u32,
-                },
-            ));
+            self.read_issued[idx as usize] = now;
+            follow.push((done, Ev::IoDone { read: idx }));
             self.next_read += 1;
         }
         Ok(())
@@ -329,6 +350,10 @@ pub fn simulate(
         started: Vec::new(),
         finished: Vec::new(),
         next_read: 0,
+        demand: Vec::new(),
+        prefetch: Vec::new(),
+        next_demand: 0,
+        next_prefetch: 0,
         in_flight: 0,
         next_op: 0,
         running: false,

@@ -10,7 +10,7 @@
 //! - [`decode`]: the ops every decode step has (attention with its KV cache, FFN, LM head).
 //! - [`policy`]: the [`Policy`] trait and the registry that builds a policy by name.
 //! - [`cache`]: sliding window, LRU, LFU, count-admission LFU and Belady caches of weight units.
-//! - one file per policy: [`dense_streaming`], [`all_in_dram`], [`llm_in_a_flash`], [`dip`], [`activeflow`].
+//! - one file per policy: [`dense_streaming`], [`all_in_dram`], [`llm_in_a_flash`], [`dip`], [`activeflow`], [`mmap`].
 
 pub mod activeflow;
 pub mod all_in_dram;
@@ -20,6 +20,7 @@ pub mod dense_streaming;
 pub mod dip;
 pub mod layout;
 pub mod llm_in_a_flash;
+pub mod mmap;
 pub mod plan;
 pub mod policy;
 pub mod topk;

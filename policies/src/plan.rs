@@ -96,6 +96,9 @@ pub struct TokenPlan {
     pub reads: Vec<Read>,
     /// Bytes of retained data the policy evicts at the start of this token.
     pub evicted_bytes: u64,
+    /// Evictions during the token: bytes freed when the condition first holds, before the
+    /// reads it allows are issued (e.g. a page cache making room for the next op's faults).
+    pub evictions: Vec<(IssueAfter, u64)>,
     /// Share of the FFN activation mass (Σ|h| over computed neurons / Σ|h|) this token's masks
     /// keep, averaged over layers; `None` when the policy computes everything.
     pub retained_mass: Option<f64>,

@@ -130,6 +130,7 @@ pub fn registry() -> &'static [PolicyEntry] {
         crate::llm_in_a_flash::ENTRY,
         crate::dip::ENTRY,
         crate::activeflow::ENTRY,
+        crate::mmap::ENTRY,
     ]
 }
 

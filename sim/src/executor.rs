@@ -177,9 +177,22 @@ impl Pipeline<'_> {
             ..TokenStats::default()
         };
         self.dram.free(self.plan.evicted_bytes)?;
+        self.evict(IssueAfter::TokenStart)?;
         self.dram.alloc(self.kv_bytes_per_token)?;
         self.issue(now, follow)?;
         self.start_op(now, follow)
+    }
+
+    /// Frees the evictions that wait for `when`.
+    fn evict(&mut self, when: IssueAfter) -> Result<(), SimError> {
+        let bytes: u64 = self
+            .plan
+            .evictions
+            .iter()
+            .filter(|(w, _)| *w == when)
+            .map(|(_, b)| b)
+            .sum();
+        self.dram.free(bytes)
     }
 
     fn condition(&self, after: IssueAfter) -> bool {
@@ -247,6 +260,7 @@ impl Pipeline<'_> {
         unit.occupy(done);
         self.running = true;
         self.started[j] = true;
+        self.evict(IssueAfter::OpStart(j as u32))?;
         self.op_start = start;
         if self.cfg.record_activity {
             self.activity.push(Activity::Op {
@@ -295,6 +309,7 @@ impl Handler for Pipeline<'_> {
                 self.running = false;
                 self.dram.free(self.buffers[j])?;
                 self.buffers[j] = 0;
+                self.evict(IssueAfter::OpDone(op))?;
                 self.next_op += 1;
                 self.ready_at = now;
                 if self.next_op == self.plan.ops.len() {

@@ -27,11 +27,12 @@
 use crate::cache::{LfuAdmit, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, InterleaveRegion, WeightLayout};
-use crate::plan::{Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+use crate::plan::{AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 use crate::policy::{
     parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
 };
 use crate::topk::top_k;
+use flashsim_workloads::model::Site;
 use flashsim_workloads::shape::{ModelShape, TensorKind};
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
 use flashsim_workloads::trace::Act;
@@ -331,6 +332,19 @@ impl Policy for ActiveFlow {
             }
             for o in OPERS {
                 let mask = self.mask(ctx, o, token.index, l)?;
+                if ctx.record_masks {
+                    let site = match o {
+                        Oper::Qkv => Site::AttnIn,
+                        Oper::O => Site::OIn,
+                        Oper::GateUp => Site::MlpIn,
+                        Oper::Down => Site::DownIn,
+                    };
+                    plan.masks.push(AppliedMask {
+                        layer: l,
+                        site,
+                        keep: mask.clone(),
+                    });
+                }
                 let pre = &preloaded[l as usize][o as usize];
                 let region = Self::region(ctx.layout, l, o);
                 let cache = &mut self.caches[l as usize][o as usize];
@@ -455,6 +469,7 @@ mod tests {
             tokens: 1,
             max_read_bytes: 1 << 20,
             trace: Some(&trace),
+            record_masks: false,
         };
         p.setup(&ctx).unwrap();
         let plan = p

@@ -107,6 +107,7 @@ mod tests {
             tokens: 1,
             max_read_bytes: 4096,
             trace: None,
+            record_masks: false,
         };
         let mut p = AllInDram {
             params: AllInDramParams {

@@ -229,6 +229,7 @@ mod tests {
             tokens: 1,
             max_read_bytes: 48,
             trace: None,
+            record_masks: false,
         }
     }
 

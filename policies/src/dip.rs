@@ -18,11 +18,12 @@
 use crate::cache::{Belady, Lfu, Lru, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
-use crate::plan::{Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+use crate::plan::{AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 use crate::policy::{
     parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
 };
 use crate::topk::top_k;
+use flashsim_workloads::model::Site;
 use flashsim_workloads::shape::{ModelShape, TensorKind};
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
 use flashsim_workloads::trace::Act;
@@ -482,6 +483,18 @@ impl Policy for Dip {
                     plan.reads
                         .push(Read::demand(e, op, issue_after, admitted_all));
                 }
+                if ctx.record_masks {
+                    let site = if act == Act::XMlp {
+                        Site::MlpIn
+                    } else {
+                        Site::DownIn
+                    };
+                    plan.masks.push(AppliedMask {
+                        layer: l,
+                        site,
+                        keep: sel.clone(),
+                    });
+                }
                 // Retained mass of this mask.
                 let v = if act == Act::XMlp {
                     &mut self.x
@@ -591,6 +604,7 @@ mod tests {
             tokens: 2,
             max_read_bytes: 1024,
             trace: Some(&trace),
+            record_masks: false,
         };
         p.setup(&ctx).unwrap();
         let plan = p

@@ -25,7 +25,7 @@ pub mod plan;
 pub mod policy;
 pub mod topk;
 
-pub use plan::{Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+pub use plan::{AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 pub use policy::{
     registry, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
 };

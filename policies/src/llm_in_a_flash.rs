@@ -19,10 +19,11 @@
 use crate::cache::{SlidingWindow, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
-use crate::plan::{Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+use crate::plan::{AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 use crate::policy::{
     parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
 };
+use flashsim_workloads::model::Site;
 use flashsim_workloads::shape::{ModelShape, TensorKind};
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
 use flashsim_workloads::trace::Act;
@@ -323,6 +324,20 @@ impl Policy for LlmInAFlash {
                     .into_iter()
                     .map(|e| Read::demand(e, ffn, issue_after, windowed)),
             );
+            if ctx.record_masks {
+                let keep = if windowed {
+                    (0..self.h.len() as u32)
+                        .filter(|&i| window.contains(i))
+                        .collect()
+                } else {
+                    predicted.clone()
+                };
+                plan.masks.push(AppliedMask {
+                    layer: l,
+                    site: Site::DownIn,
+                    keep,
+                });
+            }
             let total: f64 = self.h.iter().map(|x| x.abs() as f64).sum();
             let kept: f64 = (0..self.h.len())
                 .filter(|&i| window.contains(i as u32))

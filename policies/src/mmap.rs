@@ -217,6 +217,7 @@ mod tests {
             tokens: 3,
             max_read_bytes: 1 << 20,
             trace: None,
+            record_masks: false,
         };
         let mut p = Mmap {
             p: MmapParams {

@@ -105,6 +105,19 @@ pub struct TokenPlan {
     /// Cache lookups and hits this token (units of the policy's cache), when it has a cache.
     pub cache_lookups: u64,
     pub cache_hits: u64,
+    /// The masks this token's compute applied, when the context asks for them
+    /// (`record_masks`): per layer and site, the kept channels (sorted). A site not listed is
+    /// computed densely.
+    pub masks: Vec<AppliedMask>,
+}
+
+/// One mask a plan applied: the channels of `site` in `layer` that were computed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppliedMask {
+    pub layer: u32,
+    #[serde(skip)]
+    pub site: flashsim_workloads::model::Site,
+    pub keep: Vec<u32>,
 }
 
 impl TokenPlan {

@@ -27,6 +27,8 @@ pub struct PolicyContext<'a> {
     /// `i mod T`. A policy reads only the current token's activations (and earlier ones); only
     /// oracles, which say so in their name, look ahead.
     pub trace: Option<&'a dyn TraceView>,
+    /// Put the applied masks in each plan (for quality scoring); off for speed otherwise.
+    pub record_masks: bool,
 }
 
 impl PolicyContext<'_> {

@@ -41,6 +41,8 @@ pub struct TokenStats {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunStats {
     pub tokens: Vec<TokenStats>,
+    /// Per token, the masks its plan applied (when the context asked for them).
+    pub masks: Vec<Vec<flashsim_policies::AppliedMask>>,
     pub dram_peak_bytes: u64,
     pub resident_weight_bytes: u64,
     pub events: u64,
@@ -123,6 +125,7 @@ struct Pipeline<'a> {
     read_issued: Vec<Ps>,
     cur: TokenStats,
     stats: Vec<TokenStats>,
+    masks: Vec<Vec<flashsim_policies::AppliedMask>>,
     activity: Vec<Activity>,
 }
 
@@ -135,6 +138,10 @@ impl Pipeline<'_> {
         };
         let plan = self.policy.plan_token(&self.ctx, info)?;
         plan.check().map_err(SimError::Plan)?;
+        let mut plan = plan;
+        if self.ctx.record_masks {
+            self.masks.push(std::mem::take(&mut plan.masks));
+        }
         let n = plan.ops.len();
         if n == 0 {
             return Err(SimError::Plan("a token plan has no ops".into()));
@@ -378,6 +385,7 @@ pub fn simulate(
         read_issued: Vec::new(),
         cur: TokenStats::default(),
         stats: Vec::with_capacity(tokens as usize),
+        masks: Vec::new(),
         activity: Vec::new(),
     };
     let mut engine = Engine::new();
@@ -399,6 +407,7 @@ pub fn simulate(
     Ok((
         RunStats {
             tokens: p.stats,
+            masks: p.masks,
             dram_peak_bytes: p.dram.peak_bytes(),
             resident_weight_bytes: setup.resident_weight_bytes,
             events: engine.processed(),

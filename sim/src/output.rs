@@ -18,7 +18,7 @@ pub const IDENTITY: [&str; 7] = [
 ];
 
 /// Metric columns, in order.
-pub const METRICS: [&str; 13] = [
+pub const METRICS: [&str; 15] = [
     "tokens_per_s",
     "ms_per_token",
     "flash_io_ms_per_token",
@@ -32,6 +32,8 @@ pub const METRICS: [&str; 13] = [
     "dram_resident_weight_bytes",
     "retained_mass",
     "cache_hit_rate",
+    "kl_divergence",
+    "top1_agreement",
 ];
 
 /// Header of the results table: identity, then each varying key not already there, then metrics.
@@ -94,6 +96,8 @@ pub fn row(exp: &Experiment, r: &PointResult) -> Vec<String> {
         m.dram_resident_weight_bytes.to_string(),
         fmt_opt(m.retained_mass),
         fmt_opt(m.cache_hit_rate),
+        fmt_opt(m.kl_divergence),
+        fmt_opt(m.top1_agreement),
     ]);
     v
 }

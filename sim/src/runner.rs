@@ -23,6 +23,31 @@ pub struct Cache {
     devices: BTreeMap<String, Device>,
     models: BTreeMap<String, ModelShape>,
     traces: BTreeMap<String, Arc<Trace>>,
+    weights: BTreeMap<String, Option<Arc<flashsim_workloads::checkpoint::Weights>>>,
+}
+
+impl Cache {
+    /// The checkpoint a recorded trace came from, found in the shared models folder by the
+    /// model's name and checked against the SHA-256 in the trace's metadata.
+    fn quality_weights(
+        &mut self,
+        t: &Trace,
+    ) -> Option<Arc<flashsim_workloads::checkpoint::Weights>> {
+        if t.meta.get("source").map(String::as_str) != Some("recorded") {
+            return None;
+        }
+        let sha = t.meta.get("checkpoint_sha256")?;
+        if let Some(w) = self.weights.get(sha) {
+            return w.clone();
+        }
+        let found = flashsim_workloads::shared_models_dir()
+            .map(|d| d.join(format!("{}.bin", t.shape.name)))
+            .filter(|p| flashsim_workloads::checkpoint::sha256_file(p).ok().as_ref() == Some(sha))
+            .and_then(|p| flashsim_workloads::checkpoint::llama2c::load(p).ok())
+            .map(Arc::new);
+        self.weights.insert(sha.clone(), found.clone());
+        found
+    }
 }
 
 /// A point ready to simulate: everything loaded and checked.
@@ -37,6 +62,9 @@ pub struct Prepared {
     pub point: Point,
     /// The activation trace, when the experiment names one.
     pub trace: Option<Arc<Trace>>,
+    /// The weights the trace was recorded from, when flashsim can run them: masks are then
+    /// scored for quality (KL divergence and top-1 agreement against the dense model).
+    pub quality: Option<Arc<flashsim_workloads::checkpoint::Weights>>,
 }
 
 impl Prepared {
@@ -48,6 +76,7 @@ impl Prepared {
             self.kv_cache_bytes,
             &self.point,
             self.trace.as_deref(),
+            false,
         )
     }
 
@@ -84,6 +113,7 @@ impl Prepared {
             self.kv_cache_bytes,
             &self.point,
             self.trace.as_deref(),
+            self.quality.is_some(),
         );
         simulate(
             self.policy.as_mut(),
@@ -104,6 +134,7 @@ fn context<'a>(
     kv_cache_bytes: u64,
     point: &Point,
     trace: Option<&'a Trace>,
+    record_masks: bool,
 ) -> PolicyContext<'a> {
     let c = &point.config;
     PolicyContext {
@@ -116,6 +147,7 @@ fn context<'a>(
         tokens: c.tokens,
         max_read_bytes: c.max_read_kib * 1024,
         trace: trace.map(|t| t as &dyn TraceView),
+        record_masks,
     }
 }
 
@@ -256,6 +288,7 @@ pub fn prepare(
         dram_budget_bytes: budget,
         kv_cache_bytes,
         point: point.clone(),
+        quality: trace.as_ref().and_then(|t| cache.quality_weights(t)),
         trace,
     };
     let setup = pol
@@ -320,6 +353,11 @@ pub struct Metrics {
     pub retained_mass: Option<f64>,
     /// Cache hits / lookups over the run (`None`: the policy has no cache).
     pub cache_hit_rate: Option<f64>,
+    /// Mean KL(dense || masked) of the next-token distribution, nats, over the trace positions
+    /// the run covered (`None`: no checkpoint to score with).
+    pub kl_divergence: Option<f64>,
+    /// Share of those positions where masked and dense agree on the most likely token.
+    pub top1_agreement: Option<f64>,
 }
 
 impl Metrics {
@@ -362,6 +400,8 @@ impl Metrics {
                 let v: Vec<f64> = s.tokens.iter().filter_map(|t| t.retained_mass).collect();
                 (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
             },
+            kl_divergence: None,
+            top1_agreement: None,
             cache_hit_rate: {
                 let (l, h): (u64, u64) = s
                     .tokens
@@ -397,9 +437,15 @@ pub fn run_experiment(
                 describe(point)
             )
         })?;
+        let mut metrics = Metrics::from_stats(&stats, point.config.warmup_tokens as usize);
+        if let (Some(w), Some(t)) = (&p.quality, &p.trace) {
+            let q = score_masks(w, t, &stats.masks);
+            metrics.kl_divergence = Some(q.kl_mean);
+            metrics.top1_agreement = Some(q.top1_agreement);
+        }
         let r = PointResult {
             point: point.clone(),
-            metrics: Metrics::from_stats(&stats, point.config.warmup_tokens as usize),
+            metrics,
         };
         progress(&r);
         out.push(r);
@@ -416,4 +462,70 @@ pub fn describe(point: &Point) -> String {
         }
     }
     parts.join(", ")
+}
+
+/// Applies recorded masks during masked execution: generated token `i` is trace token `i mod T`;
+/// a trace position with no recorded mask runs densely.
+struct RecordedMasks<'a> {
+    /// Masks of the trace token at each position of the sequence being scored.
+    by_pos: Vec<Option<&'a [flashsim_policies::AppliedMask]>>,
+}
+
+impl flashsim_workloads::model::Masker for RecordedMasks<'_> {
+    fn mask(
+        &mut self,
+        pos: usize,
+        layer: usize,
+        site: flashsim_workloads::model::Site,
+        x: &[f32],
+    ) -> Option<Vec<bool>> {
+        let masks = self.by_pos.get(pos).copied().flatten()?;
+        let m = masks
+            .iter()
+            .find(|m| m.layer as usize == layer && m.site == site)?;
+        let mut keep = vec![false; x.len()];
+        for &i in &m.keep {
+            keep[i as usize] = true;
+        }
+        Some(keep)
+    }
+}
+
+/// Quality of the recorded masks: each trace sequence the run touched is replayed, teacher-
+/// forced, dense against masked; the figures are averaged over positions.
+pub fn score_masks(
+    w: &flashsim_workloads::checkpoint::Weights,
+    trace: &Trace,
+    masks: &[Vec<flashsim_policies::AppliedMask>],
+) -> flashsim_workloads::quality::Quality {
+    let covered = masks.len().min(trace.tokens());
+    let (mut kl, mut agree, mut n) = (0.0, 0.0, 0usize);
+    let (mut nll_d, mut nll_m) = (0.0, 0.0);
+    for seq in trace.sequences() {
+        let end = seq.end.min(covered);
+        if end <= seq.start + 1 {
+            continue;
+        }
+        let tokens: Vec<u32> = (seq.start..end).map(|t| trace.token(t)).collect();
+        let mut m = RecordedMasks {
+            by_pos: (seq.start..end)
+                .map(|t| Some(masks[t].as_slice()))
+                .collect(),
+        };
+        let q = flashsim_workloads::quality::score(w, &tokens, &mut m);
+        let k = q.positions as f64;
+        kl += q.kl_mean * k;
+        agree += q.top1_agreement * k;
+        nll_d += q.perplexity_dense.ln() * k;
+        nll_m += q.perplexity_masked.ln() * k;
+        n += q.positions;
+    }
+    let nf = n.max(1) as f64;
+    flashsim_workloads::quality::Quality {
+        kl_mean: kl / nf,
+        top1_agreement: agree / nf,
+        perplexity_dense: (nll_d / nf).exp(),
+        perplexity_masked: (nll_m / nf).exp(),
+        positions: n,
+    }
 }

@@ -351,3 +351,132 @@ impl Policy for LlmInAFlash {
         Ok(plan)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsim_workloads::trace::stats::TraceView;
+
+    struct Fake {
+        shape: ModelShape,
+    }
+    impl TraceView for Fake {
+        fn shape(&self) -> &ModelShape {
+            &self.shape
+        }
+        fn tokens(&self) -> usize {
+            3
+        }
+        fn sequences(&self) -> Vec<std::ops::Range<usize>> {
+            std::iter::once(0..3).collect()
+        }
+        fn read(&self, _act: Act, t: usize, _l: usize, out: &mut Vec<f32>) {
+            let h = [
+                [5.0, 0.0, 0.0, 3.0, 0.0, 0.0],
+                [0.0, 4.0, 0.0, 3.0, 0.0, 0.0],
+                [0.0, 0.0, 0.0, 0.0, 7.0, 0.0],
+            ];
+            *out = h[t].to_vec();
+        }
+    }
+
+    #[test]
+    fn window_bundles_and_delete_by_copy_by_hand() {
+        // OPT-like (no gate), hidden 4, 6 neurons, fp16: a bundle is an up row and a down column,
+        // 2 x 4 x 2 B = 16 B. Bundled layout, 1-byte aligned: embedding 0..32, q/k/v/o to 160,
+        // LM head 160..192, neuron i's bundle at 192 + 16 i.
+        let shape = ModelShape {
+            name: "t".into(),
+            source: String::new(),
+            layers: 1,
+            hidden: 4,
+            intermediate: 6,
+            heads: 1,
+            kv_heads: 1,
+            vocab: 4,
+            bytes_per_weight: 2.0,
+            gated: false,
+            tied_embeddings: false,
+            head_dim: None,
+        };
+        let trace = Fake {
+            shape: shape.clone(),
+        };
+        let mut p = LlmInAFlash::new(LlmInAFlashParams {
+            predictor: Predictor::Oracle,
+            recall: 1.0,
+            over_prediction: 1.0,
+            window_tokens: 2,
+            bundling: true,
+            active_threshold: 0.02,
+            overlap: false,
+            dram_management: true,
+            coalesce: false,
+            seed: 0,
+            compute_unit: "cpu".into(),
+        });
+        let layout = p.layout(&shape, 1);
+        assert_eq!(layout.bundles(0).unwrap().offset, 192);
+        let ctx = PolicyContext {
+            shape: &shape,
+            layout: &layout,
+            dram_budget_bytes: 1 << 20,
+            kv_cache_bytes: 0,
+            kv_bytes_per_value: 2,
+            prompt_tokens: 0,
+            tokens: 3,
+            max_read_bytes: 1 << 20,
+            trace: Some(&trace),
+            record_masks: true,
+        };
+        assert_eq!(p.setup(&ctx).unwrap().resident_weight_bytes, 192);
+        let plan = |p: &mut LlmInAFlash, i: u32| {
+            p.plan_token(
+                &ctx,
+                TokenInfo {
+                    index: i,
+                    context: i as u64,
+                    token_id: 0,
+                },
+            )
+            .unwrap()
+        };
+        let reads = |t: &TokenPlan| {
+            t.reads
+                .iter()
+                .map(|r| (r.extent.offset, r.extent.bytes, r.needed_by, r.issue_after))
+                .collect::<Vec<_>>()
+        };
+        // Token 0: active {0, 3}, both new; read after attention, for the FFN (op 1).
+        let t0 = plan(&mut p, 0);
+        assert_eq!(
+            reads(&t0),
+            vec![
+                (192, 16, 1, IssueAfter::OpDone(0)),
+                (240, 16, 1, IssueAfter::OpDone(0))
+            ]
+        );
+        assert!(t0.reads.iter().all(|r| r.retain));
+        // FFN over the window of 2 neurons: 2 x 2 x (2 x 4) FLOPs, 32 bytes.
+        assert_eq!((t0.ops[1].flops, t0.ops[1].dram_bytes), (32, 32));
+        // Token 1: {1, 3}: 3 is in the window, 1 is read; the window {0, 1, 3} is computed.
+        let t1 = plan(&mut p, 1);
+        assert_eq!(reads(&t1), vec![(208, 16, 1, IssueAfter::OpDone(0))]);
+        assert_eq!(
+            (t1.cache_lookups, t1.cache_hits, t1.ops[1].dram_bytes),
+            (2, 1, 48)
+        );
+        // Token 2: {4} is read; token 0 leaves the window and neuron 0 is deleted by copying the
+        // last row over it (read and write one bundle), an op before the FFN, which moves to op 2.
+        let t2 = plan(&mut p, 2);
+        assert_eq!(t2.evicted_bytes, 16);
+        assert_eq!(
+            (t2.ops[1].kind, t2.ops[1].dram_bytes),
+            (OpKind::DramManagement, 32)
+        );
+        assert_eq!(reads(&t2), vec![(256, 16, 2, IssueAfter::OpDone(0))]);
+        // The computed window {1, 3, 4} holds all of token 2's mass; the mask says so.
+        assert_eq!(t2.retained_mass, Some(1.0));
+        assert_eq!(t2.masks[0].keep, vec![1, 3, 4]);
+    }
+}

@@ -27,7 +27,7 @@
 use crate::cache::{LfuAdmit, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, InterleaveRegion, WeightLayout};
-use crate::plan::{AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+use crate::plan::{kept_share, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 use crate::policy::{
     parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
 };
@@ -390,9 +390,7 @@ impl Policy for ActiveFlow {
                 });
                 if o == Oper::Down {
                     ctx.read(Act::H, token.index, l, &mut self.v)?;
-                    let total: f64 = self.v.iter().map(|x| x.abs() as f64).sum();
-                    let kept: f64 = mask.iter().map(|&i| self.v[i as usize].abs() as f64).sum();
-                    mass += if total > 0.0 { kept / total } else { 1.0 };
+                    mass += kept_share(&self.v, mask.iter().copied());
                 }
             }
         }
@@ -406,31 +404,7 @@ impl Policy for ActiveFlow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flashsim_workloads::trace::stats::TraceView;
-
-    struct Fake {
-        shape: ModelShape,
-    }
-    impl TraceView for Fake {
-        fn shape(&self) -> &ModelShape {
-            &self.shape
-        }
-        fn tokens(&self) -> usize {
-            1
-        }
-        fn sequences(&self) -> Vec<std::ops::Range<usize>> {
-            std::iter::once(0..1).collect()
-        }
-        fn read(&self, act: Act, _t: usize, l: usize, out: &mut Vec<f32>) {
-            let v: [[f32; 4]; 2] = match act {
-                Act::XAttn => [[5.0, 0.0, 3.0, 1.0], [4.0, 0.5, 6.0, 0.0]],
-                Act::XO => [[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]],
-                Act::XMlp => [[0.0, 2.0, 0.0, 7.0], [3.0, 0.0, 0.0, 9.0]],
-                Act::H => [[1.0, 0.0, 0.0, 2.0], [0.0, 5.0, 6.0, 0.0]],
-            };
-            *out = v[l].to_vec();
-        }
-    }
+    use crate::testing::FnTrace;
 
     #[test]
     fn preload_from_the_current_layer_and_load_the_misses_on_demand() {
@@ -448,8 +422,18 @@ mod tests {
             tied_embeddings: true,
             head_dim: None,
         };
-        let trace = Fake {
+        let trace = FnTrace {
             shape: shape.clone(),
+            tokens: 1,
+            f: |act: Act, _t: usize, l: usize| {
+                let v: [[f32; 4]; 2] = match act {
+                    Act::XAttn => [[5.0, 0.0, 3.0, 1.0], [4.0, 0.5, 6.0, 0.0]],
+                    Act::XO => [[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]],
+                    Act::XMlp => [[0.0, 2.0, 0.0, 7.0], [3.0, 0.0, 0.0, 9.0]],
+                    Act::H => [[1.0, 0.0, 0.0, 2.0], [0.0, 5.0, 6.0, 0.0]],
+                };
+                v[l].to_vec()
+            },
         };
         let mut p = ActiveFlow::new(ActiveFlowParams {
             sparsity: Some(0.5),

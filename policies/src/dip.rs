@@ -18,7 +18,7 @@
 use crate::cache::{Belady, Lfu, Lru, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
-use crate::plan::{AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+use crate::plan::{kept_share, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 use crate::policy::{
     parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
 };
@@ -502,9 +502,7 @@ impl Policy for Dip {
                     &mut self.h
                 };
                 ctx.read(act, token.index, l, v)?;
-                let total: f64 = v.iter().map(|x| x.abs() as f64).sum();
-                let kept: f64 = sel.iter().map(|&i| v[i as usize].abs() as f64).sum();
-                mass += if total > 0.0 { kept / total } else { 1.0 };
+                mass += kept_share(v, sel.iter().copied());
                 self.keys = keys;
                 self.sel = sel;
                 self.scratch = scratch;
@@ -520,38 +518,14 @@ impl Policy for Dip {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flashsim_workloads::trace::stats::TraceView;
-
-    /// One layer, hidden 4, FFN 6, fp16, 1-byte alignment. Column-major FFN layout:
-    /// gate 160..208 (4 columns of 12 B), up 208..256, down 256..304 (6 columns of 8 B).
-    struct Fake {
-        shape: ModelShape,
-        x: [[f32; 4]; 2],
-        h: [[f32; 6]; 2],
-    }
-    impl TraceView for Fake {
-        fn shape(&self) -> &ModelShape {
-            &self.shape
-        }
-        fn tokens(&self) -> usize {
-            2
-        }
-        fn sequences(&self) -> Vec<std::ops::Range<usize>> {
-            std::iter::once(0..2).collect()
-        }
-        fn read(&self, act: Act, t: usize, _l: usize, out: &mut Vec<f32>) {
-            *out = match act {
-                Act::XMlp => self.x[t].to_vec(),
-                Act::H => self.h[t].to_vec(),
-                _ => vec![0.0; 4],
-            };
-        }
-    }
+    use crate::testing::FnTrace;
 
     fn ext(offset: u64, bytes: u64) -> Extent {
         Extent { offset, bytes }
     }
 
+    /// One layer, hidden 4, FFN 6, fp16, 1-byte alignment. Column-major FFN layout:
+    /// gate 160..208 (4 columns of 12 B), up 208..256, down 256..304 (6 columns of 8 B).
     #[test]
     fn masks_reads_and_hits_by_hand() {
         let shape = ModelShape {
@@ -568,13 +542,19 @@ mod tests {
             tied_embeddings: false,
             head_dim: None,
         };
-        let trace = Fake {
+        let x = [[0.1, 3.0, -2.0, 0.5], [3.0, 0.1, 2.5, 0.0]];
+        let h = [
+            [1.0, 0.0, 0.0, 5.0, -4.0, 0.2],
+            [0.0, 6.0, 0.0, 5.0, 0.0, 0.0],
+        ];
+        let trace = FnTrace {
             shape: shape.clone(),
-            x: [[0.1, 3.0, -2.0, 0.5], [3.0, 0.1, 2.5, 0.0]],
-            h: [
-                [1.0, 0.0, 0.0, 5.0, -4.0, 0.2],
-                [0.0, 6.0, 0.0, 5.0, 0.0, 0.0],
-            ],
+            tokens: 2,
+            f: |act: Act, t: usize, _l: usize| match act {
+                Act::XMlp => x[t].to_vec(),
+                Act::H => h[t].to_vec(),
+                _ => vec![0.0; 4],
+            },
         };
         // keep 0.5 with up_keep 0.5: down_keep = 3·(0.5 − 1/3) = 0.5 → k_up = 2, k_down = 3.
         let mut p = Dip::new(DipParams {

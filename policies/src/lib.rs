@@ -23,6 +23,8 @@ pub mod llm_in_a_flash;
 pub mod mmap;
 pub mod plan;
 pub mod policy;
+#[cfg(test)]
+mod testing;
 pub mod topk;
 
 pub use plan::{AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};

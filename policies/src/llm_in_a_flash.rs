@@ -19,7 +19,7 @@
 use crate::cache::{SlidingWindow, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
-use crate::plan::{AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+use crate::plan::{kept_share, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 use crate::policy::{
     parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
 };
@@ -338,12 +338,10 @@ impl Policy for LlmInAFlash {
                     keep,
                 });
             }
-            let total: f64 = self.h.iter().map(|x| x.abs() as f64).sum();
-            let kept: f64 = (0..self.h.len())
-                .filter(|&i| window.contains(i as u32))
-                .map(|i| self.h[i].abs() as f64)
-                .sum();
-            mass += if total > 0.0 { kept / total } else { 1.0 };
+            mass += kept_share(
+                &self.h,
+                (0..self.h.len() as u32).filter(|&i| window.contains(i)),
+            );
         }
         plan.ops
             .push(dense[decode::lm_head_op(shape) as usize].clone());
@@ -355,30 +353,7 @@ impl Policy for LlmInAFlash {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flashsim_workloads::trace::stats::TraceView;
-
-    struct Fake {
-        shape: ModelShape,
-    }
-    impl TraceView for Fake {
-        fn shape(&self) -> &ModelShape {
-            &self.shape
-        }
-        fn tokens(&self) -> usize {
-            3
-        }
-        fn sequences(&self) -> Vec<std::ops::Range<usize>> {
-            std::iter::once(0..3).collect()
-        }
-        fn read(&self, _act: Act, t: usize, _l: usize, out: &mut Vec<f32>) {
-            let h = [
-                [5.0, 0.0, 0.0, 3.0, 0.0, 0.0],
-                [0.0, 4.0, 0.0, 3.0, 0.0, 0.0],
-                [0.0, 0.0, 0.0, 0.0, 7.0, 0.0],
-            ];
-            *out = h[t].to_vec();
-        }
-    }
+    use crate::testing::FnTrace;
 
     #[test]
     fn window_bundles_and_delete_by_copy_by_hand() {
@@ -399,8 +374,15 @@ mod tests {
             tied_embeddings: false,
             head_dim: None,
         };
-        let trace = Fake {
+        let h = [
+            [5.0, 0.0, 0.0, 3.0, 0.0, 0.0],
+            [0.0, 4.0, 0.0, 3.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 7.0, 0.0],
+        ];
+        let trace = FnTrace {
             shape: shape.clone(),
+            tokens: 3,
+            f: |_act: Act, t: usize, _l: usize| h[t].to_vec(),
         };
         let mut p = LlmInAFlash::new(LlmInAFlashParams {
             predictor: Predictor::Oracle,

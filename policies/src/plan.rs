@@ -159,6 +159,19 @@ impl TokenPlan {
     }
 }
 
+/// Share of the L1 mass of `v` held by the channels `keep` (1 when `v` is all zeros): the
+/// "retained activation mass" of a mask.
+pub fn kept_share(v: &[f32], keep: impl IntoIterator<Item = u32>) -> f64 {
+    let total: f64 = v.iter().map(|x| x.abs() as f64).sum();
+    if total <= 0.0 {
+        return 1.0;
+    }
+    keep.into_iter()
+        .map(|i| v[i as usize].abs() as f64)
+        .sum::<f64>()
+        / total
+}
+
 /// Splits `extent` into reads of at most `max_bytes`, each needed by `needed_by`.
 pub fn chunked(
     extent: Extent,

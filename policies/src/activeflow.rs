@@ -311,19 +311,25 @@ impl Policy for ActiveFlow {
                     }
                     let predicted = self.mask(ctx, o, token.index, l)?;
                     let region = Self::region(ctx.layout, first, o);
+                    // Per channel, the layers of the group that do not cache it: adjacent in the
+                    // interleaved layout, so runs of them are single reads.
+                    let mut ext = Vec::new();
                     for &c in &predicted {
-                        let cached_everywhere = (first..=last)
-                            .all(|nl| self.caches[nl as usize][o as usize].contains(c));
-                        if !cached_everywhere {
-                            plan.reads.push(Read {
-                                extent: region.group_channel(c as u64),
-                                needed_by: op_of(first, o),
-                                issue_after: IssueAfter::OpStart(op_of(l, Oper::Qkv)),
-                                retain: false,
-                                free_after: op_of(last, o),
-                                prefetch: true,
-                            });
+                        for nl in first..=last {
+                            if !self.caches[nl as usize][o as usize].contains(c) {
+                                ext.push(region.channel(nl, c as u64));
+                            }
                         }
+                    }
+                    for e in coalesce(ext, ctx.max_read_bytes) {
+                        plan.reads.push(Read {
+                            extent: e,
+                            needed_by: op_of(first, o),
+                            issue_after: IssueAfter::OpStart(op_of(l, Oper::Qkv)),
+                            retain: false,
+                            free_after: op_of(last, o),
+                            prefetch: true,
+                        });
                     }
                     for nl in first..=last {
                         preloaded[nl as usize][o as usize] = predicted.clone();

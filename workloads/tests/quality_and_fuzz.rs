@@ -119,7 +119,7 @@ proptest! {
     /// Any truncation or header corruption of a checkpoint is an error, never a panic.
     #[test]
     fn corrupted_checkpoints_never_panic(cut in 0usize..1_056_540, header in proptest::collection::vec(any::<i32>(), 7)) {
-        let Some(dir) = flashsim_workloads::shared_models_dir() else { return Ok(()) };
+        let Some(dir) = shared_models_for_test() else { return Ok(()) };
         let mut b = std::fs::read(dir.join("stories260K.bin")).unwrap();
         b.truncate(cut);
         let _ = llama2c::parse(Path::new("x.bin"), &b);

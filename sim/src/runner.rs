@@ -68,18 +68,6 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    fn ctx(&self) -> PolicyContext<'_> {
-        context(
-            &self.shape,
-            &self.layout,
-            self.dram_budget_bytes,
-            self.kv_cache_bytes,
-            &self.point,
-            self.trace.as_deref(),
-            false,
-        )
-    }
-
     /// The input token of generated token `i`: the trace's (wrapping), or a seeded hash when
     /// there is no trace.
     pub fn token_id(&self, i: u32) -> u32 {
@@ -279,20 +267,17 @@ pub fn prepare(
     let entry = policy::find(&c.policy).expect("validated on load");
     let mut pol = (entry.build)(src, point.policy_params.clone(), &["policies", entry.name])?;
     let layout = pol.layout(&shape, c.alignment_kib * 1024);
-    let mut prepared = Prepared {
-        device,
-        shape,
-        layout,
-        policy: Box::new(NoPolicy),
-        setup: PolicySetup::default(),
-        dram_budget_bytes: budget,
+    let ctx = context(
+        &shape,
+        &layout,
+        budget,
         kv_cache_bytes,
-        point: point.clone(),
-        quality: trace.as_ref().and_then(|t| cache.quality_weights(t)),
-        trace,
-    };
+        point,
+        trace.as_deref(),
+        false,
+    );
     let setup = pol
-        .setup(&prepared.ctx())
+        .setup(&ctx)
         .map_err(|e| src.invalid("dram_budget_gib", e.to_string()))?;
     let needed = setup.resident_weight_bytes
         + setup.peak_buffer_bytes
@@ -312,27 +297,18 @@ pub fn prepare(
             ),
         ));
     }
-    prepared.policy = pol;
-    prepared.setup = setup;
-    Ok(prepared)
-}
-
-/// Placeholder while a [`Prepared`] is being built.
-struct NoPolicy;
-impl Policy for NoPolicy {
-    fn name(&self) -> &'static str {
-        "none"
-    }
-    fn setup(&mut self, _: &PolicyContext) -> Result<PolicySetup, flashsim_policies::PolicyError> {
-        Ok(PolicySetup::default())
-    }
-    fn plan_token(
-        &mut self,
-        _: &PolicyContext,
-        _: flashsim_policies::TokenInfo,
-    ) -> Result<flashsim_policies::TokenPlan, flashsim_policies::PolicyError> {
-        Ok(Default::default())
-    }
+    Ok(Prepared {
+        device,
+        shape,
+        layout,
+        policy: pol,
+        setup,
+        dram_budget_bytes: budget,
+        kv_cache_bytes,
+        point: point.clone(),
+        quality: trace.as_ref().and_then(|t| cache.quality_weights(t)),
+        trace,
+    })
 }
 
 /// The summary of one point, averaged over its generated tokens.

@@ -112,3 +112,25 @@ fn list_shows_policies_devices_and_models() {
         assert!(s.contains(name), "{name} not listed:\n{s}");
     }
 }
+
+#[test]
+fn the_readme_example_experiment_runs() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("README has a TOML example") + "```toml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("readme-example.toml");
+    std::fs::write(&exp, &readme[start..end]).unwrap();
+    let o = flashsim()
+        .arg("run")
+        .arg(&exp)
+        .arg("--out-dir")
+        .arg(dir.path())
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = std::fs::read_to_string(dir.path().join("my-sweep/results.csv")).unwrap();
+    // 2 models x (2 budgets x (2 dense-streaming points + 1 all-in-dram)).
+    assert_eq!(csv.lines().count(), 1 + 12);
+}

@@ -283,13 +283,7 @@ impl Policy for ActiveFlow {
                 .flatten()
                 .for_each(LfuAdmit::reset_counts);
         }
-        let dense = decode::dense_ops(
-            shape,
-            ctx.layout,
-            token.context,
-            ctx.kv_bytes_per_value,
-            &self.p.compute_unit,
-        );
+        let dense = ctx.dense_ops(token, &self.p.compute_unit);
         let n = self.p.preload_layers;
         let g = self.group();
         let mut plan = TokenPlan::default();

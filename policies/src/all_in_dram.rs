@@ -1,7 +1,6 @@
 //! `all-in-dram`: every weight resident; no flash reads after loading. The upper bound when
 //! memory allows.
 
-use crate::decode;
 use crate::plan::TokenPlan;
 use crate::policy::{
     parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
@@ -61,13 +60,7 @@ impl Policy for AllInDram {
         token: TokenInfo,
     ) -> Result<TokenPlan, PolicyError> {
         Ok(TokenPlan {
-            ops: decode::dense_ops(
-                ctx.shape,
-                ctx.layout,
-                token.context,
-                ctx.kv_bytes_per_value,
-                &self.params.compute_unit,
-            ),
+            ops: ctx.dense_ops(token, &self.params.compute_unit),
             reads: Vec::new(),
             ..Default::default()
         })

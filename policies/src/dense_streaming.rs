@@ -154,13 +154,7 @@ impl Policy for DenseStreaming {
         ctx: &PolicyContext,
         token: TokenInfo,
     ) -> Result<TokenPlan, PolicyError> {
-        let ops = decode::dense_ops(
-            ctx.shape,
-            ctx.layout,
-            token.context,
-            ctx.kv_bytes_per_value,
-            &self.params.compute_unit,
-        );
+        let ops = ctx.dense_ops(token, &self.params.compute_unit);
         let mut reads = Vec::new();
         let emb = ctx
             .layout

@@ -386,13 +386,7 @@ impl Policy for Dip {
         token: TokenInfo,
     ) -> Result<TokenPlan, PolicyError> {
         let shape = ctx.shape;
-        let dense = decode::dense_ops(
-            shape,
-            ctx.layout,
-            token.context,
-            ctx.kv_bytes_per_value,
-            &self.p.compute_unit,
-        );
+        let dense = ctx.dense_ops(token, &self.p.compute_unit);
         let (ku, kd) = self.ks(shape);
         let (ub, db) = Self::unit_bytes(shape);
         let bpw = |n: u64| shape.weight_bytes(n);

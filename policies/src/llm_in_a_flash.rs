@@ -253,13 +253,7 @@ impl Policy for LlmInAFlash {
         token: TokenInfo,
     ) -> Result<TokenPlan, PolicyError> {
         let shape = ctx.shape;
-        let dense = decode::dense_ops(
-            shape,
-            ctx.layout,
-            token.context,
-            ctx.kv_bytes_per_value,
-            &self.p.compute_unit,
-        );
+        let dense = ctx.dense_ops(token, &self.p.compute_unit);
         let nb = Self::neuron_bytes(shape);
         let mut plan = TokenPlan::default();
         let mut mass = 0.0;

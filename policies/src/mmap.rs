@@ -131,13 +131,7 @@ impl Policy for Mmap {
         token: TokenInfo,
     ) -> Result<TokenPlan, PolicyError> {
         let shape = ctx.shape;
-        let ops = decode::dense_ops(
-            shape,
-            ctx.layout,
-            token.context,
-            ctx.kv_bytes_per_value,
-            &self.p.compute_unit,
-        );
+        let ops = ctx.dense_ops(token, &self.p.compute_unit);
         let mut plan = TokenPlan {
             ops,
             ..TokenPlan::default()

@@ -41,6 +41,18 @@ impl PolicyContext<'_> {
         })
     }
 
+    /// The dense decode step of `token` on `unit` (attention with its KV cache, FFN, LM head),
+    /// which policies start from.
+    pub fn dense_ops(&self, token: TokenInfo, unit: &str) -> Vec<crate::plan::Op> {
+        crate::decode::dense_ops(
+            self.shape,
+            self.layout,
+            token.context,
+            self.kv_bytes_per_value,
+            unit,
+        )
+    }
+
     /// Trace token of generated token `index`.
     pub fn trace_token(&self, index: u32) -> Option<usize> {
         self.trace.map(|t| index as usize % t.tokens())

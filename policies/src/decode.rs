@@ -10,10 +10,6 @@ use flashsim_workloads::shape::{ModelShape, TensorKind};
 pub fn attention_op(layer: u32) -> u32 {
     2 * layer
 }
-/// Index of layer `l`'s FFN op in [`dense_ops`].
-pub fn ffn_op(layer: u32) -> u32 {
-    2 * layer + 1
-}
 /// Index of the LM head op in [`dense_ops`].
 pub fn lm_head_op(shape: &ModelShape) -> u32 {
     2 * shape.layers

@@ -291,18 +291,6 @@ impl WeightLayout {
             .iter()
             .filter(move |t| t.shape.layer == Some(layer))
     }
-
-    /// Bytes of the FFN weights of one layer, however they are laid out.
-    pub fn ffn_bytes(&self, layer: u32) -> u64 {
-        match self.bundles(layer) {
-            Some(b) => b.neurons * b.bundle_bytes,
-            None => self
-                .layer(layer)
-                .filter(|t| t.shape.kind.is_ffn())
-                .map(|t| t.bytes)
-                .sum(),
-        }
-    }
 }
 
 /// Merges extents (sorted by offset on return) that touch or overlap into reads of at most

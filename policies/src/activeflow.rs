@@ -29,7 +29,8 @@ use crate::decode;
 use crate::layout::{coalesce, InterleaveRegion, WeightLayout};
 use crate::plan::{kept_share, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 use crate::policy::{
-    parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
+    param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
+    TokenInfo,
 };
 use crate::topk::top_k;
 use flashsim_workloads::model::Site;
@@ -68,7 +69,7 @@ pub struct ActiveFlowParams {
     /// Keep a hot cache with the rest of the budget. Default true.
     #[serde(default = "yes")]
     pub hot_cache: bool,
-    #[serde(default = "cpu")]
+    #[serde(default = "crate::policy::default_compute_unit")]
     pub compute_unit: String,
 }
 
@@ -81,9 +82,6 @@ fn on_demand() -> ODown {
 fn yes() -> bool {
     true
 }
-fn cpu() -> String {
-    "cpu".into()
-}
 
 fn build(
     src: &TomlSource,
@@ -93,10 +91,7 @@ fn build(
     let p: ActiveFlowParams = parse_params(src, params, key)?;
     if let Some(sp) = p.sparsity {
         if !(0.0..1.0).contains(&sp) {
-            return Err(src.invalid(
-                &[key.join("."), "sparsity".into()].join("."),
-                "must lie in [0, 1)",
-            ));
+            return Err(src.invalid(&param_key(key, "sparsity"), "must lie in [0, 1)"));
         }
     }
     Ok(Box::new(ActiveFlow::new(p)))

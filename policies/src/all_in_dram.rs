@@ -19,12 +19,8 @@ pub const ENTRY: PolicyEntry = PolicyEntry {
 #[serde(deny_unknown_fields)]
 pub struct AllInDramParams {
     /// Compute unit of the device that runs every op.
-    #[serde(default = "default_cpu")]
+    #[serde(default = "crate::policy::default_compute_unit")]
     pub compute_unit: String,
-}
-
-fn default_cpu() -> String {
-    "cpu".into()
 }
 
 fn build(

@@ -8,7 +8,8 @@
 use crate::decode;
 use crate::plan::{chunked, Extent, IssueAfter, Read, TokenPlan};
 use crate::policy::{
-    parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
+    param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
+    TokenInfo,
 };
 use flashsim_workloads::shape::TensorKind;
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
@@ -40,15 +41,12 @@ pub struct DenseStreamingParams {
     #[serde(default = "default_two")]
     pub buffered_ops: u32,
     /// Compute unit of the device that runs every op.
-    #[serde(default = "default_cpu")]
+    #[serde(default = "crate::policy::default_compute_unit")]
     pub compute_unit: String,
 }
 
 fn default_two() -> u32 {
     2
-}
-fn default_cpu() -> String {
-    "cpu".into()
 }
 
 fn build(
@@ -57,7 +55,7 @@ fn build(
     key: &[&str],
 ) -> Result<Box<dyn Policy>, ConfigError> {
     let p: DenseStreamingParams = parse_params(src, params, key)?;
-    let at = |k: &str| [key.join("."), k.to_string()].join(".");
+    let at = |k: &str| param_key(key, k);
     if !(0.0..=1.0).contains(&p.pinned_fraction) {
         return Err(src.invalid(&at("pinned_fraction"), "must lie in [0, 1]"));
     }

@@ -20,7 +20,8 @@ use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
 use crate::plan::{kept_share, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 use crate::policy::{
-    parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
+    param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
+    TokenInfo,
 };
 use crate::topk::top_k;
 use flashsim_workloads::model::Site;
@@ -83,7 +84,7 @@ pub struct DipParams {
     /// m/k of the approximate variant. Default 2 (m = 2k, DIP's tests).
     #[serde(default = "two")]
     pub approx_m: f64,
-    #[serde(default = "cpu")]
+    #[serde(default = "crate::policy::default_compute_unit")]
     pub compute_unit: String,
 }
 
@@ -102,9 +103,6 @@ fn scale() -> Variant {
 fn two() -> f64 {
     2.0
 }
-fn cpu() -> String {
-    "cpu".into()
-}
 
 impl DipParams {
     fn ratios(&self) -> (f64, f64) {
@@ -120,7 +118,7 @@ fn build(
     key: &[&str],
 ) -> Result<Box<dyn Policy>, ConfigError> {
     let p: DipParams = parse_params(src, params, key)?;
-    let at = |k: &str| [key.join("."), k.to_string()].join(".");
+    let at = |k: &str| param_key(key, k);
     let (up, down) = p.ratios();
     for (k, v) in [
         ("keep", p.keep),

@@ -21,7 +21,8 @@ use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
 use crate::plan::{kept_share, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 use crate::policy::{
-    parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
+    param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
+    TokenInfo,
 };
 use flashsim_workloads::model::Site;
 use flashsim_workloads::shape::{ModelShape, TensorKind};
@@ -84,7 +85,7 @@ pub struct LlmInAFlashParams {
     /// Seed of the predictor's misses.
     #[serde(default)]
     pub seed: u64,
-    #[serde(default = "default_cpu")]
+    #[serde(default = "crate::policy::default_compute_unit")]
     pub compute_unit: String,
 }
 
@@ -106,9 +107,6 @@ fn default_true() -> bool {
 fn default_threshold() -> f64 {
     0.02
 }
-fn default_cpu() -> String {
-    "cpu".into()
-}
 
 fn build(
     src: &TomlSource,
@@ -116,7 +114,7 @@ fn build(
     key: &[&str],
 ) -> Result<Box<dyn Policy>, ConfigError> {
     let p: LlmInAFlashParams = parse_params(src, params, key)?;
-    let at = |k: &str| [key.join("."), k.to_string()].join(".");
+    let at = |k: &str| param_key(key, k);
     if !(0.0..=1.0).contains(&p.recall) {
         return Err(src.invalid(&at("recall"), "must lie in [0, 1]"));
     }

@@ -13,7 +13,8 @@ use crate::cache::{Lru, UnitCache};
 use crate::decode;
 use crate::plan::{Extent, IssueAfter, Read, TokenPlan};
 use crate::policy::{
-    parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
+    param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
+    TokenInfo,
 };
 use flashsim_workloads::shape::TensorKind;
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
@@ -35,7 +36,7 @@ pub struct MmapParams {
     /// Page size, KiB. Default 4.
     #[serde(default = "page")]
     pub page_kib: u64,
-    #[serde(default = "cpu")]
+    #[serde(default = "crate::policy::default_compute_unit")]
     pub compute_unit: String,
 }
 
@@ -45,9 +46,6 @@ fn ra() -> u64 {
 fn page() -> u64 {
     4
 }
-fn cpu() -> String {
-    "cpu".into()
-}
 
 fn build(
     src: &TomlSource,
@@ -55,7 +53,7 @@ fn build(
     key: &[&str],
 ) -> Result<Box<dyn Policy>, ConfigError> {
     let p: MmapParams = parse_params(src, params, key)?;
-    let at = |k: &str| [key.join("."), k.to_string()].join(".");
+    let at = |k: &str| param_key(key, k);
     if p.page_kib == 0 || !p.page_kib.is_power_of_two() {
         return Err(src.invalid(&at("page_kib"), "must be a power of two"));
     }

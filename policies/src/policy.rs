@@ -153,6 +153,16 @@ pub fn find(name: &str) -> Option<&'static PolicyEntry> {
     registry().iter().find(|e| e.name == name)
 }
 
+/// The compute unit a policy runs on unless its table says otherwise.
+pub fn default_compute_unit() -> String {
+    "cpu".into()
+}
+
+/// The dotted key of parameter `name` in a policy table at `key` (for error messages).
+pub fn param_key(key: &[&str], name: &str) -> String {
+    [key.join("."), name.to_string()].join(".")
+}
+
 /// Deserializes a policy's parameters; the helper every policy's `build` uses.
 pub fn parse_params<P: serde::de::DeserializeOwned>(
     src: &TomlSource,

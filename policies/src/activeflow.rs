@@ -138,7 +138,6 @@ pub struct ActiveFlow {
     caches: Vec<Vec<LfuAdmit>>,
     keys: Vec<u16>,
     sel: Vec<u32>,
-    v: Vec<f32>,
 }
 
 impl ActiveFlow {
@@ -149,7 +148,6 @@ impl ActiveFlow {
             caches: Vec::new(),
             keys: Vec::new(),
             sel: Vec::new(),
-            v: Vec::new(),
         }
     }
 
@@ -384,8 +382,8 @@ impl Policy for ActiveFlow {
                     dram_bytes: bytes,
                 });
                 if o == Oper::Down {
-                    ctx.read(Act::H, token.index, l, &mut self.v)?;
-                    mass += kept_share(&self.v, mask.iter().copied());
+                    // `self.keys` holds the magnitudes of h this mask was chosen from.
+                    mass += kept_share(&self.keys, mask.iter().copied());
                 }
             }
         }

@@ -157,8 +157,6 @@ pub struct Dip {
     keys: Vec<u16>,
     sel: Vec<u32>,
     scratch: Vec<u32>,
-    h: Vec<f32>,
-    x: Vec<f32>,
 }
 
 impl Dip {
@@ -169,8 +167,6 @@ impl Dip {
             keys: Vec::new(),
             sel: Vec::new(),
             scratch: Vec::new(),
-            h: Vec::new(),
-            x: Vec::new(),
         }
     }
 
@@ -487,14 +483,8 @@ impl Policy for Dip {
                         keep: sel.clone(),
                     });
                 }
-                // Retained mass of this mask.
-                let v = if act == Act::XMlp {
-                    &mut self.x
-                } else {
-                    &mut self.h
-                };
-                ctx.read(act, token.index, l, v)?;
-                mass += kept_share(v, sel.iter().copied());
+                // Retained mass of this mask, from the magnitudes the mask was chosen from.
+                mass += kept_share(&keys, sel.iter().copied());
                 self.keys = keys;
                 self.sel = sel;
                 self.scratch = scratch;
@@ -534,9 +524,10 @@ mod tests {
             tied_embeddings: false,
             head_dim: None,
         };
-        let x = [[0.1, 3.0, -2.0, 0.5], [3.0, 0.1, 2.5, 0.0]];
+        // Values exact in f16, the precision traces store.
+        let x = [[0.125, 3.0, -2.0, 0.5], [3.0, 0.125, 2.5, 0.0]];
         let h = [
-            [1.0, 0.0, 0.0, 5.0, -4.0, 0.2],
+            [1.0, 0.0, 0.0, 5.0, -4.0, 0.25],
             [0.0, 6.0, 0.0, 5.0, 0.0, 0.0],
         ];
         let trace = FnTrace {
@@ -615,8 +606,8 @@ mod tests {
                 (ext(280, 16), 2, IssueAfter::OpDone(1)),
             ]
         );
-        // Retained mass: x (3 + 2) / 5.6, h (5 + 4 + 1) / 10.2, averaged.
-        let want = (5.0 / 5.6 + 10.0 / 10.2) / 2.0;
+        // Retained mass: x (3 + 2) / 5.625, h (5 + 4 + 1) / 10.25, averaged.
+        let want = (5.0 / 5.625 + 10.0 / 10.25) / 2.0;
         assert!((plan.retained_mass.unwrap() - want).abs() < 1e-6);
         // FFN FLOPs: gate and up over 2 channels (2 x 2 x 6 x 2), down over 3 (2 x 4 x 3).
         assert_eq!((plan.ops[1].flops, plan.ops[2].flops), (48, 24));

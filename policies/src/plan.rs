@@ -159,15 +159,31 @@ impl TokenPlan {
     }
 }
 
+/// Something with a magnitude: an activation (`f32`), or an f16 magnitude key (`u16`, sign
+/// cleared) as `TraceView::read_keys` gives, which is the same number for a trace stored in f16.
+pub trait Magnitude: Copy {
+    fn magnitude(self) -> f64;
+}
+impl Magnitude for f32 {
+    fn magnitude(self) -> f64 {
+        self.abs() as f64
+    }
+}
+impl Magnitude for u16 {
+    fn magnitude(self) -> f64 {
+        half::f16::from_bits(self & 0x7fff).to_f32() as f64
+    }
+}
+
 /// Share of the L1 mass of `v` held by the channels `keep` (1 when `v` is all zeros): the
 /// "retained activation mass" of a mask.
-pub fn kept_share(v: &[f32], keep: impl IntoIterator<Item = u32>) -> f64 {
-    let total: f64 = v.iter().map(|x| x.abs() as f64).sum();
+pub fn kept_share<T: Magnitude>(v: &[T], keep: impl IntoIterator<Item = u32>) -> f64 {
+    let total: f64 = v.iter().map(|x| x.magnitude()).sum();
     if total <= 0.0 {
         return 1.0;
     }
     keep.into_iter()
-        .map(|i| v[i as usize].abs() as f64)
+        .map(|i| v[i as usize].magnitude())
         .sum::<f64>()
         / total
 }

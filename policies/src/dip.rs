@@ -310,13 +310,7 @@ impl Policy for Dip {
     fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError> {
         let trace = ctx.need_trace(ENTRY.name)?;
         let shape = ctx.shape;
-        let resident: u64 = ctx
-            .layout
-            .tensors()
-            .iter()
-            .filter(|t| !t.shape.kind.is_ffn())
-            .map(|t| t.bytes)
-            .sum();
+        let resident: u64 = ctx.layout.non_ffn_bytes();
         let (ku, kd) = self.ks(shape);
         let (ub, db) = Self::unit_bytes(shape);
         let mask_bytes = ku as u64 * ub + kd as u64 * db;

@@ -285,6 +285,16 @@ impl WeightLayout {
             })
     }
 
+    /// Bytes of every matrix outside the FFN (embedding, attention, LM head): what policies that
+    /// stream only the FFN keep resident.
+    pub fn non_ffn_bytes(&self) -> u64 {
+        self.tensors
+            .iter()
+            .filter(|t| !t.shape.kind.is_ffn())
+            .map(|t| t.bytes)
+            .sum()
+    }
+
     /// The matrices of layer `layer`.
     pub fn layer(&self, layer: u32) -> impl Iterator<Item = &TensorExtent> {
         self.tensors

@@ -231,13 +231,7 @@ impl Policy for LlmInAFlash {
             .map(|_| SlidingWindow::new(n, k))
             .collect();
         // Resident: everything but the FFN (embeddings, attention, LM head; predictors are small).
-        let resident = ctx
-            .layout
-            .tensors()
-            .iter()
-            .filter(|t| !t.shape.kind.is_ffn())
-            .map(|t| t.bytes)
-            .sum();
+        let resident = ctx.layout.non_ffn_bytes();
         Ok(PolicySetup {
             resident_weight_bytes: resident,
             peak_buffer_bytes: 0,

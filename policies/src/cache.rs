@@ -126,25 +126,36 @@ impl UnitCache for SlidingWindow {
 
 const NIL: u32 = u32::MAX;
 
-/// Doubly linked lists of units threaded through per-unit `prev`/`next` arrays, one list per
-/// key (LRU: one list; LFU: one per use count). O(1) insert, remove, and pop from the front.
+/// Doubly linked lists of units threaded through per-unit links, one list per key (LRU: one
+/// list; LFU: one per use count). O(1) insert, remove, and pop from the front. A unit's links
+/// sit together in one 12-byte record: one cache line per touch, not three.
 #[derive(Debug, Clone)]
 struct Lists {
-    prev: Vec<u32>,
-    next: Vec<u32>,
+    link: Vec<Link>,
     head: Vec<u32>,
     tail: Vec<u32>,
-    list_of: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+    list: u32,
 }
 
 impl Lists {
     fn new(units: usize) -> Self {
         Lists {
-            prev: vec![NIL; units],
-            next: vec![NIL; units],
+            link: vec![
+                Link {
+                    prev: NIL,
+                    next: NIL,
+                    list: NIL
+                };
+                units
+            ],
             head: Vec::new(),
             tail: Vec::new(),
-            list_of: vec![NIL; units],
         }
     }
     fn push_back(&mut self, list: u32, u: u32) {
@@ -153,30 +164,36 @@ impl Lists {
             self.head.resize(l + 1, NIL);
             self.tail.resize(l + 1, NIL);
         }
-        self.prev[u as usize] = self.tail[l];
-        self.next[u as usize] = NIL;
-        if self.tail[l] != NIL {
-            self.next[self.tail[l] as usize] = u;
+        let tail = self.tail[l];
+        self.link[u as usize] = Link {
+            prev: tail,
+            next: NIL,
+            list,
+        };
+        if tail != NIL {
+            self.link[tail as usize].next = u;
         } else {
             self.head[l] = u;
         }
         self.tail[l] = u;
-        self.list_of[u as usize] = list;
     }
     fn remove(&mut self, u: u32) {
-        let l = self.list_of[u as usize] as usize;
-        let (p, n) = (self.prev[u as usize], self.next[u as usize]);
-        if p != NIL {
-            self.next[p as usize] = n;
+        let Link { prev, next, list } = self.link[u as usize];
+        let l = list as usize;
+        if prev != NIL {
+            self.link[prev as usize].next = next;
         } else {
-            self.head[l] = n;
+            self.head[l] = next;
         }
-        if n != NIL {
-            self.prev[n as usize] = p;
+        if next != NIL {
+            self.link[next as usize].prev = prev;
         } else {
-            self.tail[l] = p;
+            self.tail[l] = prev;
         }
-        self.list_of[u as usize] = NIL;
+        self.link[u as usize].list = NIL;
+    }
+    fn next(&self, u: u32) -> u32 {
+        self.link[u as usize].next
     }
     fn first(&self, list: u32) -> u32 {
         self.head.get(list as usize).copied().unwrap_or(NIL)
@@ -301,7 +318,7 @@ impl UnitCache for Lfu {
                 break;
             }
             let v = cursor;
-            cursor = self.lists.next[v as usize];
+            cursor = self.lists.next(v);
             if self.stamp[v as usize] == t {
                 continue;
             }

@@ -170,8 +170,15 @@ impl Magnitude for f32 {
     }
 }
 impl Magnitude for u16 {
+    /// |f16| from its bits, exactly, without the `half` crate's per-call feature dispatch.
     fn magnitude(self) -> f64 {
-        half::f16::from_bits(self & 0x7fff).to_f32() as f64
+        let (e, m) = (((self >> 10) & 0x1f) as u32, (self & 0x3ff) as u32);
+        match e {
+            0 => m as f64 * (1.0 / 16_777_216.0),
+            31 if m == 0 => f64::INFINITY,
+            31 => f64::NAN,
+            _ => f32::from_bits(((e + 112) << 23) | (m << 13)) as f64,
+        }
     }
 }
 
@@ -207,5 +214,22 @@ pub fn chunked(
             false,
         ));
         off += bytes;
+    }
+}
+
+#[cfg(test)]
+mod magnitude_tests {
+    use super::Magnitude;
+
+    #[test]
+    fn f16_magnitude_matches_the_half_crate_on_every_bit_pattern() {
+        for bits in 0..=u16::MAX {
+            let want = half::f16::from_bits(bits & 0x7fff).to_f32() as f64;
+            let got = bits.magnitude();
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{bits:#06x}: {got} vs {want}"
+            );
+        }
     }
 }

@@ -51,16 +51,21 @@ pub fn top_k(keys: &[u16], k: usize, out: &mut Vec<u32>) {
         lo -= 1;
     }
     let threshold = ((hi as u16) << 8) | lo as u16;
-    // Everything above the threshold, then the lowest-index ties at it.
+    // Everything above the threshold, then the lowest-index ties at it. Branch-free: with
+    // half the channels kept, a branch per channel would mispredict half the time.
     let mut ties = k as u32 - above;
+    // One slot past k takes the writes of channels not kept once all k are in.
+    out.resize(k + 1, 0);
+    let mut len = 0usize;
     for (i, &x) in keys.iter().enumerate() {
-        if x > threshold {
-            out.push(i as u32);
-        } else if x == threshold && ties > 0 {
-            out.push(i as u32);
-            ties -= 1;
-        }
+        let tie = (x == threshold) & (ties > 0);
+        let take = (x > threshold) | tie;
+        out[len] = i as u32;
+        len += take as usize;
+        ties -= tie as u32;
     }
+    debug_assert_eq!(len, k);
+    out.truncate(k);
 }
 
 #[cfg(test)]

@@ -55,7 +55,13 @@ pub struct Parametric {
     request_bytes_per_s: u64,
     max_bytes_per_s: u64,
     command_time: Option<Ps>,
-    unit_free: Vec<Ps>,
+    /// When each unit is free, earliest first. Every request completes no earlier than the one
+    /// before it (each ends after the link has carried it, and the link is serial), so the unit
+    /// that took the oldest request is always the earliest free: a FIFO ring of units is the
+    /// min-heap, at O(1) per request. (On equal free times the ring may pick a different
+    /// unit index than a lowest-index rule; units are identical, so no time changes.)
+    unit_free: std::collections::VecDeque<Ps>,
+    units: u32,
     link_free: Ps,
     controller_free: Ps,
 }
@@ -77,7 +83,8 @@ impl Parametric {
             request_bytes_per_s,
             max_bytes_per_s,
             command_time,
-            unit_free: vec![Ps::ZERO; parallel_units as usize],
+            unit_free: vec![Ps::ZERO; parallel_units as usize].into(),
+            units: parallel_units,
             link_free: Ps::ZERO,
             controller_free: Ps::ZERO,
         }
@@ -132,12 +139,7 @@ impl Parametric {
 
 impl Flash for Parametric {
     fn submit(&mut self, now: Ps, _offset: u64, bytes: u64) -> Result<Ps, SimError> {
-        let (unit, &free) = self
-            .unit_free
-            .iter()
-            .enumerate()
-            .min_by_key(|&(i, t)| (*t, i))
-            .expect("at least one unit");
+        let free = self.unit_free.pop_front().expect("at least one unit");
         let mut start = now.max(free);
         if let Some(ct) = self.command_time {
             start = start.max(self.controller_free);
@@ -149,7 +151,8 @@ impl Flash for Parametric {
         let on_link = transfer_time(bytes, self.max_bytes_per_s)?;
         let done = service_done.max(self.link_free.checked_add(on_link)?);
         self.link_free = done;
-        self.unit_free[unit] = done;
+        debug_assert!(self.unit_free.iter().all(|&f| f <= done));
+        self.unit_free.push_back(done);
         Ok(done)
     }
 
@@ -167,7 +170,7 @@ impl Flash for Parametric {
             self.t0,
             self.request_bytes_per_s,
             self.max_bytes_per_s,
-            self.unit_free.len() as u32,
+            self.units,
             self.command_time,
         ))
     }

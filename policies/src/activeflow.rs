@@ -21,8 +21,10 @@
 //! of N layers, so a preload of channel c is one read of N layers' columns; on-demand reads take
 //! one layer's columns. Preloads are prefetches: on-demand reads are issued first.
 //!
-//! Not yet built: the solver that raises N until T_preload ≤ T_comp (N is a parameter, default
-//! 4 as on the paper's phones), which needs device figures a policy does not see.
+//! N defaults to the paper's memory split (`preload_layers = "auto"`, [`ActiveFlow::solve_depth`]):
+//! fix sp, raise N until the preload hides under compute (T_preload ≤ T_comp) or one more layer
+//! gains less than `min_gain`, using the device's flash throughput at the preload's read size
+//! and the compute unit's time for a sparse layer. A fixed N is a number.
 
 use crate::cache::{LfuAdmit, UnitCache};
 use crate::decode;
@@ -30,7 +32,7 @@ use crate::layout::{coalesce, InterleaveRegion, WeightLayout};
 use crate::plan::{kept_share, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
-    TokenInfo,
+    SizingContext, TokenInfo,
 };
 use crate::topk::top_k;
 use flashsim_workloads::model::Site;
@@ -59,10 +61,14 @@ pub struct ActiveFlowParams {
     /// Share of input channels dropped in every linear. Default: 1 − M_max / S_model (paper).
     #[serde(default)]
     pub sparsity: Option<f64>,
-    /// N: layers preloaded ahead (the group size). Default 4 (hides loading on their phones);
-    /// 0 = serial loading.
-    #[serde(default = "four")]
-    pub preload_layers: u32,
+    /// N: layers preloaded ahead (the group size); 0 = serial loading. Default `"auto"`, the
+    /// paper's memory split (N = 4 is what it chose on their phones).
+    #[serde(default)]
+    pub preload_layers: Depth,
+    /// The split stops raising N when one more layer shortens the estimated layer time by less
+    /// than this share. Default 0.02 (assumed: the paper says "until the gain is small").
+    #[serde(default = "min_gain")]
+    pub min_gain: f64,
     /// How O and down are loaded. Default `on-demand`.
     #[serde(default = "on_demand")]
     pub o_down: ODown,
@@ -73,14 +79,39 @@ pub struct ActiveFlowParams {
     pub compute_unit: String,
 }
 
-fn four() -> u32 {
-    4
+fn min_gain() -> f64 {
+    0.02
 }
+
 fn on_demand() -> ODown {
     ODown::OnDemand
 }
 fn yes() -> bool {
     true
+}
+
+/// `preload_layers`: a number, or `"auto"` for the paper's memory split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a whole number of layers (0 = serial loading) or \"auto\""
+)]
+pub enum Depth {
+    Fixed(u32),
+    Auto(AutoWord),
+}
+
+/// The word `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoWord {
+    Auto,
+}
+
+impl Default for Depth {
+    fn default() -> Self {
+        Depth::Auto(AutoWord::Auto)
+    }
 }
 
 fn build(
@@ -93,6 +124,9 @@ fn build(
         if !(0.0..1.0).contains(&sp) {
             return Err(src.invalid(&param_key(key, "sparsity"), "must lie in [0, 1)"));
         }
+    }
+    if !(0.0..1.0).contains(&p.min_gain) {
+        return Err(src.invalid(&param_key(key, "min_gain"), "must lie in [0, 1)"));
     }
     Ok(Box::new(ActiveFlow::new(p)))
 }
@@ -133,6 +167,8 @@ impl Oper {
 
 pub struct ActiveFlow {
     p: ActiveFlowParams,
+    /// N, fixed or solved in `size`.
+    n: u32,
     sparsity: f64,
     /// caches[layer][oper]
     caches: Vec<Vec<LfuAdmit>>,
@@ -142,8 +178,13 @@ pub struct ActiveFlow {
 
 impl ActiveFlow {
     pub fn new(p: ActiveFlowParams) -> Self {
+        let n = match p.preload_layers {
+            Depth::Fixed(n) => n,
+            Depth::Auto(_) => 1,
+        };
         ActiveFlow {
             p,
+            n,
             sparsity: 0.0,
             caches: Vec::new(),
             keys: Vec::new(),
@@ -153,7 +194,117 @@ impl ActiveFlow {
 
     /// Layers per group: N, or 1 for serial loading.
     fn group(&self) -> u32 {
-        self.p.preload_layers.max(1)
+        self.n.max(1)
+    }
+
+    /// N in use (after `size`).
+    pub fn preload_layers(&self) -> u32 {
+        self.n
+    }
+
+    /// sp: the parameter, or the paper's 1 − M_max / S_model (the budget without the KV cache).
+    fn sparsity_for(&self, shape: &ModelShape, dram_budget_bytes: u64, kv_cache_bytes: u64) -> f64 {
+        let budget = dram_budget_bytes.saturating_sub(kv_cache_bytes);
+        match self.p.sparsity {
+            Some(sp) => sp,
+            None => (1.0 - budget as f64 / shape.total_weight_bytes() as f64).clamp(0.0, 0.99),
+        }
+    }
+
+    /// Rows of one input channel's columns of operator `o` (all its matrices together).
+    fn column_rows(shape: &ModelShape, o: Oper) -> u64 {
+        match o {
+            Oper::Qkv => shape.q_dim() + 2 * shape.kv_dim(),
+            Oper::O | Oper::Down => shape.hidden as u64,
+            Oper::GateUp => shape.intermediate as u64 * if shape.gated { 2 } else { 1 },
+        }
+    }
+
+    /// Bytes of the four sparsified operators of one layer (dense).
+    fn layer_linear_bytes(shape: &ModelShape) -> u64 {
+        OPERS
+            .iter()
+            .map(|&o| {
+                shape.weight_bytes(Self::width(shape, o) as u64 * Self::column_rows(shape, o))
+            })
+            .sum()
+    }
+
+    /// The paper's memory split (§ cost model): with sp fixed, per group of N layers
+    /// T_preload = Σ_o N·k_o·c_o·(1 − hr) / BW(N·c_o) over the preloaded operators (one read is
+    /// one channel of N layers, c_o bytes per layer), T_onload = the same for the operators
+    /// loaded on demand, at BW(c_o), and T_comp = N · (the compute unit's time for one sparse
+    /// layer). Each N is costed as T_onload + max(T_preload, T_comp) per layer, with the hot-cache
+    /// hit rate hr estimated as the cache's share of the active channels (the cache shrinks as
+    /// the preload buffers S_l·(1 − sp)·(2N + 1) grow). N rises from 1 while the preload is not
+    /// hidden, the buffers fit, and N + 1 shortens the layer time by at least `min_gain`.
+    pub fn solve_depth(&self, ctx: &SizingContext, sparsity: f64) -> Result<u32, PolicyError> {
+        let rates = ctx.rates.ok_or_else(|| {
+            PolicyError::Invalid(
+                "activeflow: preload_layers = \"auto\" needs the device's rates; give a number"
+                    .into(),
+            )
+        })?;
+        let shape = ctx.shape;
+        let density = 1.0 - sparsity;
+        let layer_bytes = Self::layer_linear_bytes(shape);
+        let resident = shape.total_weight_bytes() - layer_bytes * shape.layers as u64;
+        let active_bytes = layer_bytes as f64 * density;
+        let flops: f64 = OPERS
+            .iter()
+            .map(|&o| {
+                2.0 * density * (Self::width(shape, o) as u64 * Self::column_rows(shape, o)) as f64
+            })
+            .sum();
+        let t_layer = rates
+            .op_seconds(&self.p.compute_unit, flops as u64, active_bytes as u64)
+            .ok_or_else(|| {
+                PolicyError::Invalid(format!(
+                    "activeflow: the device has no compute unit `{}`",
+                    self.p.compute_unit
+                ))
+            })?;
+        let preloaded = |o: Oper| o.residual() || self.p.o_down == ODown::Predict;
+        // (estimated seconds per layer, preload hidden) at depth n, or None when it does not fit.
+        let cost = |n: u32| -> Option<(f64, bool)> {
+            let m_cl = (active_bytes * (2 * n + 1) as f64) as u64;
+            let needed = resident + m_cl + ctx.kv_cache_bytes;
+            if needed > ctx.dram_budget_bytes {
+                return None;
+            }
+            let cache = if self.p.hot_cache {
+                (ctx.dram_budget_bytes - needed) as f64
+            } else {
+                0.0
+            };
+            let hr = (cache / (active_bytes * shape.layers as f64)).min(1.0);
+            let (mut pre, mut on) = (0.0, 0.0);
+            for o in OPERS {
+                let c = shape.weight_bytes(Self::column_rows(shape, o));
+                let bytes =
+                    n as f64 * density * Self::width(shape, o) as f64 * c as f64 * (1.0 - hr);
+                if preloaded(o) {
+                    pre += bytes / rates.flash_read_bytes_per_s(n as u64 * c);
+                } else {
+                    on += bytes / rates.flash_read_bytes_per_s(c);
+                }
+            }
+            let comp = n as f64 * t_layer;
+            Some(((on + pre.max(comp)) / n as f64, pre <= comp))
+        };
+        let mut n = 1;
+        let Some((mut t, mut hidden)) = cost(1) else {
+            return Ok(1); // Nothing fits: `setup` reports the budget.
+        };
+        while !hidden && n < shape.layers {
+            match cost(n + 1) {
+                Some((t2, h2)) if t2 < t * (1.0 - self.p.min_gain) => {
+                    (n, t, hidden) = (n + 1, t2, h2);
+                }
+                _ => break,
+            }
+        }
+        Ok(n)
     }
 
     fn width(shape: &ModelShape, o: Oper) -> usize {
@@ -205,23 +356,32 @@ impl Policy for ActiveFlow {
         WeightLayout::interleaved(shape, alignment_bytes, self.group(), &opers)
     }
 
+    fn derived(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("preload_layers", self.n.to_string()),
+            ("sparsity", format!("{:.4}", self.sparsity)),
+        ]
+    }
+
+    fn size(&mut self, ctx: &SizingContext) -> Result<(), PolicyError> {
+        if matches!(self.p.preload_layers, Depth::Auto(_)) {
+            let sp = self.sparsity_for(ctx.shape, ctx.dram_budget_bytes, ctx.kv_cache_bytes);
+            self.n = self.solve_depth(ctx, sp)?;
+        }
+        Ok(())
+    }
+
     fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError> {
         ctx.need_trace(ENTRY.name)?;
         let shape = ctx.shape;
         let total = shape.total_weight_bytes();
         let resident: u64 = ctx.layout.tensors().iter().map(|t| t.bytes).sum();
-        let budget = ctx.dram_budget_bytes.saturating_sub(ctx.kv_cache_bytes);
-        self.sparsity = match self.p.sparsity {
-            Some(sp) => sp,
-            // sp = 1 − M_max / S_model, the paper's rule (the budget without the KV cache).
-            None => (1.0 - budget as f64 / total as f64).clamp(0.0, 0.99),
-        };
+        self.sparsity = self.sparsity_for(shape, ctx.dram_budget_bytes, ctx.kv_cache_bytes);
         // Preload buffers: the paper's M_cl = S_l (1 − sp) N, doubled because the next group's
         // preload is read while this group's preloaded weights are still in use, plus one layer
         // of on-demand loads: S_l (1 − sp) (2N + 1).
         let layer_bytes = (total - resident) / shape.layers as u64;
-        let m_cl = ((layer_bytes as f64 * (1.0 - self.sparsity))
-            * (2 * self.p.preload_layers + 1) as f64) as u64;
+        let m_cl = ((layer_bytes as f64 * (1.0 - self.sparsity)) * (2 * self.n + 1) as f64) as u64;
         let needed = resident + m_cl + ctx.kv_cache_bytes;
         if needed > ctx.dram_budget_bytes {
             return Err(PolicyError::DramBudget {
@@ -229,7 +389,7 @@ impl Policy for ActiveFlow {
                 budget_bytes: ctx.dram_budget_bytes,
                 what: format!(
                     "embeddings, KV cache and the preload buffers of {} layers at sparsity {:.2}",
-                    2 * self.p.preload_layers + 1,
+                    2 * self.n + 1,
                     self.sparsity
                 ),
             });
@@ -277,7 +437,7 @@ impl Policy for ActiveFlow {
                 .for_each(LfuAdmit::reset_counts);
         }
         let dense = ctx.dense_ops(token, &self.p.compute_unit);
-        let n = self.p.preload_layers;
+        let n = self.n;
         let g = self.group();
         let mut plan = TokenPlan::default();
         let mut mass = 0.0;
@@ -399,8 +559,8 @@ mod tests {
     use super::*;
     use crate::testing::FnTrace;
 
-    #[test]
-    fn preload_from_the_current_layer_and_load_the_misses_on_demand() {
+    /// Two layers, width 4, sparsity 0.5, N = 1, no hot cache: token 0's layout and plan.
+    fn two_layer_plan(o_down: ODown) -> (WeightLayout, TokenPlan) {
         let shape = ModelShape {
             name: "t".into(),
             source: String::new(),
@@ -430,8 +590,9 @@ mod tests {
         };
         let mut p = ActiveFlow::new(ActiveFlowParams {
             sparsity: Some(0.5),
-            preload_layers: 1,
-            o_down: ODown::OnDemand,
+            preload_layers: Depth::Fixed(1),
+            min_gain: 0.02,
+            o_down,
             hot_cache: false,
             compute_unit: "cpu".into(),
         });
@@ -460,6 +621,12 @@ mod tests {
             )
             .unwrap();
         plan.check().unwrap();
+        (layout, plan)
+    }
+
+    #[test]
+    fn preload_from_the_current_layer_and_load_the_misses_on_demand() {
+        let (layout, plan) = two_layer_plan(ODown::OnDemand);
         let region = |l, o: Oper| *layout.interleave_region(l, o as usize).unwrap();
         // Preloads for layer 1, chosen from layer 0: Q/K/V channels {0, 2} (top-2 of x_attn),
         // gate/up channels {1, 3} (top-2 of x_mlp); O and down are on demand only.
@@ -509,5 +676,128 @@ mod tests {
         // Q/K/V of a layer: 3 columns of 4 fp16 weights per channel.
         assert_eq!(q1.unit_bytes, 24);
         assert_eq!(plan.ops.len(), 2 * 4 + 1);
+    }
+
+    #[test]
+    fn o_and_down_predicted_from_the_same_operator_of_the_group_s_first_layer() {
+        let (layout, plan) = two_layer_plan(ODown::Predict);
+        plan.check().unwrap();
+        let region = |l, o: Oper| *layout.interleave_region(l, o as usize).unwrap();
+        let (o1, d1) = (region(1, Oper::O), region(1, Oper::Down));
+        // Layer 0's x_o = [1, 2, 3, 4] predicts O channels {2, 3} (one merged read); its
+        // h = [1, 0, 0, 2] predicts down channels {0, 3}.
+        let pre: Vec<(u32, Extent)> = plan
+            .reads
+            .iter()
+            .filter(|r| r.prefetch)
+            .map(|r| (r.needed_by, r.extent))
+            .collect();
+        let merged = |r: InterleaveRegion, c: u64| Extent {
+            offset: r.group_channel(c).offset,
+            bytes: 2 * r.group_channel(c).bytes,
+        };
+        assert!(pre.contains(&(5, merged(o1, 2))), "{pre:?}");
+        assert!(pre.contains(&(7, d1.group_channel(0))), "{pre:?}");
+        assert!(pre.contains(&(7, d1.group_channel(3))), "{pre:?}");
+        assert_eq!(pre.len(), 4 + 3);
+        // Layer 1 really needs O {0, 1} and down {1, 2}: the prediction missed both, so both
+        // still load on demand (one merged read each), as in the on-demand mode.
+        let demand: Vec<(u32, Extent)> = plan
+            .reads
+            .iter()
+            .filter(|r| !r.prefetch && r.needed_by >= 4)
+            .map(|r| (r.needed_by, r.extent))
+            .collect();
+        assert!(demand.contains(&(5, merged(o1, 0))), "{demand:?}");
+        assert!(demand.contains(&(7, merged(d1, 1))), "{demand:?}");
+        assert_eq!(demand.len(), 3);
+    }
+
+    /// Flash with a fixed latency per request in front of a 2 GB/s link (throughput rises with
+    /// the request size), compute at `compute_bytes_per_s` over the weights a layer touches.
+    struct Rates {
+        latency_s: f64,
+        compute_bytes_per_s: f64,
+    }
+
+    impl crate::policy::DeviceRates for Rates {
+        fn flash_read_bytes_per_s(&self, request_bytes: u64) -> f64 {
+            request_bytes as f64 / (self.latency_s + request_bytes as f64 / 2e9)
+        }
+        fn op_seconds(&self, unit: &str, _flops: u64, dram_bytes: u64) -> Option<f64> {
+            (unit == "cpu").then(|| dram_bytes as f64 / self.compute_bytes_per_s)
+        }
+    }
+
+    fn solved(rates: &Rates, budget_gib: f64) -> u32 {
+        let shape = ModelShape::load(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../configs/models/llama-2-7b.toml"),
+        )
+        .unwrap();
+        let mut p = ActiveFlow::new(ActiveFlowParams {
+            sparsity: Some(0.6),
+            preload_layers: Depth::default(),
+            min_gain: 0.02,
+            o_down: ODown::OnDemand,
+            hot_cache: true,
+            compute_unit: "cpu".into(),
+        });
+        p.size(&SizingContext {
+            shape: &shape,
+            dram_budget_bytes: (budget_gib * (1u64 << 30) as f64) as u64,
+            kv_cache_bytes: 0,
+            rates: Some(rates),
+        })
+        .unwrap();
+        p.preload_layers()
+    }
+
+    #[test]
+    fn the_memory_split_raises_n_only_while_it_pays_and_fits() {
+        // Compute slower than any read: the preload hides at N = 1.
+        let slow_compute = Rates {
+            latency_s: 100e-6,
+            compute_bytes_per_s: 1e8,
+        };
+        assert_eq!(solved(&slow_compute, 3.0), 1);
+        // Latency-bound flash and fast compute: longer reads pay, so N rises past 1 ...
+        let latency_bound = Rates {
+            latency_s: 2e-3,
+            compute_bytes_per_s: 5e10,
+        };
+        let n = solved(&latency_bound, 3.0);
+        assert!(n > 1, "n = {n}");
+        // ... more when requests cost more, and never past what the budget holds (each layer's
+        // active weights take 0.4 x 386 MiB; 2N + 1 of them must fit beside 0.5 GiB resident:
+        // at 1.5 GiB, N <= 2). With 3 GiB the hot cache holds about 40% of the active weights.
+        let worse = Rates {
+            latency_s: 8e-3,
+            ..latency_bound
+        };
+        assert!(solved(&worse, 3.0) >= n);
+        let tight = solved(&worse, 1.5);
+        assert!((1..=2).contains(&tight), "tight budget: {tight}");
+        // Without the device's rates "auto" is an error, not a guess.
+        let shape = ModelShape::load(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../configs/models/llama-2-7b.toml"),
+        )
+        .unwrap();
+        let mut p = ActiveFlow::new(ActiveFlowParams {
+            sparsity: Some(0.6),
+            preload_layers: Depth::default(),
+            min_gain: 0.02,
+            o_down: ODown::OnDemand,
+            hot_cache: true,
+            compute_unit: "cpu".into(),
+        });
+        let ctx = SizingContext {
+            shape: &shape,
+            dram_budget_bytes: 1 << 33,
+            kv_cache_bytes: 0,
+            rates: None,
+        };
+        assert!(p.size(&ctx).is_err());
     }
 }

@@ -29,5 +29,6 @@ pub mod topk;
 
 pub use plan::{AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 pub use policy::{
-    registry, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup, TokenInfo,
+    registry, DeviceRates, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
+    SizingContext, TokenInfo,
 };

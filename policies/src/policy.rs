@@ -108,15 +108,45 @@ pub enum PolicyError {
 }
 
 /// A weight-streaming policy: no clock, no I/O; a trace in, a plan out.
+/// What a policy may know of the hardware to size itself before it runs (ActiveFlow's memory
+/// split picks its preload depth from them): rates of the device model, never a clock.
+pub trait DeviceRates {
+    /// Sustained throughput, bytes per second, of back-to-back reads of `request_bytes` each at
+    /// the experiment's I/O queue depth.
+    fn flash_read_bytes_per_s(&self, request_bytes: u64) -> f64;
+    /// Seconds compute unit `unit` takes for an op of `flops` touching `dram_bytes`; `None` when
+    /// the device has no such unit.
+    fn op_seconds(&self, unit: &str, flops: u64, dram_bytes: u64) -> Option<f64>;
+}
+
+/// What a policy sees when it sizes itself, before it picks its layout.
+pub struct SizingContext<'a> {
+    pub shape: &'a ModelShape,
+    pub dram_budget_bytes: u64,
+    pub kv_cache_bytes: u64,
+    /// The device's rates (absent in unit tests that build a policy without a device).
+    pub rates: Option<&'a dyn DeviceRates>,
+}
+
 pub trait Policy: Send {
     /// The registered name.
     fn name(&self) -> &'static str;
+    /// Fixes whatever the policy derives from the model, budget and device before anything
+    /// else (called first, once). Default: nothing to fix.
+    fn size(&mut self, _ctx: &SizingContext) -> Result<(), PolicyError> {
+        Ok(())
+    }
     /// How the policy wants the weights laid out in flash (default: every matrix row-major).
     fn layout(&self, shape: &ModelShape, alignment_bytes: u64) -> WeightLayout {
         WeightLayout::per_matrix(shape, alignment_bytes)
     }
     /// Decides what stays resident. Called once before the first token.
     fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError>;
+    /// Values the policy derived rather than read from its parameters (e.g. ActiveFlow's N and
+    /// sparsity), as `(name, value)`, reported beside the results. Default: none.
+    fn derived(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
     /// The plan for one token.
     fn plan_token(
         &mut self,

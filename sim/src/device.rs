@@ -120,3 +120,50 @@ impl Device {
         self.units.iter().position(|u| u.name == name)
     }
 }
+
+/// The device's rates as a policy may see them when it sizes itself ([`DeviceRates`]): measured
+/// on fresh copies of its models, at the experiment's I/O queue depth.
+pub struct Rates<'a> {
+    pub device: &'a Device,
+    pub io_queue_depth: u32,
+}
+
+impl flashsim_policies::DeviceRates for Rates<'_> {
+    /// Runs 8 × depth reads of `request_bytes` on a fresh flash model, a new one issued as each
+    /// completes, and divides the bytes by the time the last one ends.
+    fn flash_read_bytes_per_s(&self, request_bytes: u64) -> f64 {
+        use std::cmp::Reverse;
+        let depth = self.io_queue_depth.max(1) as usize;
+        let mut flash = self.device.flash.fresh();
+        let mut in_flight = std::collections::BinaryHeap::new();
+        let (mut now, mut end) = (Ps::ZERO, Ps::ZERO);
+        for i in 0..8 * depth as u64 {
+            if in_flight.len() == depth {
+                let Some(Reverse(t)) = in_flight.pop() else {
+                    break;
+                };
+                now = t;
+            }
+            match flash.submit(now, i * request_bytes, request_bytes) {
+                Ok(done) => {
+                    end = end.max(done);
+                    in_flight.push(Reverse(done));
+                }
+                Err(_) => return 0.0,
+            }
+        }
+        let s = end.as_s();
+        if s > 0.0 {
+            (8 * depth as u64 * request_bytes) as f64 / s
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    fn op_seconds(&self, unit: &str, flops: u64, dram_bytes: u64) -> Option<f64> {
+        let u = self.device.units.iter().find(|u| u.name == unit)?;
+        let own = u.op_time(flops, dram_bytes).ok()?.as_s();
+        let bus = dram_bytes as f64 / self.device.dram_bus_bytes_per_s as f64;
+        Some(own.max(bus))
+    }
+}

@@ -45,8 +45,13 @@ pub fn header(exp: &Experiment) -> Vec<String> {
         }
     }
     h.extend(METRICS.iter().map(|s| s.to_string()));
+    h.push(DERIVED.to_string());
     h
 }
+
+/// The last column: values the policy derived (`name=value name=value`), e.g. ActiveFlow's
+/// solved preload depth.
+pub const DERIVED: &str = "policy_derived";
 
 fn fmt(x: f64) -> String {
     format!("{x:.6}")
@@ -98,6 +103,7 @@ pub fn row(exp: &Experiment, r: &PointResult) -> Vec<String> {
         fmt_opt(m.cache_hit_rate),
         fmt_opt(m.kl_divergence),
         fmt_opt(m.top1_agreement),
+        r.derived.clone(),
     ]);
     v
 }

@@ -68,6 +68,16 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// What the policy derived, as `name=value` pairs separated by spaces.
+    pub fn derived(&self) -> String {
+        self.policy
+            .derived()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// The input token of generated token `i`: the trace's (wrapping), or a seeded hash when
     /// there is no trace.
     pub fn token_id(&self, i: u32) -> u32 {
@@ -266,6 +276,17 @@ pub fn prepare(
         shape.kv_bytes_per_token(c.kv_bytes_per_value) * (c.prompt_tokens as u64 + c.tokens as u64);
     let entry = policy::find(&c.policy).expect("validated on load");
     let mut pol = (entry.build)(src, point.policy_params.clone(), &["policies", entry.name])?;
+    let rates = crate::device::Rates {
+        device: &device,
+        io_queue_depth: c.io_queue_depth,
+    };
+    pol.size(&flashsim_policies::SizingContext {
+        shape: &shape,
+        dram_budget_bytes: budget,
+        kv_cache_bytes,
+        rates: Some(&rates),
+    })
+    .map_err(|e| src.invalid(&format!("policies.{}", entry.name), e.to_string()))?;
     let layout = pol.layout(&shape, c.alignment_kib * 1024);
     let ctx = context(
         &shape,
@@ -394,6 +415,8 @@ impl Metrics {
 pub struct PointResult {
     pub point: Point,
     pub metrics: Metrics,
+    /// What the policy derived (`name=value` separated by spaces; empty when nothing).
+    pub derived: String,
 }
 
 /// Runs every point of `exp` in order.
@@ -422,6 +445,7 @@ pub fn run_experiment(
         let r = PointResult {
             point: point.clone(),
             metrics,
+            derived: p.derived(),
         };
         progress(&r);
         out.push(r);

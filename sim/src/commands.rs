@@ -234,3 +234,100 @@ pub fn cmd_fit(
     }
     Ok(())
 }
+
+/// `flashsim check`: reruns the baseline's experiment into a scratch folder, compares its
+/// Pareto front with the baseline's `pareto.csv`, prints what moved, and (with `update`)
+/// makes this run the baseline. Returns whether it passed.
+pub fn cmd_check(
+    baseline: &Path,
+    experiment: Option<&Path>,
+    tolerance: f64,
+    update: bool,
+) -> Result<bool> {
+    use crate::pareto::{self, Table};
+    let meta_path = baseline.join("baseline.json");
+    let meta: Option<serde_json::Value> = std::fs::read_to_string(&meta_path)
+        .ok()
+        .map(|t| serde_json::from_str(&t))
+        .transpose()
+        .with_context(|| format!("{}: not JSON", meta_path.display()))?;
+    let exp_path = match (experiment, &meta) {
+        (Some(e), _) => e.to_path_buf(),
+        (None, Some(m)) => {
+            let rel = m["experiment"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("{}: no `experiment`", meta_path.display()))?;
+            baseline.join(rel)
+        }
+        (None, None) => anyhow::bail!(
+            "{} has no baseline.json: name the experiment (flashsim check EXPERIMENT --baseline {} --update)",
+            baseline.display(),
+            baseline.display()
+        ),
+    };
+    let exp = crate::experiment::Experiment::load(&exp_path)?;
+    let scratch = std::env::temp_dir().join(format!("flashsim-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let out = crate::sweep::run_sweep(
+        &exp,
+        &scratch,
+        &crate::sweep::SweepOptions {
+            fresh: true,
+            ..Default::default()
+        },
+    )?;
+    let now = Table::read(&out.dir.join("results.csv"))?;
+    let objectives = pareto::default_objectives(&now);
+    let front_now = pareto::write_front(&out.dir, Some(&objectives), 0.02)?;
+    let passed = if baseline.join("pareto.csv").is_file() {
+        let base = Table::read(&baseline.join("pareto.csv"))?;
+        let cmp = pareto::compare(&now, &base, &objectives, 0.02, tolerance)?;
+        print!("{}", cmp.report(tolerance));
+        println!(
+            "check {}: {} ({} baseline front points, tolerance {:.1}%)",
+            baseline.display(),
+            if cmp.passed() { "passed" } else { "FAILED" },
+            base.rows.len(),
+            tolerance * 100.0
+        );
+        cmp.passed()
+    } else if update {
+        true
+    } else {
+        anyhow::bail!(
+            "{} holds no pareto.csv: create it with --update",
+            baseline.display()
+        );
+    };
+    if update {
+        std::fs::create_dir_all(baseline)?;
+        std::fs::copy(out.dir.join("results.csv"), baseline.join("results.csv"))?;
+        front_now.write(&baseline.join("pareto.csv"))?;
+        let rel = pathdiff(
+            &std::fs::canonicalize(&exp_path)?,
+            &std::fs::canonicalize(baseline)?,
+        );
+        let m = serde_json::json!({
+            "experiment": rel,
+            "objectives": objectives.iter().map(|o| o.to_string()).collect::<Vec<_>>(),
+            "tolerance": tolerance,
+        });
+        std::fs::write(&meta_path, serde_json::to_string_pretty(&m)? + "\n")?;
+        println!("baseline {} updated", baseline.display());
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(passed || update)
+}
+
+/// `to` relative to the folder `from` (both absolute).
+fn pathdiff(to: &Path, from: &Path) -> String {
+    let (t, f): (Vec<_>, Vec<_>) = (to.components().collect(), from.components().collect());
+    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec!["..".into(); f.len() - common];
+    parts.extend(
+        t[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    parts.join("/")
+}

@@ -7,6 +7,13 @@
 //! move together (point i takes element i of each), instead of multiplying.
 //! The order of points is deterministic: top-level axes in key order (a zip group where its
 //! first key sorts), the last varying fastest, then the chosen policy's axes likewise.
+//!
+//! Random search: with `samples = N` at the top level, a key may hold a range instead of a list,
+//! `{ uniform = [a, b] }`, `{ log_uniform = [a, b] }` (a, b > 0) or `{ int = [a, b] }` (both
+//! ends included). The samples form one axis, the `sample` column (0 … N − 1), zipped with the
+//! top-level ranges; sample j draws every ranged key, top-level or policy, from a hash of (the
+//! experiment's `seed`, the key's path, j), so a sample does not change with the thread count,
+//! the shard, or the other keys.
 
 use flashsim_policies::policy;
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
@@ -14,7 +21,7 @@ use serde::Deserialize;
 use std::path::Path;
 
 /// One point of an experiment, every value a scalar.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PointConfig {
     /// Results go to `results/<name>/`.
@@ -120,6 +127,13 @@ impl Experiment {
                 return Err(src.invalid(&format!("policies.{name}"), "must be a table"));
             }
         }
+        let samples = match top.remove("samples") {
+            None => None,
+            Some(toml::Value::Integer(n)) if n >= 1 => Some(n as usize),
+            Some(_) => {
+                return Err(src.invalid("samples", "must be a whole number of samples, at least 1"))
+            }
+        };
         for key in ["name", "description"] {
             if top.get(key).is_some_and(toml::Value::is_array) {
                 return Err(src.invalid(key, "cannot be a list: one experiment has one name"));
@@ -132,7 +146,17 @@ impl Experiment {
                 axes.push(k.to_string());
             }
         };
-        for (t, top_axes) in product(&src, &top, &[])? {
+        if let Some(n) = samples {
+            top.insert(
+                "sample".into(),
+                toml::Value::Array((0..n as i64).map(toml::Value::Integer).collect()),
+            );
+        }
+        for (mut t, top_axes) in product(&src, &top, &[], samples.map(|_| None), None)? {
+            let sample = t
+                .remove("sample")
+                .and_then(|v| v.as_integer())
+                .map(|j| j as usize);
             let policy_name = t
                 .get("policy")
                 .and_then(toml::Value::as_str)
@@ -147,7 +171,8 @@ impl Experiment {
             let config: PointConfig = src.parse_value(toml::Value::Table(t.clone()), &[])?;
             validate(&src, &config)?;
             let entry = policy::find(&config.policy).expect("validated");
-            for (pt, p_axes) in product(&src, &ptable, &pkey)? {
+            for (pt, p_axes) in product(&src, &ptable, &pkey, sample.map(Some), Some(config.seed))?
+            {
                 // Build once to check the parameters now, not when the point runs.
                 (entry.build)(&src, toml::Value::Table(pt.clone()), &pkey)?;
                 let mut axis_values = Vec::new();
@@ -230,6 +255,10 @@ fn product(
     src: &TomlSource,
     table: &toml::Table,
     prefix: &[&str],
+    // None: no sampling; Some(None): the top level (ranges drawn for every sample, zipped with
+    // the `sample` key); Some(Some(j)): a policy table of sample j (ranges drawn for j only).
+    sample: Option<Option<usize>>,
+    seed: Option<u64>,
 ) -> Result<Vec<Combination>, ConfigError> {
     let at = |k: &str| {
         prefix
@@ -240,6 +269,61 @@ fn product(
             .join(".")
     };
     let mut table = table.clone();
+    // Ranges become lists of drawn values, zipped into one axis.
+    let ranged: Vec<String> = table
+        .iter()
+        .filter(|(_, v)| {
+            v.as_table()
+                .is_some_and(|t| t.len() == 1 && RANGES.iter().any(|r| t.contains_key(*r)))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    if !ranged.is_empty() {
+        let Some(which) = sample else {
+            return Err(src.invalid(
+                &at(&ranged[0]),
+                "a range needs `samples = N` at the top of the experiment",
+            ));
+        };
+        let n = match (which, table.get("sample").and_then(|v| v.as_array())) {
+            (None, Some(a)) => a.len(),
+            _ => 1,
+        };
+        // Seeds of the draws: the point's seed (top level: the experiment's, which must be
+        // one number when ranges sit beside it).
+        let seed = match seed {
+            Some(s) => s,
+            None => match table.get("seed") {
+                Some(toml::Value::Integer(s)) => *s as u64,
+                _ => {
+                    return Err(
+                        src.invalid("seed", "must be one number when top-level keys hold ranges")
+                    )
+                }
+            },
+        };
+        for k in &ranged {
+            let path = at(k);
+            let draws = match which {
+                None => draw_range(src, &path, &table[k], 0, n, seed)?,
+                Some(j) => draw_range(src, &path, &table[k], j, 1, seed)?,
+            };
+            table.insert(k.clone(), toml::Value::Array(draws));
+        }
+        if which.is_none() {
+            let z = table
+                .entry("zip")
+                .or_insert_with(|| toml::Value::Array(Vec::new()));
+            if let toml::Value::Array(a) = z {
+                a.push(toml::Value::Array(
+                    std::iter::once("sample".to_string())
+                        .chain(ranged.iter().cloned())
+                        .map(toml::Value::String)
+                        .collect(),
+                ));
+            }
+        }
+    }
     // Zip groups: lists of key names that move together.
     let mut groups: Vec<Vec<String>> = Vec::new();
     if let Some(z) = table.remove("zip") {
@@ -341,4 +425,62 @@ pub fn scalar_text(v: &toml::Value) -> String {
         toml::Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// The range forms a key may take in a random search.
+const RANGES: [&str; 3] = ["uniform", "log_uniform", "int"];
+
+/// The values of samples `first .. first + n` of the range `spec` at `path`, each drawn from
+/// (seed, path, sample).
+fn draw_range(
+    src: &TomlSource,
+    path: &str,
+    spec: &toml::Value,
+    first: usize,
+    n: usize,
+    seed: u64,
+) -> Result<Vec<toml::Value>, ConfigError> {
+    let t = spec.as_table().expect("a range table");
+    let (kind, ends) = t.iter().next().expect("one entry");
+    let bad = |m: &str| src.invalid(path, format!("`{kind}` range {m}"));
+    let ends = ends
+        .as_array()
+        .filter(|a| a.len() == 2)
+        .ok_or_else(|| bad("must be [low, high]"))?;
+    let num = |v: &toml::Value| {
+        v.as_float()
+            .or_else(|| v.as_integer().map(|i| i as f64))
+            .ok_or_else(|| bad("ends must be numbers"))
+    };
+    let (a, b) = (num(&ends[0])?, num(&ends[1])?);
+    if !(a.is_finite() && b.is_finite() && a <= b) {
+        return Err(bad("must have low <= high"));
+    }
+    let key_hash = path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+        (h ^ c as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let unit = |j: usize| {
+        let x = crate::runner::splitmix64(seed ^ crate::runner::splitmix64(key_hash ^ j as u64));
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (first..first + n)
+        .map(|j| {
+            let u = unit(j);
+            Ok(match kind.as_str() {
+                "uniform" => toml::Value::Float(a + u * (b - a)),
+                "log_uniform" => {
+                    if a <= 0.0 {
+                        return Err(bad("needs low > 0"));
+                    }
+                    toml::Value::Float((a.ln() + u * (b.ln() - a.ln())).exp())
+                }
+                _ => {
+                    if a.fract() != 0.0 || b.fract() != 0.0 {
+                        return Err(bad("ends must be whole numbers"));
+                    }
+                    toml::Value::Integer(a as i64 + (u * (b - a + 1.0)).floor().min(b - a) as i64)
+                }
+            })
+        })
+        .collect()
 }

@@ -7,7 +7,10 @@
 //! - [`experiment`]: experiment files and their expansion into points.
 //! - [`executor`]: runs a policy's plans as a pipeline on the engine.
 //! - [`runner`]: loads, checks and simulates each point; per-point [`runner::Metrics`].
-//! - [`output`]: results CSV and the printed table.
+//! - [`output`]: results CSV and Parquet, and the printed table.
+//! - [`sweep`]: parallel, resumable, shardable runs of an experiment; merge; manifest.
+//! - [`pareto`]: Pareto fronts of results, and `check` against a committed baseline.
+//! - [`plots`]: SVG and PNG figures.
 //! - [`paths`]: finding device and model files by name.
 //! - [`commands`]: the model and trace subcommands (`generate`, `trace …`).
 
@@ -19,8 +22,11 @@ pub mod executor;
 pub mod experiment;
 pub mod hw;
 pub mod output;
+pub mod pareto;
 pub mod paths;
+pub mod plots;
 pub mod runner;
+pub mod sweep;
 pub mod time;
 
 pub use error::SimError;

@@ -4,9 +4,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use flashsim::commands;
 use flashsim::experiment::Experiment;
-use flashsim::{output, paths, runner};
+use flashsim::{output, pareto, paths, plots, sweep};
 use flashsim_workloads::trace::stats::StatsConfig;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -29,9 +28,59 @@ enum Cmd {
         /// Where `<name>/results.csv` goes.
         #[arg(long, default_value = "results")]
         out_dir: PathBuf,
-        /// Print no table.
+        /// Print no table and no progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Worker threads (default: every core). Results do not depend on it.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Run only slice I of N (`--shard 0/4`); `flashsim merge` combines the slices.
+        #[arg(long, value_parser = parse_shard)]
+        shard: Option<(usize, usize)>,
+        /// Discard earlier results of this experiment instead of resuming.
+        #[arg(long)]
+        fresh: bool,
+        /// Draw no plots.
+        #[arg(long)]
+        no_plots: bool,
+    },
+    /// Combine the shards of a sweep into the files an unsharded run writes.
+    Merge {
+        experiment: PathBuf,
+        #[arg(long, default_value = "results")]
+        out_dir: PathBuf,
+    },
+    /// Write the Pareto front of a results folder to its `pareto.csv`.
+    Pareto {
+        /// A results folder (holding results.csv).
+        dir: PathBuf,
+        /// `max:COLUMN` or `min:COLUMN`, repeated (default: max:tokens_per_s,
+        /// min:dram_peak_bytes, and min:kl_divergence where present).
+        #[arg(long = "objective")]
+        objectives: Vec<flashsim::pareto::Objective>,
+        /// Points within this share of the front are listed too.
+        #[arg(long, default_value_t = 0.02)]
+        epsilon: f64,
+    },
+    /// Rerun an experiment and compare its Pareto front with a committed baseline.
+    Check {
+        /// The baseline folder (results/baselines/NAME), holding pareto.csv and baseline.json.
+        #[arg(long)]
+        baseline: PathBuf,
+        /// The experiment (default: the one the baseline records).
+        experiment: Option<PathBuf>,
+        /// Allowed relative change per objective.
+        #[arg(long, default_value_t = 0.02)]
+        tolerance: f64,
+        /// Write this run as the new baseline.
+        #[arg(long)]
+        update: bool,
+    },
+    /// Draw the plots of a results folder (and the device curves of its devices).
+    Plot {
+        experiment: PathBuf,
+        #[arg(long, default_value = "results")]
+        out_dir: PathBuf,
     },
     /// Generate text with the reference model (llama2.c `.bin` or a Hugging Face directory).
     Generate {
@@ -148,6 +197,18 @@ enum TraceCmd {
     },
 }
 
+fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}`: write I/N, e.g. 0/4"))?;
+    let i: usize = i.parse().map_err(|_| format!("`{i}` is not a number"))?;
+    let n: usize = n.parse().map_err(|_| format!("`{n}` is not a number"))?;
+    if n == 0 || i >= n {
+        return Err(format!("`{s}`: need 0 <= I < N"));
+    }
+    Ok((i, n))
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -161,23 +222,87 @@ fn run(cli: Cli) -> Result<()> {
             experiment,
             out_dir,
             quiet,
+            threads,
+            shard,
+            fresh,
+            no_plots,
         } => {
             let exp = Experiment::load(&experiment)?;
-            let n = exp.points.len();
-            let tty = std::io::stderr().is_terminal();
-            let results = runner::run_experiment(&exp, |r| {
-                if tty && !quiet {
-                    eprint!("\rpoint {}/{}", r.point.index + 1, n);
-                }
-            })?;
-            if tty && !quiet {
-                eprintln!();
-            }
-            let path = output::write_csv(&exp, &results, &out_dir.join(exp.name()))?;
+            let opts = sweep::SweepOptions {
+                threads,
+                shard,
+                fresh,
+                progress: !quiet,
+            };
+            let out = sweep::run_sweep(&exp, &out_dir, &opts)?;
             if !quiet {
-                print!("{}", output::table(&exp, &results));
+                print!("{}", output::table(&exp, &out.results));
             }
-            println!("{} points -> {}", n, path.display());
+            let front = pareto::write_front(&out.dir, None, 0.02)?;
+            if !no_plots && shard.is_none() {
+                plots::draw_results(&exp, &out.dir)?;
+            }
+            println!(
+                "{} points ({} run, {} resumed) in {:.1} s -> {} ({} on or near the Pareto front)",
+                out.results.len(),
+                out.ran,
+                out.resumed,
+                out.wall_s,
+                out.dir.join("results.csv").display(),
+                front.rows.len()
+            );
+            Ok(())
+        }
+        Cmd::Merge {
+            experiment,
+            out_dir,
+        } => {
+            let exp = Experiment::load(&experiment)?;
+            let results = sweep::merge(&exp, &out_dir)?;
+            let dir = sweep::results_dir(&exp, &out_dir, None);
+            pareto::write_front(&dir, None, 0.02)?;
+            println!(
+                "{} points merged -> {}",
+                results.len(),
+                dir.join("results.csv").display()
+            );
+            Ok(())
+        }
+        Cmd::Pareto {
+            dir,
+            objectives,
+            epsilon,
+        } => {
+            let objs = (!objectives.is_empty()).then_some(objectives.as_slice());
+            let f = pareto::write_front(&dir, objs, epsilon)?;
+            println!(
+                "{} points on or near the front -> {}",
+                f.rows.len(),
+                dir.join("pareto.csv").display()
+            );
+            Ok(())
+        }
+        Cmd::Check {
+            baseline,
+            experiment,
+            tolerance,
+            update,
+        } => {
+            let passed = commands::cmd_check(&baseline, experiment.as_deref(), tolerance, update)?;
+            if !passed {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+        Cmd::Plot {
+            experiment,
+            out_dir,
+        } => {
+            let exp = Experiment::load(&experiment)?;
+            let dir = sweep::results_dir(&exp, &out_dir, None);
+            for p in plots::draw_results(&exp, &dir)? {
+                println!("{}", p.display());
+            }
             Ok(())
         }
         Cmd::Generate {

@@ -46,8 +46,12 @@ pub fn header(exp: &Experiment) -> Vec<String> {
     }
     h.extend(METRICS.iter().map(|s| s.to_string()));
     h.push(DERIVED.to_string());
+    h.push(INFEASIBLE.to_string());
     h
 }
+
+/// The column that says why a point could not run (empty when it ran).
+pub const INFEASIBLE: &str = "infeasible";
 
 /// The last column: values the policy derived (`name=value name=value`), e.g. ActiveFlow's
 /// solved preload depth.
@@ -87,6 +91,11 @@ pub fn row(exp: &Experiment, r: &PointResult) -> Vec<String> {
                 .unwrap_or_default(),
         );
     }
+    if let Some(why) = &r.infeasible {
+        v.extend(std::iter::repeat_n(String::new(), METRICS.len() + 1));
+        v.push(why.clone());
+        return v;
+    }
     v.extend([
         fmt(m.tokens_per_s),
         fmt(m.ms_per_token),
@@ -104,6 +113,7 @@ pub fn row(exp: &Experiment, r: &PointResult) -> Vec<String> {
         fmt_opt(m.kl_divergence),
         fmt_opt(m.top1_agreement),
         r.derived.clone(),
+        String::new(),
     ]);
     v
 }
@@ -150,6 +160,7 @@ pub fn table(exp: &Experiment, results: &[PointResult]) -> String {
     for r in results {
         let m = &r.metrics;
         let mut v = vec![r.point.index.to_string(), r.point.config.policy.clone()];
+        let ncols = rows[0].len();
         for a in &exp.axes {
             if a != "policy" {
                 v.push(
@@ -161,6 +172,12 @@ pub fn table(exp: &Experiment, results: &[PointResult]) -> String {
                         .unwrap_or_else(|| "-".into()),
                 );
             }
+        }
+        if r.infeasible.is_some() {
+            v.push("infeasible: DRAM budget too small".into());
+            v.resize(ncols, String::new());
+            rows.push(v);
+            continue;
         }
         v.extend([
             format!("{:.3}", m.tokens_per_s),
@@ -197,4 +214,106 @@ pub fn table(exp: &Experiment, results: &[PointResult]) -> String {
         }
     }
     s
+}
+
+/// Writes `dir/results.parquet`: the same rows and columns as `results.csv`, each column typed
+/// by its values (whole numbers INT64, other numbers DOUBLE, text UTF8), empty cells null.
+pub fn write_parquet(
+    exp: &Experiment,
+    results: &[PointResult],
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    use parquet::basic::{LogicalType, Repetition, Type as Physical};
+    use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::types::Type;
+    use std::sync::Arc;
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Int,
+        Float,
+        Text,
+    }
+    let head = header(exp);
+    let rows: Vec<Vec<String>> = results.iter().map(|r| row(exp, r)).collect();
+    let kinds: Vec<Kind> = (0..head.len())
+        .map(|c| {
+            let vals = rows.iter().map(|r| r[c].as_str()).filter(|v| !v.is_empty());
+            let mut k = Kind::Int;
+            for v in vals {
+                if k == Kind::Int && v.parse::<i64>().is_err() {
+                    k = Kind::Float;
+                }
+                if k == Kind::Float && v.parse::<f64>().is_err() {
+                    k = Kind::Text;
+                    break;
+                }
+            }
+            k
+        })
+        .collect();
+    let fields = head
+        .iter()
+        .zip(&kinds)
+        .map(|(name, k)| {
+            let b = match k {
+                Kind::Int => Type::primitive_type_builder(name, Physical::INT64),
+                Kind::Float => Type::primitive_type_builder(name, Physical::DOUBLE),
+                Kind::Text => Type::primitive_type_builder(name, Physical::BYTE_ARRAY)
+                    .with_logical_type(Some(LogicalType::String)),
+            };
+            Ok(Arc::new(b.with_repetition(Repetition::OPTIONAL).build()?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let schema = Arc::new(
+        Type::group_type_builder("results")
+            .with_fields(fields)
+            .build()?,
+    );
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("results.parquet");
+    let tmp = dir.join("results.parquet.tmp");
+    {
+        let file = std::fs::File::create(&tmp)?;
+        let props = Arc::new(
+            WriterProperties::builder()
+                .set_created_by("flashsim".into())
+                .build(),
+        );
+        let mut w = SerializedFileWriter::new(file, schema, props)?;
+        let mut rg = w.next_row_group()?;
+        for (c, k) in kinds.iter().enumerate() {
+            let mut col = rg.next_column()?.expect("one writer per column");
+            let present: Vec<&str> = rows
+                .iter()
+                .map(|r| r[c].as_str())
+                .filter(|v| !v.is_empty())
+                .collect();
+            let defs: Vec<i16> = rows.iter().map(|r| (!r[c].is_empty()) as i16).collect();
+            match k {
+                Kind::Int => {
+                    let v: Vec<i64> = present.iter().map(|x| x.parse().expect("typed")).collect();
+                    col.typed::<Int64Type>()
+                        .write_batch(&v, Some(&defs), None)?;
+                }
+                Kind::Float => {
+                    let v: Vec<f64> = present.iter().map(|x| x.parse().expect("typed")).collect();
+                    col.typed::<DoubleType>()
+                        .write_batch(&v, Some(&defs), None)?;
+                }
+                Kind::Text => {
+                    let v: Vec<ByteArray> = present.iter().map(|x| ByteArray::from(*x)).collect();
+                    col.typed::<ByteArrayType>()
+                        .write_batch(&v, Some(&defs), None)?;
+                }
+            }
+            col.close()?;
+        }
+        rg.close()?;
+        w.close()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
 }

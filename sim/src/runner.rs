@@ -333,7 +333,7 @@ pub fn prepare(
 }
 
 /// The summary of one point, averaged over its generated tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, serde::Deserialize)]
 pub struct Metrics {
     pub tokens_per_s: f64,
     pub ms_per_token: f64,
@@ -417,9 +417,77 @@ pub struct PointResult {
     pub metrics: Metrics,
     /// What the policy derived (`name=value` separated by spaces; empty when nothing).
     pub derived: String,
+    /// Why the point could not run (its DRAM budget cannot hold what the policy needs); its
+    /// metrics are then empty in the results.
+    pub infeasible: Option<String>,
 }
 
-/// Runs every point of `exp` in order.
+/// Runs one point, reusing `cache`'s devices, models and traces.
+pub fn run_point(
+    exp: &Experiment,
+    point: &Point,
+    cache: &mut Cache,
+) -> anyhow::Result<PointResult> {
+    let mut p = prepare(exp, point, cache)?;
+    let (stats, _) = p.simulate(false).with_context(|| {
+        format!(
+            "{}: point {} ({})",
+            exp.src.path.display(),
+            point.index,
+            describe(point)
+        )
+    })?;
+    let mut metrics = Metrics::from_stats(&stats, point.config.warmup_tokens as usize);
+    if let (Some(w), Some(t)) = (&p.quality, &p.trace) {
+        let q = score_masks(w, t, &stats.masks);
+        metrics.kl_divergence = Some(q.kl_mean);
+        metrics.top1_agreement = Some(q.top1_agreement);
+    }
+    Ok(PointResult {
+        point: point.clone(),
+        metrics,
+        derived: p.derived(),
+        infeasible: None,
+    })
+}
+
+/// Like [`run_point`], but a point whose DRAM budget is too small for its policy becomes an
+/// infeasible result (a sweep records it and goes on) instead of an error.
+pub fn run_point_or_infeasible(
+    exp: &Experiment,
+    point: &Point,
+    cache: &mut Cache,
+) -> anyhow::Result<PointResult> {
+    match run_point(exp, point, cache) {
+        Err(e) => {
+            let why = match (
+                e.downcast_ref::<ConfigError>(),
+                e.downcast_ref::<crate::SimError>(),
+            ) {
+                (Some(ce @ ConfigError::Invalid { key: Some(k), .. }), _)
+                    if k == "dram_budget_gib" =>
+                {
+                    ce.to_string()
+                }
+                // The policy's plans outgrew the budget its setup accepted.
+                (_, Some(se @ crate::SimError::DramBudgetExceeded { .. })) => {
+                    format!("during the run: {se}")
+                }
+                _ => return Err(e),
+            };
+            Ok(PointResult {
+                point: point.clone(),
+                metrics: Metrics::default(),
+                derived: String::new(),
+                infeasible: Some(why),
+            })
+        }
+        ok => ok,
+    }
+}
+
+/// Runs every point of `exp` in order, in memory (no results folder): the library's way; the
+/// `flashsim run` command uses [`crate::sweep::run_sweep`].
 pub fn run_experiment(
     exp: &Experiment,
     mut progress: impl FnMut(&PointResult),
@@ -427,28 +495,36 @@ pub fn run_experiment(
     let mut cache = Cache::default();
     let mut out = Vec::with_capacity(exp.points.len());
     for point in &exp.points {
-        let mut p = prepare(exp, point, &mut cache)?;
-        let (stats, _) = p.simulate(false).with_context(|| {
-            format!(
-                "{}: point {} ({})",
-                exp.src.path.display(),
-                point.index,
-                describe(point)
-            )
-        })?;
-        let mut metrics = Metrics::from_stats(&stats, point.config.warmup_tokens as usize);
-        if let (Some(w), Some(t)) = (&p.quality, &p.trace) {
-            let q = score_masks(w, t, &stats.masks);
-            metrics.kl_divergence = Some(q.kl_mean);
-            metrics.top1_agreement = Some(q.top1_agreement);
-        }
-        let r = PointResult {
-            point: point.clone(),
-            metrics,
-            derived: p.derived(),
-        };
+        let r = run_point(exp, point, &mut cache)?;
         progress(&r);
         out.push(r);
+    }
+    Ok(out)
+}
+
+/// Makes sure every trace the experiment names exists (generating synthetic ones once, in
+/// order, before any parallel work) and returns their paths, each once.
+pub fn materialize_traces(exp: &Experiment) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut cache = Cache::default();
+    let mut out: Vec<std::path::PathBuf> = Vec::new();
+    for point in &exp.points {
+        let c = &point.config;
+        let src = &exp.src;
+        let path = match c.trace.as_str() {
+            "none" => continue,
+            "synthetic" => {
+                let mpath = paths::resolve(src, "model", "models", &c.model)?;
+                let key = mpath.display().to_string();
+                if !cache.models.contains_key(&key) {
+                    cache.models.insert(key.clone(), ModelShape::load(&mpath)?);
+                }
+                synthetic_trace(src, c, &cache.models[&key])?
+            }
+            name => paths::resolve_trace(src, name)?,
+        };
+        if !out.contains(&path) {
+            out.push(path);
+        }
     }
     Ok(out)
 }

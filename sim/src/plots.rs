@@ -1,0 +1,574 @@
+//! Figures, each as SVG and PNG, sized and labelled for a paper: axis labels with units, a
+//! legend, log scales where values span decades.
+//!
+//! - `pareto.{svg,png}`: tokens/s against peak DRAM, one colour per policy, each policy's front
+//!   joined by a line.
+//! - `ms_per_token.{svg,png}`: per point, compute and stall stacked (their sum is the token's
+//!   time), with the flash-busy time as a marker.
+//! - `timeline.{svg,png}`: the last token of point 0, layer by layer: every flash read on the
+//!   lanes of the I/O queue, and the ops on the compute lane, showing what overlaps.
+//! - `device-NAME.{svg,png}`: the flash model's latency and throughput against request size at
+//!   queue depths 1, 4 and 32.
+
+use crate::device::Rates;
+use crate::executor::Activity;
+use crate::experiment::Experiment;
+use crate::pareto::{front, Objective, Standing, Table};
+use crate::runner::{prepare, Cache};
+use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+
+const SIZE: (u32, u32) = (900, 600);
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("plot: {e:?}")
+}
+
+/// Registers the bundled font (DejaVu Sans) once, so PNGs need no system fonts.
+fn fonts() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            include_bytes!("../assets/DejaVuSans.ttf"),
+        );
+    });
+}
+
+/// Draws `f` into `base.svg` and `base.png`.
+fn both(
+    base: &Path,
+    draw_svg: impl Fn(DrawingArea<SVGBackend, Shift>) -> Result<()>,
+    draw_png: impl Fn(DrawingArea<BitMapBackend, Shift>) -> Result<()>,
+) -> Result<Vec<PathBuf>> {
+    fonts();
+    let svg = base.with_extension("svg");
+    let png = base.with_extension("png");
+    {
+        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        draw_svg(root.clone())?;
+        root.present().map_err(err)?;
+    }
+    {
+        let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        draw_png(root.clone())?;
+        root.present().map_err(err)?;
+    }
+    Ok(vec![svg, png])
+}
+
+macro_rules! both {
+    ($base:expr, $draw:ident, $($arg:expr),*) => {
+        both(
+            $base,
+            |root| $draw(root, $($arg),*),
+            |root| $draw(root, $($arg),*),
+        )
+    };
+}
+
+fn colour(i: usize) -> RGBColor {
+    const P: [RGBColor; 8] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+    ];
+    P[i % P.len()]
+}
+
+/// (min, max) of `v` widened for a log axis.
+fn log_range(v: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = v
+        .filter(|x| *x > 0.0 && x.is_finite())
+        .fold((f64::INFINITY, 0.0f64), |(a, b), x| (a.min(x), b.max(x)));
+    if !lo.is_finite() {
+        return (0.1, 10.0);
+    }
+    (lo / 1.5, hi * 1.5)
+}
+
+type XY = (f64, f64);
+/// (request KiB, latency µs, throughput GB/s)
+type CurvePoint = (f64, f64, f64);
+
+struct ParetoData {
+    /// Per policy: name, all (x, y), the front sorted by x.
+    series: Vec<(String, Vec<XY>, Vec<XY>)>,
+    title: String,
+}
+
+fn pareto_data(exp: &Experiment, t: &Table) -> Result<ParetoData> {
+    let (pc, xc, yc) = (
+        t.column("policy")
+            .ok_or_else(|| anyhow!("no policy column"))?,
+        t.column("dram_peak_bytes")
+            .ok_or_else(|| anyhow!("no dram_peak_bytes"))?,
+        t.column("tokens_per_s")
+            .ok_or_else(|| anyhow!("no tokens_per_s"))?,
+    );
+    let mut policies: Vec<String> = t.rows.iter().map(|r| r[pc].clone()).collect();
+    policies.dedup();
+    policies.sort();
+    policies.dedup();
+    let objectives = [
+        Objective {
+            column: "tokens_per_s".into(),
+            maximize: true,
+        },
+        Objective {
+            column: "dram_peak_bytes".into(),
+            maximize: false,
+        },
+    ];
+    let mut series = Vec::new();
+    for p in policies {
+        let sub = Table {
+            header: t.header.clone(),
+            rows: t.rows.iter().filter(|r| r[pc] == p).cloned().collect(),
+        };
+        let standing = front(&sub, &objectives, 0.0)?;
+        let pts: Vec<(f64, f64, bool)> = (0..sub.rows.len())
+            .filter_map(|r| {
+                Some((
+                    sub.num(r, xc)? / crate::device::GIB,
+                    sub.num(r, yc)?,
+                    standing[r] == Standing::OnFront,
+                ))
+            })
+            .collect();
+        let mut f: Vec<(f64, f64)> = pts.iter().filter(|p| p.2).map(|p| (p.0, p.1)).collect();
+        f.sort_by(|a, b| a.0.total_cmp(&b.0));
+        series.push((p, pts.iter().map(|p| (p.0, p.1)).collect(), f));
+    }
+    Ok(ParetoData {
+        series,
+        title: format!(
+            "{}: throughput vs DRAM (Pareto front per policy)",
+            exp.name()
+        ),
+    })
+}
+
+fn draw_pareto<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &ParetoData) -> Result<()> {
+    let all = || d.series.iter().flat_map(|s| s.1.iter());
+    let (x0, x1) = log_range(all().map(|p| p.0));
+    let (y0, y1) = log_range(all().map(|p| p.1));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&d.title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("peak DRAM (GiB, log scale)")
+        .y_desc("throughput (tokens/s, log scale)")
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(err)?;
+    for (i, (name, pts, f)) in d.series.iter().enumerate() {
+        let c = colour(i);
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
+            .map_err(err)?
+            .label(name.as_str())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, c.filled()));
+        chart
+            .draw_series(LineSeries::new(f.iter().copied(), c.stroke_width(2)))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+struct Bars {
+    /// (label, compute ms, stall ms, flash busy ms)
+    rows: Vec<(String, f64, f64, f64)>,
+    title: String,
+}
+
+fn bars_data(exp: &Experiment, t: &Table) -> Bars {
+    let col = |n: &str| t.column(n);
+    let (pc, polc, cc, sc, fc) = (
+        col("point"),
+        col("policy"),
+        col("compute_ms_per_token"),
+        col("stall_ms_per_token"),
+        col("flash_io_ms_per_token"),
+    );
+    let rows = (0..t.rows.len())
+        .filter_map(|r| {
+            let label = format!(
+                "{} {}",
+                pc.map(|c| t.rows[r][c].clone()).unwrap_or_default(),
+                polc.map(|c| t.rows[r][c].clone()).unwrap_or_default()
+            );
+            Some((label, t.num(r, cc?)?, t.num(r, sc?)?, t.num(r, fc?)?))
+        })
+        .collect();
+    Bars {
+        rows,
+        title: format!("{}: time per token", exp.name()),
+    }
+}
+
+fn draw_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Bars) -> Result<()> {
+    let n = d.rows.len().max(1);
+    let ymax = d
+        .rows
+        .iter()
+        .map(|r| (r.1 + r.2).max(r.3))
+        .fold(0.0, f64::max)
+        .max(1e-6)
+        * 1.15;
+    let labels: Vec<String> = d.rows.iter().map(|r| r.0.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&d.title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(if n > 12 { 40 } else { 60 })
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..n as f64, 0.0..ymax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n.min(24))
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - i as f64 - 0.5).abs() < 0.26 || n <= 24 {
+                labels.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc("point, policy")
+        .y_desc("ms per token")
+        .label_style(("sans-serif", 12))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(err)?;
+    let compute = RGBColor(31, 119, 180);
+    let stall = RGBColor(214, 39, 40);
+    let flash = RGBColor(44, 160, 44);
+    chart
+        .draw_series(d.rows.iter().enumerate().map(|(i, r)| {
+            Rectangle::new(
+                [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, r.1)],
+                compute.filled(),
+            )
+        }))
+        .map_err(err)?
+        .label("compute")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], compute.filled()));
+    chart
+        .draw_series(d.rows.iter().enumerate().map(|(i, r)| {
+            Rectangle::new(
+                [(i as f64 + 0.15, r.1), (i as f64 + 0.85, r.1 + r.2)],
+                stall.filled(),
+            )
+        }))
+        .map_err(err)?
+        .label("stall (waiting for flash)")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], stall.filled()));
+    chart
+        .draw_series(d.rows.iter().enumerate().map(|(i, r)| {
+            PathElement::new(
+                vec![(i as f64 + 0.05, r.3), (i as f64 + 0.95, r.3)],
+                flash.stroke_width(3),
+            )
+        }))
+        .map_err(err)?
+        .label("flash busy (overlaps compute)")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], flash.stroke_width(3)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+struct Timeline {
+    /// (lane, start ms, end ms, layer or read)
+    reads: Vec<(usize, f64, f64)>,
+    ops: Vec<(f64, f64, u32)>,
+    lanes: usize,
+    title: String,
+}
+
+fn timeline_data(exp: &Experiment) -> Result<Option<Timeline>> {
+    let mut cache = Cache::default();
+    let point = &exp.points[0];
+    let mut p = match prepare(exp, point, &mut cache) {
+        Ok(p) => p,
+        Err(_) => return Ok(None),
+    };
+    let (stats, act) = p.simulate(true)?;
+    let Some(last) = stats.tokens.len().checked_sub(1) else {
+        return Ok(None);
+    };
+    let t0 = stats.tokens[last].start;
+    let ms = |x: crate::Ps| (x.0.saturating_sub(t0.0)) as f64 / 1e9;
+    // Reads on lanes: the first lane free when each read is issued.
+    let mut lane_free: Vec<f64> = Vec::new();
+    let mut reads = Vec::new();
+    let mut ops = Vec::new();
+    let mut evs: Vec<&Activity> = act
+        .iter()
+        .filter(|a| match a {
+            Activity::Read { token, .. } | Activity::Op { token, .. } => *token == last as u32,
+        })
+        .collect();
+    evs.sort_by_key(|a| match a {
+        Activity::Read { issued, .. } => issued.0,
+        Activity::Op { start, .. } => start.0,
+    });
+    for a in evs {
+        match *a {
+            Activity::Read { issued, done, .. } => {
+                let (s, e) = (ms(issued), ms(done));
+                let lane = match lane_free.iter().position(|&f| f <= s) {
+                    Some(l) => l,
+                    None => {
+                        lane_free.push(0.0);
+                        lane_free.len() - 1
+                    }
+                };
+                lane_free[lane] = e;
+                reads.push((lane, s, e));
+            }
+            Activity::Op {
+                op, start, done, ..
+            } => ops.push((ms(start), ms(done), op)),
+        }
+    }
+    Ok(Some(Timeline {
+        lanes: lane_free.len().max(1),
+        reads,
+        ops,
+        title: format!(
+            "{} point 0 ({}): token {}, flash queue and compute",
+            exp.name(),
+            point.config.policy,
+            last
+        ),
+    }))
+}
+
+fn draw_timeline<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Timeline) -> Result<()> {
+    let end = d
+        .reads
+        .iter()
+        .map(|r| r.2)
+        .chain(d.ops.iter().map(|o| o.1))
+        .fold(0.0, f64::max)
+        .max(1e-6);
+    // The compute lane gets a third of the height of the flash slots (at least two slots' worth).
+    let band = (d.lanes as f64 / 3.0).max(2.0);
+    let rows = d.lanes as f64 + band + 0.3;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&d.title, ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(90)
+        .build_cartesian_2d(0.0..end * 1.02, 0.0..rows)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(0)
+        .y_desc(format!(
+            "flash: {} queue slots (below)  |  compute (top)",
+            d.lanes
+        ))
+        .x_desc("time within the token (ms)")
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(err)?;
+    let flash = RGBColor(44, 160, 44);
+    chart
+        .draw_series(d.reads.iter().map(|&(lane, s, e)| {
+            Rectangle::new(
+                [
+                    (s, lane as f64 + 0.1),
+                    (e.max(s + end * 1e-4), lane as f64 + 0.9),
+                ],
+                flash.mix(0.7).filled(),
+            )
+        }))
+        .map_err(err)?
+        .label("flash read")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], flash.filled()));
+    let y = d.lanes as f64 + 0.3;
+    chart
+        .draw_series(d.ops.iter().map(|&(s, e, op)| {
+            let c = if op % 2 == 0 {
+                RGBColor(31, 119, 180)
+            } else {
+                RGBColor(255, 127, 14)
+            };
+            Rectangle::new([(s, y), (e.max(s + end * 1e-4), y + band)], c.filled())
+        }))
+        .map_err(err)?
+        .label("op (alternate colours)")
+        .legend(|(x, y)| {
+            Rectangle::new(
+                [(x, y - 5), (x + 14, y + 5)],
+                RGBColor(31, 119, 180).filled(),
+            )
+        });
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+struct Curves {
+    /// Per queue depth: (depth, [(request KiB, latency µs, throughput GB/s)]).
+    series: Vec<(u32, Vec<CurvePoint>)>,
+    title: String,
+}
+
+/// Latency and throughput of a device's flash model against request size.
+fn curves_data(device: &crate::device::Device) -> Curves {
+    use flashsim_policies::DeviceRates;
+    let sizes: Vec<u64> = (0..=10).map(|i| 4096u64 << i).collect();
+    let series = [1u32, 4, 32]
+        .iter()
+        .map(|&qd| {
+            let r = Rates {
+                device,
+                io_queue_depth: qd,
+            };
+            let pts = sizes
+                .iter()
+                .map(|&b| {
+                    let tput = r.flash_read_bytes_per_s(b);
+                    // Little's law: latency = depth × size / throughput.
+                    let lat_us = qd as f64 * b as f64 / tput * 1e6;
+                    (b as f64 / 1024.0, lat_us, tput / 1e9)
+                })
+                .collect();
+            (qd, pts)
+        })
+        .collect();
+    Curves {
+        series,
+        title: format!("{}: flash model", device.name),
+    }
+}
+
+fn draw_curves<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Curves) -> Result<()> {
+    let (left, right) = root.split_horizontally(SIZE.0 / 2);
+    for (area, is_lat) in [(left, true), (right, false)] {
+        let pick = |p: &(f64, f64, f64)| if is_lat { p.1 } else { p.2 };
+        let all = || d.series.iter().flat_map(|s| s.1.iter());
+        let (x0, x1) = log_range(all().map(|p| p.0));
+        let (y0, y1) = log_range(all().map(pick));
+        let mut chart = ChartBuilder::on(&area)
+            .caption(
+                format!(
+                    "{}: {}",
+                    d.title,
+                    if is_lat { "latency" } else { "throughput" }
+                ),
+                ("sans-serif", 15),
+            )
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("request size (KiB)")
+            .y_desc(if is_lat {
+                "latency per request (µs)"
+            } else {
+                "throughput (GB/s)"
+            })
+            .label_style(("sans-serif", 12))
+            .axis_desc_style(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        for (i, (qd, pts)) in d.series.iter().enumerate() {
+            let c = colour(i);
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|p| (p.0, pick(p))),
+                    c.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(format!("QD {qd}"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 14, y)], c.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 12))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Draws every figure of the results folder `dir` of `exp`; returns the files written.
+pub fn draw_results(exp: &Experiment, dir: &Path) -> Result<Vec<PathBuf>> {
+    let t = Table::read(&dir.join("results.csv"))?;
+    let mut out = Vec::new();
+    let p = pareto_data(exp, &t)?;
+    out.extend(both!(&dir.join("pareto"), draw_pareto, &p)?);
+    let b = bars_data(exp, &t);
+    out.extend(both!(&dir.join("ms_per_token"), draw_bars, &b)?);
+    if let Some(tl) = timeline_data(exp)? {
+        out.extend(both!(&dir.join("timeline"), draw_timeline, &tl)?);
+    }
+    let mut seen = Vec::new();
+    for point in &exp.points {
+        if seen.contains(&point.config.device) {
+            continue;
+        }
+        seen.push(point.config.device.clone());
+        let path = crate::paths::resolve(&exp.src, "device", "devices", &point.config.device)?;
+        let device = crate::device::Device::load(&path)?;
+        let c = curves_data(&device);
+        out.extend(both!(
+            &dir.join(format!("device-{}", device.name)),
+            draw_curves,
+            &c
+        )?);
+    }
+    Ok(out)
+}

@@ -456,9 +456,7 @@ fn draw_range(
     if !(a.is_finite() && b.is_finite() && a <= b) {
         return Err(bad("must have low <= high"));
     }
-    let key_hash = path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
-        (h ^ c as u64).wrapping_mul(0x100_0000_01b3)
-    });
+    let key_hash = crate::runner::fnv1a(path.as_bytes());
     let unit = |j: usize| {
         let x = crate::runner::splitmix64(seed ^ crate::runner::splitmix64(key_hash ^ j as u64));
         (x >> 11) as f64 / (1u64 << 53) as f64

@@ -72,6 +72,22 @@ macro_rules! both {
     };
 }
 
+/// The legend every figure draws: framed, on a translucent white box.
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    font_px: u32,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font(("sans-serif", font_px))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
+}
+
 fn colour(i: usize) -> RGBColor {
     const P: [RGBColor; 8] = [
         RGBColor(31, 119, 180),
@@ -117,7 +133,6 @@ fn pareto_data(exp: &Experiment, t: &Table) -> Result<ParetoData> {
             .ok_or_else(|| anyhow!("no tokens_per_s"))?,
     );
     let mut policies: Vec<String> = t.rows.iter().map(|r| r[pc].clone()).collect();
-    policies.dedup();
     policies.sort();
     policies.dedup();
     let objectives = [
@@ -189,14 +204,7 @@ fn draw_pareto<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &ParetoData)
             .draw_series(LineSeries::new(f.iter().copied(), c.stroke_width(2)))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft, 14)?;
     Ok(())
 }
 
@@ -299,14 +307,7 @@ fn draw_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Bars) -> Resu
         .map_err(err)?
         .label("flash busy (overlaps compute)")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], flash.stroke_width(3)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight, 14)?;
     Ok(())
 }
 
@@ -440,14 +441,7 @@ fn draw_timeline<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Timeline)
                 RGBColor(31, 119, 180).filled(),
             )
         });
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(("sans-serif", 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight, 13)?;
     Ok(())
 }
 
@@ -532,14 +526,7 @@ fn draw_curves<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Curves) -> 
                     PathElement::new(vec![(x, y), (x + 14, y)], c.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font(("sans-serif", 12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft, 12)?;
     }
     Ok(())
 }

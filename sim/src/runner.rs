@@ -165,9 +165,7 @@ fn synthetic_trace(
         c.tokens,
         c.seed
     );
-    let hash = splitmix64(key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    }));
+    let hash = splitmix64(fnv1a(key.as_bytes()));
     let dir = match std::env::var_os("FLASHSIM_CACHE") {
         Some(d) => std::path::PathBuf::from(d),
         None => paths::config_dirs(&src.path)[0].join("../results/.trace-cache"),
@@ -186,6 +184,13 @@ fn synthetic_trace(
         synth::generate(&cfg, &path).map_err(|e| src.invalid("synthetic", e.to_string()))?;
     }
     Ok(path)
+}
+
+/// FNV-1a (64-bit) of `bytes`: a fixed hash for content keys (cache names, config hashes).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// SplitMix64: a small, fixed, well-mixed hash for deterministic per-point choices.

@@ -80,11 +80,10 @@ fn resolved(point: &Point) -> serde_json::Value {
 
 /// FNV-1a of the point's resolved configuration, in hex.
 pub fn config_hash(point: &Point) -> String {
-    let text = resolved(point).to_string();
-    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    });
-    format!("{h:016x}")
+    format!(
+        "{:016x}",
+        runner::fnv1a(resolved(point).to_string().as_bytes())
+    )
 }
 
 /// Reads `points.jsonl`, cutting a torn last line off the file so later appends start clean.

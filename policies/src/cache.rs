@@ -244,12 +244,8 @@ impl UnitCache for Lru {
             self.res.remove(v);
             a.evicted.push(v);
         }
-        a.admitted = a
-            .misses
-            .iter()
-            .copied()
-            .filter(|&u| self.res.has(u))
-            .collect();
+        // Victims never come from the current set, so every miss stayed.
+        a.admitted = a.misses.clone();
         a
     }
     fn contains(&self, unit: u32) -> bool {

@@ -19,11 +19,15 @@
 use crate::cache::{SlidingWindow, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
-use crate::plan::{kept_share, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+use crate::plan::{
+    f16_quanta, AppliedMask, Extent, IssueAfter, Magnitude, Op, OpKind, Read, TokenPlan,
+    F16_QUANTUM,
+};
 use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
     TokenInfo,
 };
+use crate::topk::{top_k_with, HighHist};
 use flashsim_workloads::model::Site;
 use flashsim_workloads::shape::{ModelShape, TensorKind};
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
@@ -130,7 +134,12 @@ fn build(
 pub struct LlmInAFlash {
     p: LlmInAFlashParams,
     windows: Vec<SlidingWindow>,
-    h: Vec<f32>,
+    /// Scratch of `predict`: magnitude keys of h, their L1 mass, shifted below-threshold
+    /// keys, and the false positives picked.
+    keys: Vec<u16>,
+    total_mass: f64,
+    below: Vec<u16>,
+    picked: Vec<u32>,
 }
 
 impl LlmInAFlash {
@@ -138,7 +147,10 @@ impl LlmInAFlash {
         LlmInAFlash {
             p,
             windows: Vec::new(),
-            h: Vec::new(),
+            keys: Vec::new(),
+            total_mass: 0.0,
+            below: Vec::new(),
+            picked: Vec::new(),
         }
     }
 
@@ -158,13 +170,71 @@ impl LlmInAFlash {
         }
     }
 
-    /// Predicted set of one layer (sorted), and the true active set's size.
-    fn predict(&self, h: &[f32], token: u32, layer: u32) -> Vec<u32> {
-        let rms = (h.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / h.len() as f64).sqrt();
-        let thr = self.p.active_threshold * rms;
-        let active: Vec<u32> = (0..h.len() as u32)
-            .filter(|&i| h[i as usize].abs() as f64 > thr)
-            .collect();
+    /// Predicted set of one layer, sorted, from the f16 magnitude keys of h (|h| exactly; their
+    /// L1 mass is left in `self.total_mass`).
+    fn predict(&mut self, token: u32, layer: u32) -> Vec<u32> {
+        let keys = &self.keys;
+        // Keys order like magnitudes up to infinity (0x7c00); above are NaNs, neither active
+        // nor below the threshold.
+        const INF: u16 = 0x7c00;
+        // The L1 mass (for the retained share) as an exact integer sum; the mean square (for
+        // the threshold) in four fixed lanes of f64, so that it vectorizes.
+        let (mut sum, mut sq, mut max_key) = (0u64, [0f64; 4], 0u16);
+        let quads = keys.chunks_exact(4);
+        let rest = quads.remainder();
+        for q in quads {
+            for j in 0..4 {
+                let x = f16_quanta(q[j].min(INF - 1));
+                sum += x;
+                sq[j] += x as f64 * x as f64;
+                max_key = max_key.max(q[j]);
+            }
+        }
+        for (j, &k) in rest.iter().enumerate() {
+            let x = f16_quanta(k.min(INF - 1));
+            sum += x;
+            sq[j] += x as f64 * x as f64;
+            max_key = max_key.max(k);
+        }
+        let (total, mean_sq) = if max_key < INF {
+            (
+                sum as f64 * F16_QUANTUM,
+                (sq[0] + sq[1] + sq[2] + sq[3]) * F16_QUANTUM * F16_QUANTUM / keys.len() as f64,
+            )
+        } else {
+            (f64::INFINITY, f64::INFINITY)
+        };
+        self.total_mass = total;
+        let thr = self.p.active_threshold * mean_sq.sqrt();
+        // `kmin`: the least key whose magnitude exceeds `thr`.
+        let (mut lo, mut hi) = (0u16, INF + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if mid.magnitude() <= thr {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let kmin = lo;
+        // One pass: the active set, and (for the false positives) the keys below the threshold
+        // shifted up by one so that every other neuron (key 0) ranks after them, with their
+        // histogram.
+        let n = keys.len();
+        let mut active = vec![0u32; n + 1];
+        let mut len = 0usize;
+        self.below.resize(n, 0);
+        let mut hist = HighHist::default();
+        let mut below = 0usize;
+        for (i, (&k, b)) in keys.iter().zip(self.below.iter_mut()).enumerate() {
+            active[len] = i as u32;
+            len += (kmin <= k && k <= INF) as usize;
+            let is_below = k < kmin;
+            *b = (k + 1) * is_below as u16;
+            below += is_below as usize;
+            hist.add(i, *b);
+        }
+        active.truncate(len);
         if self.p.predictor == Predictor::Oracle {
             return active;
         }
@@ -176,18 +246,25 @@ impl LlmInAFlash {
         let target = (self.p.over_prediction * active.len() as f64).round() as usize;
         let extra = target.saturating_sub(p.len());
         if extra > 0 {
-            // False positives: the neurons just below the threshold.
-            let mut below: Vec<u32> = (0..h.len() as u32)
-                .filter(|&i| h[i as usize].abs() as f64 <= thr)
-                .collect();
-            let key = |i: &u32| std::cmp::Reverse(h[*i as usize].abs().to_bits());
-            if extra < below.len() {
-                below.select_nth_unstable_by_key(extra, key);
-                below.truncate(extra);
+            // False positives: the neurons just below the threshold, the largest first, ties to
+            // the lower index.
+            top_k_with(&self.below, &hist, extra.min(below), &mut self.picked);
+            // Both lists are ascending and disjoint: merge them.
+            let mut merged = Vec::with_capacity(p.len() + self.picked.len());
+            let (mut a, mut b) = (p.iter().peekable(), self.picked.iter().peekable());
+            while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
+                if x < y {
+                    merged.push(x);
+                    a.next();
+                } else {
+                    merged.push(y);
+                    b.next();
+                }
             }
-            p.extend(below);
+            merged.extend(a);
+            merged.extend(b);
+            p = merged;
         }
-        p.sort_unstable();
         p
     }
 }
@@ -254,8 +331,14 @@ impl Policy for LlmInAFlash {
             let attn = plan.ops.len() as u32;
             plan.ops
                 .push(dense[decode::attention_op(l) as usize].clone());
-            ctx.read(Act::H, token.index, l, &mut self.h)?;
-            let predicted = self.predict(&self.h, token.index, l);
+            let trace = ctx.need_trace(ENTRY.name)?;
+            trace.read_keys(
+                Act::H,
+                token.index as usize % trace.tokens(),
+                l as usize,
+                &mut self.keys,
+            );
+            let predicted = self.predict(token.index, l);
             let windowed = self.p.window_tokens > 0;
             let mut access = self.windows[l as usize].access(token.index as u64, &predicted);
             if !windowed {
@@ -312,7 +395,7 @@ impl Policy for LlmInAFlash {
             );
             if ctx.record_masks {
                 let keep = if windowed {
-                    (0..self.h.len() as u32)
+                    (0..self.keys.len() as u32)
                         .filter(|&i| window.contains(i))
                         .collect()
                 } else {
@@ -324,10 +407,18 @@ impl Policy for LlmInAFlash {
                     keep,
                 });
             }
-            mass += kept_share(
-                &self.h,
-                (0..self.h.len() as u32).filter(|&i| window.contains(i)),
-            );
+            // Retained |h| mass of the window, summed exactly.
+            mass += if self.total_mass <= 0.0 {
+                1.0
+            } else {
+                let kept: u64 = self
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &k)| f16_quanta(k.min(0x7bff)) * window.contains(i as u32) as u64)
+                    .sum();
+                kept as f64 * F16_QUANTUM / self.total_mass
+            };
         }
         plan.ops
             .push(dense[decode::lm_head_op(shape) as usize].clone());

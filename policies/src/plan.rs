@@ -182,6 +182,19 @@ impl Magnitude for u16 {
     }
 }
 
+/// The f16 magnitude `key` (bits with the sign cleared, finite: below 0x7c00) as an integer
+/// count of 2^-24, the f16 quantum: every finite f16 is such a multiple, below 2^40, so sums of
+/// magnitudes (and, in `u128`, of their squares) over any width are exact and order-free.
+#[inline]
+pub fn f16_quanta(key: u16) -> u64 {
+    let (e, m) = ((key >> 10) as u64, (key & 0x3ff) as u64);
+    let normal = (e != 0) as u64;
+    (m | normal << 10) << (e - normal)
+}
+
+/// One f16 quantum, 2^-24.
+pub const F16_QUANTUM: f64 = 1.0 / 16_777_216.0;
+
 /// Share of the L1 mass of `v` held by the channels `keep` (1 when `v` is all zeros): the
 /// "retained activation mass" of a mask.
 pub fn kept_share<T: Magnitude>(v: &[T], keep: impl IntoIterator<Item = u32>) -> f64 {
@@ -231,5 +244,14 @@ mod magnitude_tests {
                 "{bits:#06x}: {got} vs {want}"
             );
         }
+    }
+
+    #[test]
+    fn f16_quanta_are_exact_multiples_of_two_to_the_minus_24() {
+        for key in 0..0x7c00u16 {
+            let got = super::f16_quanta(key) as f64 * super::F16_QUANTUM;
+            assert_eq!(got, key.magnitude(), "{key:#06x}");
+        }
+        assert_eq!(super::f16_quanta(0x7bff), 65504 << 24);
     }
 }

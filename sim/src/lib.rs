@@ -14,6 +14,7 @@
 //! - [`paths`]: finding device and model files by name.
 //! - [`commands`]: the model and trace subcommands (`generate`, `trace …`).
 
+pub mod calibrate;
 pub mod commands;
 pub mod device;
 pub mod engine;

@@ -102,6 +102,41 @@ enum Cmd {
     /// Record, inspect, synthesize and fit activation traces.
     #[command(subcommand)]
     Trace(TraceCmd),
+    /// Measure this machine's storage (O_DIRECT reads by request size and queue depth), DRAM
+    /// bandwidth and compute rate into a device file (`configs/devices/NAME.toml`).
+    Calibrate {
+        /// A directory on the storage to measure (a test file is written there).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Device name (default: `calibrated-HOSTNAME`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where the device file goes.
+        #[arg(long, default_value = "configs/devices")]
+        out_dir: PathBuf,
+        /// Where the curve plot and the per-cell CSV go.
+        #[arg(long, default_value = "results/calibrate")]
+        plots_dir: PathBuf,
+        /// Size of the test file, GiB: larger than any cache below the filesystem.
+        #[arg(long, default_value_t = 4.0)]
+        file_gib: f64,
+        /// Request sizes, KiB.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "4,8,16,32,64,128,256,512,1024,2048,4096"
+        )]
+        sizes_kib: Vec<u64>,
+        /// Queue depths (reader threads, one read in flight each).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+        queue_depths: Vec<u32>,
+        /// Seconds of reading per (size, queue depth).
+        #[arg(long, default_value_t = 0.3)]
+        seconds_per_point: f64,
+        /// Keep the test file (a later run with the same size reuses it).
+        #[arg(long)]
+        keep_file: bool,
+    },
     /// List the registered policies and flash models, and the device and model files found.
     List {
         /// The configs folder to list.
@@ -291,6 +326,42 @@ fn run(cli: Cli) -> Result<()> {
             let passed = commands::cmd_check(&baseline, experiment.as_deref(), tolerance, update)?;
             if !passed {
                 std::process::exit(2);
+            }
+            Ok(())
+        }
+        Cmd::Calibrate {
+            dir,
+            name,
+            out_dir,
+            plots_dir,
+            file_gib,
+            sizes_kib,
+            queue_depths,
+            seconds_per_point,
+            keep_file,
+        } => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "host".into());
+            let mib = (file_gib * 1024.0 / 4.0).round().max(1.0) as u64 * 4;
+            let opts = flashsim::calibrate::Options {
+                dir,
+                name: name.unwrap_or_else(|| format!("calibrated-{host}")),
+                out_dir,
+                plots_dir,
+                file_bytes: mib << 20,
+                sizes_kib,
+                queue_depths,
+                seconds_per_point,
+                keep_file,
+                seed: 1,
+            };
+            let path = flashsim::calibrate::run(&opts, &mut |line| eprintln!("{line}"))?;
+            let device = flashsim::device::Device::load(&path)?;
+            let plots = plots::draw_device(&device, &opts.plots_dir.join(&opts.name))?;
+            println!("{}", path.display());
+            for p in plots {
+                println!("{}", p.display());
             }
             Ok(())
         }

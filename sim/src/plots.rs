@@ -531,6 +531,12 @@ fn draw_curves<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Curves) -> 
     Ok(())
 }
 
+/// Draws `device`'s flash latency and throughput against request size at `base`.{svg,png}.
+pub fn draw_device(device: &crate::device::Device, base: &Path) -> Result<Vec<PathBuf>> {
+    let c = curves_data(device);
+    both!(base, draw_curves, &c)
+}
+
 /// Draws every figure of the results folder `dir` of `exp`; returns the files written.
 pub fn draw_results(exp: &Experiment, dir: &Path) -> Result<Vec<PathBuf>> {
     let t = Table::read(&dir.join("results.csv"))?;

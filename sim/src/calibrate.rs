@@ -1,0 +1,580 @@
+//! `flashsim calibrate`: measures the machine into a device file.
+//!
+//! Storage: O_DIRECT reads of every request size (4 KiB … 4 MiB by default) at every queue depth
+//! (1 … 64), from a pool of threads each keeping one `pread` in flight, at seeded random aligned
+//! offsets of a file written first with random bytes. O_DIRECT keeps the page cache out; where a
+//! filesystem refuses it (tmpfs, some overlays) calibration stops with an error instead of
+//! measuring memory. The file should be larger than any cache below the filesystem (the drive's
+//! own DRAM, a hypervisor's host cache): `--file-gib`.
+//!
+//! Memory and compute: read bandwidth of a buffer much larger than the caches, and the f32
+//! matrix-vector rate of a cache-resident matrix (the kernel shape of a decode step), each for
+//! 1 … all threads.
+//!
+//! Output: `configs/devices/NAME.toml` with the `measured` flash model (the throughput table),
+//! DRAM and a `cpu` unit at their measured rates, every figure per thread count and the
+//! environment (kernel, filesystem, CPU model, threads, date) as comments; and beside the plots,
+//! `NAME.csv` with one row per (size, queue depth): requests, throughput, mean/P50/P99 latency.
+
+use anyhow::{bail, Context, Result};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// O_DIRECT needs buffers, offsets and lengths aligned to the logical block size; 4 KiB covers
+/// every device in use.
+pub const ALIGN: usize = 4096;
+
+/// A heap buffer aligned for O_DIRECT.
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// The buffer is plain bytes owned by this value.
+unsafe impl Send for AlignedBuf {}
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// `len` zero bytes (rounded up to a multiple of [`ALIGN`]) at an [`ALIGN`]ed address.
+    pub fn zeroed(len: usize) -> Self {
+        let len = len.max(1).div_ceil(ALIGN) * ALIGN;
+        let layout = std::alloc::Layout::from_size_align(len, ALIGN).expect("layout");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len }
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` initialized bytes owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len, ALIGN).expect("layout");
+        // SAFETY: allocated in `zeroed` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+/// Opens `path` with O_DIRECT (read-only, or created for writing), naming the filesystem when
+/// the kernel refuses.
+pub fn open_direct(path: &Path, write: bool) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).custom_flags(libc::O_DIRECT);
+    if write {
+        o.write(true).create(true).truncate(false);
+    }
+    o.open(path).map_err(|e| refused(path, e))
+}
+
+fn refused(path: &Path, e: std::io::Error) -> anyhow::Error {
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        let dir = path.parent().unwrap_or(path);
+        anyhow::anyhow!(
+            "O_DIRECT is refused under {} (filesystem: {}): without it the reads would measure \
+             the page cache, not the storage. Calibrate a directory on a real disk.",
+            dir.display(),
+            filesystem(dir)
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("cannot open {} with O_DIRECT", path.display()))
+    }
+}
+
+/// The filesystem type of `dir`, by its statfs magic number.
+pub fn filesystem(dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return "unknown".into();
+    };
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `s` a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
+        return "unknown".into();
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let magic = s.f_type as u64;
+    match magic {
+        0xEF53 => "ext4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683E => "btrfs".into(),
+        0xF2F5_2010 => "f2fs".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x8584_58F6 => "ramfs".into(),
+        0x794C_7630 => "overlayfs".into(),
+        0x6969 => "nfs".into(),
+        0x6573_5546 => "fuse".into(),
+        m => format!("statfs type {m:#x}"),
+    }
+}
+
+/// Memory-backed filesystems hold their files in the page cache itself; newer kernels accept
+/// O_DIRECT on tmpfs, but the reads still measure memory. Refused like a missing O_DIRECT.
+pub fn refuse_memory_backed(dir: &Path) -> Result<()> {
+    let fs = filesystem(dir);
+    if fs == "tmpfs" || fs == "ramfs" {
+        bail!(
+            "{} is on {fs}, which keeps files in memory (the page cache): reads there would \
+             measure DRAM, not storage, even with O_DIRECT. Calibrate a directory on a real disk.",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dir: PathBuf,
+    /// Device name (the file is `out_dir/NAME.toml`).
+    pub name: String,
+    pub out_dir: PathBuf,
+    /// Where the curve plot and the CSV go.
+    pub plots_dir: PathBuf,
+    pub file_bytes: u64,
+    pub sizes_kib: Vec<u64>,
+    pub queue_depths: Vec<u32>,
+    pub seconds_per_point: f64,
+    /// Keep the test file for a later run (it is reused when its size matches).
+    pub keep_file: bool,
+    pub seed: u64,
+}
+
+/// One (size, queue depth) measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct Cell {
+    pub size_bytes: u64,
+    pub queue_depth: u32,
+    pub requests: u64,
+    pub seconds: f64,
+    pub throughput_gb_per_s: f64,
+    pub mean_latency_us: f64,
+    pub p50_latency_us: f64,
+    pub p99_latency_us: f64,
+}
+
+/// Memory and compute rates for one thread count.
+#[derive(Debug, Clone, Copy)]
+pub struct Rates {
+    pub threads: usize,
+    pub dram_read_gb_per_s: f64,
+    pub gemv_gflops: f64,
+}
+
+fn splitmix(x: &mut u64) -> u64 {
+    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Creates (or reuses, when its size matches) the test file, filled with random bytes written
+/// through O_DIRECT so that the page cache never holds it.
+pub fn prepare_file(path: &Path, bytes: u64, seed: u64) -> Result<()> {
+    if bytes < 4 << 20 || !bytes.is_multiple_of(4 << 20) {
+        bail!("the test file must be a positive multiple of 4 MiB, got {bytes} bytes");
+    }
+    if std::fs::metadata(path)
+        .map(|m| m.len() == bytes)
+        .unwrap_or(false)
+    {
+        // Still check that O_DIRECT works here.
+        open_direct(path, false)?;
+        return Ok(());
+    }
+    let f = open_direct(path, true)?;
+    f.set_len(0)?;
+    let chunk = 4usize << 20;
+    let mut buf = AlignedBuf::zeroed(chunk);
+    let mut state = seed ^ 0x5EED;
+    let mut off = 0u64;
+    while off < bytes {
+        for w in buf.as_mut_slice().chunks_exact_mut(8) {
+            w.copy_from_slice(&splitmix(&mut state).to_le_bytes());
+        }
+        f.write_all_at(buf.as_slice(), off)
+            .map_err(|e| refused(path, e))
+            .with_context(|| format!("writing {}", path.display()))?;
+        off += chunk as u64;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Reads `size` bytes at random `size`-aligned offsets of `file` from `qd` threads, each with
+/// one read in flight, for `seconds` (and at least 4 reads per thread).
+pub fn measure_cell(
+    file: &File,
+    file_bytes: u64,
+    size: u64,
+    qd: u32,
+    seconds: f64,
+    seed: u64,
+) -> Result<Cell> {
+    if size == 0 || !size.is_multiple_of(ALIGN as u64) || size > file_bytes {
+        bail!("request size {size} must be a multiple of {ALIGN} no larger than the file");
+    }
+    let slots = file_bytes / size;
+    let deadline = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let per_thread: Vec<Result<Vec<f64>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..qd)
+            .map(|t| {
+                s.spawn(move || -> Result<Vec<f64>> {
+                    let mut buf = AlignedBuf::zeroed(size as usize);
+                    let mut state = seed ^ ((t as u64) << 32) ^ size;
+                    let mut lat = Vec::new();
+                    while lat.len() < 4 || start.elapsed() < deadline {
+                        let off = (splitmix(&mut state) % slots) * size;
+                        let t0 = Instant::now();
+                        file.read_exact_at(buf.as_mut_slice(), off)
+                            .with_context(|| format!("O_DIRECT read of {size} B at {off}"))?;
+                        lat.push(t0.elapsed().as_secs_f64() * 1e6);
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reader thread"))
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut lat = Vec::new();
+    for r in per_thread {
+        lat.extend(r?);
+    }
+    lat.sort_by(f64::total_cmp);
+    let n = lat.len();
+    let q = |p: f64| lat[((p * (n - 1) as f64).round() as usize).min(n - 1)];
+    Ok(Cell {
+        size_bytes: size,
+        queue_depth: qd,
+        requests: n as u64,
+        seconds: elapsed,
+        throughput_gb_per_s: n as f64 * size as f64 / elapsed / 1e9,
+        mean_latency_us: lat.iter().sum::<f64>() / n as f64,
+        p50_latency_us: q(0.5),
+        p99_latency_us: q(0.99),
+    })
+}
+
+/// DRAM read bandwidth and f32 GEMV rate with `threads` threads.
+pub fn measure_rates(threads: usize, seconds: f64) -> Rates {
+    // Memory: each thread sums its share of a buffer 8x larger than any last-level cache here.
+    let words = (256usize << 20) / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let chunk = words.div_ceil(threads);
+    let run = |f: &(dyn Fn(usize) -> f64 + Sync)| -> f64 {
+        let start = Instant::now();
+        let work: f64 = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads).map(|t| s.spawn(move || f(t))).collect();
+            hs.into_iter().map(|h| h.join().expect("thread")).sum()
+        });
+        work / start.elapsed().as_secs_f64()
+    };
+    let passes = |per_pass_s: f64| ((seconds / per_pass_s).ceil() as usize).clamp(1, 64);
+    let mem_passes = passes(0.03);
+    let dram = run(&|t| {
+        let part = &buf[(t * chunk).min(words)..((t + 1) * chunk).min(words)];
+        let mut acc = 0u64;
+        for _ in 0..mem_passes {
+            acc = acc.wrapping_add(part.iter().fold(0u64, |a, &x| a.wrapping_add(x)));
+        }
+        std::hint::black_box(acc);
+        (part.len() * 8 * mem_passes) as f64
+    });
+    // Compute: y = W x on a 256 x 1024 f32 matrix per thread (1 MiB, cache-resident), 2 FLOPs
+    // per weight; eight independent accumulators per row so the adds can vectorize.
+    let (rows, cols) = (256usize, 1024usize);
+    let reps = passes(0.0005).max(200);
+    let gemv = run(&|t| {
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i + t) % 17) as f32 * 0.01)
+            .collect();
+        let x: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 * 0.1).collect();
+        let mut y = vec![0f32; rows];
+        for _ in 0..reps {
+            for (r, yr) in y.iter_mut().enumerate() {
+                let row = &w[r * cols..(r + 1) * cols];
+                let mut acc = [0f32; 8];
+                for (wc, xc) in row.chunks_exact(8).zip(x.chunks_exact(8)) {
+                    for k in 0..8 {
+                        acc[k] += wc[k] * xc[k];
+                    }
+                }
+                *yr = acc.iter().sum();
+            }
+            std::hint::black_box(&mut y);
+        }
+        (2 * rows * cols * reps) as f64
+    });
+    Rates {
+        threads,
+        dram_read_gb_per_s: dram / 1e9,
+        gemv_gflops: gemv / 1e9,
+    }
+}
+
+fn read_first_line(path: &str, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|v| v.trim().to_string())
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The measured environment, one `# key: value` comment line each.
+fn environment(o: &Options) -> Vec<(String, String)> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    vec![
+        ("date".into(), today()),
+        (
+            "kernel".into(),
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
+        ),
+        ("directory".into(), o.dir.display().to_string()),
+        ("filesystem".into(), filesystem(&o.dir)),
+        (
+            "cpu".into(),
+            read_first_line("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into()),
+        ),
+        ("threads".into(), threads.to_string()),
+        (
+            "test file".into(),
+            format!(
+                "{} MiB, O_DIRECT, random aligned offsets",
+                o.file_bytes >> 20
+            ),
+        ),
+        ("seconds per point".into(), o.seconds_per_point.to_string()),
+        (
+            "method".into(),
+            "pread thread pool, one read in flight per thread".into(),
+        ),
+    ]
+}
+
+/// Installed DRAM, GiB (from /proc/meminfo).
+fn dram_gib() -> f64 {
+    read_first_line("/proc/meminfo", "MemTotal")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kib| kib / (1u64 << 20) as f64)
+        .unwrap_or(8.0)
+}
+
+/// The device file for these measurements.
+pub fn device_toml(o: &Options, cells: &[Cell], rates: &[Rates]) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "# Measured by `flashsim calibrate` (sim/src/calibrate.rs); every figure below is a\n\
+         # measurement of this machine, none is taken from a data sheet.\n",
+    );
+    for (k, v) in environment(o) {
+        s.push_str(&format!("# {k}: {v}\n"));
+    }
+    s.push_str(&format!("name = \"{}\"\n", o.name));
+    s.push_str(&format!(
+        "description = \"Calibrated: {} under {}\"\n\n",
+        filesystem(&o.dir),
+        o.dir.display()
+    ));
+    s.push_str("[flash]\nmodel = \"measured\"\n");
+    s.push_str("# Mean latency per request (µs), rows = chunk sizes, columns = queue depths:\n");
+    for &kib in &o.sizes_kib {
+        let row: Vec<String> = o
+            .queue_depths
+            .iter()
+            .map(|&q| {
+                cells
+                    .iter()
+                    .find(|c| c.size_bytes == kib * 1024 && c.queue_depth == q)
+                    .map(|c| format!("{:.1}", c.mean_latency_us))
+                    .unwrap_or_default()
+            })
+            .collect();
+        s.push_str(&format!("#   {kib:>5} KiB: {}\n", row.join(", ")));
+    }
+    s.push_str(&format!(
+        "chunk_kib = {:?}\n",
+        o.sizes_kib.iter().map(|&k| k as f64).collect::<Vec<_>>()
+    ));
+    s.push_str(&format!("queue_depths = {:?}\n", o.queue_depths));
+    s.push_str("throughput_gb_per_s = [\n");
+    for &kib in &o.sizes_kib {
+        let row: Vec<String> = o
+            .queue_depths
+            .iter()
+            .map(|&q| {
+                let c = cells
+                    .iter()
+                    .find(|c| c.size_bytes == kib * 1024 && c.queue_depth == q)
+                    .expect("every cell measured");
+                format!("{:.6}", c.throughput_gb_per_s.max(1e-6))
+            })
+            .collect();
+        s.push_str(&format!("  [{}],  # {kib} KiB\n", row.join(", ")));
+    }
+    s.push_str("]\n\n");
+    let best = rates
+        .iter()
+        .copied()
+        .max_by(|a, b| a.threads.cmp(&b.threads))
+        .expect("at least one thread count");
+    s.push_str("[dram]\n# Installed memory (/proc/meminfo).\n");
+    s.push_str(&format!("capacity_gib = {:.3}\n", dram_gib()));
+    s.push_str("# Read bandwidth of a 256 MiB buffer, by threads:");
+    for r in rates {
+        s.push_str(&format!(
+            " {} -> {:.2} GB/s;",
+            r.threads, r.dram_read_gb_per_s
+        ));
+    }
+    s.push_str(&format!(
+        "\nbandwidth_gb_per_s = {:.3}\n\n",
+        rates
+            .iter()
+            .map(|r| r.dram_read_gb_per_s)
+            .fold(0.0, f64::max)
+    ));
+    s.push_str("[compute.cpu]\n# f32 GEMV of a cache-resident matrix, by threads:");
+    for r in rates {
+        s.push_str(&format!(" {} -> {:.2} GFLOP/s;", r.threads, r.gemv_gflops));
+    }
+    s.push_str(&format!(
+        "\n# The rates with all {} threads, measured, so both efficiencies are 1.\n",
+        best.threads
+    ));
+    s.push_str(&format!("peak_gflops = {:.3}\n", best.gemv_gflops));
+    s.push_str("flops_efficiency = 1.0\n");
+    s.push_str(&format!(
+        "mem_bandwidth_gb_per_s = {:.3}\n",
+        best.dram_read_gb_per_s
+    ));
+    s.push_str("mem_efficiency = 1.0\n");
+    s.push_str("dispatch_overhead_us = 0.0\n");
+    s
+}
+
+/// Runs the whole calibration; returns the device file written.
+pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    if !o.dir.is_dir() {
+        bail!("--dir {}: not a directory", o.dir.display());
+    }
+    refuse_memory_backed(&o.dir)?;
+    if o.sizes_kib.is_empty() || o.queue_depths.is_empty() {
+        bail!("need at least one request size and one queue depth");
+    }
+    if o.sizes_kib.windows(2).any(|w| w[0] >= w[1])
+        || o.queue_depths.windows(2).any(|w| w[0] >= w[1])
+    {
+        bail!("request sizes and queue depths must be ascending");
+    }
+    let path = o.dir.join("flashsim-calibrate.bin");
+    progress(&format!(
+        "writing the {} MiB test file {} (O_DIRECT) ...",
+        o.file_bytes >> 20,
+        path.display()
+    ));
+    prepare_file(&path, o.file_bytes, o.seed)?;
+    let file = open_direct(&path, false)?;
+    let mut cells = Vec::new();
+    for &kib in &o.sizes_kib {
+        for &qd in &o.queue_depths {
+            let c = measure_cell(
+                &file,
+                o.file_bytes,
+                kib * 1024,
+                qd,
+                o.seconds_per_point,
+                o.seed,
+            )?;
+            progress(&format!(
+                "{kib:>5} KiB  QD {qd:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads)",
+                c.throughput_gb_per_s, c.mean_latency_us, c.p99_latency_us, c.requests
+            ));
+            cells.push(c);
+        }
+    }
+    drop(file);
+    if !o.keep_file {
+        std::fs::remove_file(&path).ok();
+    }
+    let max_threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut counts: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2))
+        .take_while(|&t| t < max_threads)
+        .collect();
+    counts.push(max_threads);
+    let rates: Vec<Rates> = counts
+        .iter()
+        .map(|&t| {
+            let r = measure_rates(t, o.seconds_per_point.max(0.05));
+            progress(&format!(
+                "{t} thread(s): DRAM read {:.2} GB/s, f32 GEMV {:.2} GFLOP/s",
+                r.dram_read_gb_per_s, r.gemv_gflops
+            ));
+            r
+        })
+        .collect();
+    std::fs::create_dir_all(&o.out_dir)?;
+    let out = o.out_dir.join(format!("{}.toml", o.name));
+    std::fs::write(&out, device_toml(o, &cells, &rates))?;
+    std::fs::create_dir_all(&o.plots_dir)?;
+    let mut csv = File::create(o.plots_dir.join(format!("{}.csv", o.name)))?;
+    writeln!(
+        csv,
+        "size_kib,queue_depth,requests,seconds,throughput_gb_per_s,mean_latency_us,p50_latency_us,p99_latency_us"
+    )?;
+    for c in &cells {
+        writeln!(
+            csv,
+            "{},{},{},{:.6},{:.6},{:.3},{:.3},{:.3}",
+            c.size_bytes / 1024,
+            c.queue_depth,
+            c.requests,
+            c.seconds,
+            c.throughput_gb_per_s,
+            c.mean_latency_us,
+            c.p50_latency_us,
+            c.p99_latency_us
+        )?;
+    }
+    Ok(out)
+}

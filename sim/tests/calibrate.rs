@@ -1,0 +1,99 @@
+//! `flashsim calibrate` on a small file: the device file it writes loads as a measured-curve
+//! device with every cell, and memory-backed directories are refused.
+
+use flashsim::calibrate::{self, Options};
+use flashsim::device::Device;
+
+fn options(dir: &std::path::Path) -> Options {
+    Options {
+        dir: dir.to_path_buf(),
+        name: "calibrated-test".into(),
+        out_dir: dir.join("devices"),
+        plots_dir: dir.join("plots"),
+        file_bytes: 16 << 20,
+        sizes_kib: vec![4, 64, 256],
+        queue_depths: vec![1, 4],
+        seconds_per_point: 0.02,
+        keep_file: false,
+        seed: 3,
+    }
+}
+
+#[test]
+fn calibrates_a_small_file_into_a_loadable_measured_device() {
+    // Under the target dir: a real disk on the machines CI uses (tempfile's default may be tmpfs).
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tempfile::tempdir_in(root).unwrap();
+    let o = options(dir.path());
+    let mut lines = Vec::new();
+    let path = calibrate::run(&o, &mut |l| lines.push(l.to_string())).unwrap();
+    assert!(
+        !dir.path().join("flashsim-calibrate.bin").exists(),
+        "test file removed"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    for key in [
+        "# kernel:",
+        "# filesystem:",
+        "# cpu:",
+        "# threads:",
+        "# date:",
+    ] {
+        assert!(
+            text.contains(key),
+            "environment line {key} missing:\n{text}"
+        );
+    }
+    let device = Device::load(&path).unwrap();
+    assert_eq!(device.name, "calibrated-test");
+    assert!(device.dram_bus_bytes_per_s > 0);
+    // One CSV row per (size, queue depth), each with reads and a positive throughput.
+    let csv = std::fs::read_to_string(dir.path().join("plots/calibrated-test.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 6);
+    for r in rows {
+        let f: Vec<f64> = r.split(',').map(|x| x.parse().unwrap()).collect();
+        assert!(f[2] >= 4.0 * f[1], "at least 4 reads per thread: {r}");
+        assert!(f[4] > 0.0 && f[5] > 0.0, "{r}");
+    }
+    // The measured model serves a request in about the time measured for it: the simulated
+    // throughput of 64 KiB at QD 1 is the table's figure.
+    let mut device = device;
+    let t = device
+        .flash
+        .submit(flashsim::time::Ps::ZERO, 0, 64 << 10)
+        .unwrap();
+    let sim_gb_s = (64u64 << 10) as f64 / (t.0 as f64 * 1e-12) / 1e9;
+    let row = csv.lines().find(|l| l.starts_with("64,1,")).unwrap();
+    let measured: f64 = row.split(',').nth(4).unwrap().parse().unwrap();
+    assert!(
+        (sim_gb_s / measured - 1.0).abs() < 0.01,
+        "{sim_gb_s} vs {measured}"
+    );
+}
+
+#[test]
+fn memory_backed_directories_are_refused() {
+    // /dev/shm is tmpfs on Linux machines like CI's; without one the test cannot say anything.
+    let shm = std::path::Path::new("/dev/shm");
+    if calibrate::filesystem(shm) != "tmpfs" {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs a tmpfs at /dev/shm for this test"
+        );
+        eprintln!("SKIPPED: no tmpfs at /dev/shm");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let err = calibrate::run(&options(dir.path()), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tmpfs") && err.contains("not storage"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("flashsim-calibrate.bin").exists(),
+        "nothing written"
+    );
+}

@@ -159,13 +159,20 @@ impl Policy for Mmap {
             } else {
                 IssueAfter::OpDone(op - 1)
             };
+            // The last window of the file may be short: it holds (and frees) only its bytes.
+            let window = |w: u32| {
+                let offset = w as u64 * self.window_bytes;
+                (
+                    offset,
+                    self.window_bytes.min(ctx.layout.file_bytes - offset),
+                )
+            };
             if !access.evicted.is_empty() {
-                plan.evictions
-                    .push((after, access.evicted.len() as u64 * self.window_bytes));
+                let bytes = access.evicted.iter().map(|&w| window(w).1).sum();
+                plan.evictions.push((after, bytes));
             }
             for &w in &access.misses {
-                let offset = w as u64 * self.window_bytes;
-                let bytes = self.window_bytes.min(ctx.layout.file_bytes - offset);
+                let (offset, bytes) = window(w);
                 plan.reads
                     .push(Read::demand(Extent { offset, bytes }, op, after, true));
             }
@@ -181,6 +188,10 @@ mod tests {
     use flashsim_workloads::ModelShape;
 
     fn run(budget: u64) -> Vec<TokenPlan> {
+        run_with(budget, 4, 64)
+    }
+
+    fn run_with(budget: u64, readahead_kib: u64, vocab: u32) -> Vec<TokenPlan> {
         // 1 layer, hidden 64, FFN 128, fp16, 4 KiB alignment: embedding 8 KiB (2 windows of
         // 4 KiB), q/k/v/o 8 KiB each, gate/up/down 16 KiB each, LM head 8 KiB: 96 KiB, 24 windows.
         let s = ModelShape {
@@ -191,14 +202,14 @@ mod tests {
             intermediate: 128,
             heads: 1,
             kv_heads: 1,
-            vocab: 64,
+            vocab,
             bytes_per_weight: 2.0,
             gated: true,
             tied_embeddings: false,
             head_dim: None,
         };
         let l = WeightLayout::per_matrix(&s, 4096);
-        assert_eq!(l.file_bytes, 96 * 1024);
+        assert_eq!(l.file_bytes, (80 + vocab as u64 / 4) * 1024);
         let ctx = PolicyContext {
             shape: &s,
             layout: &l,
@@ -213,7 +224,7 @@ mod tests {
         };
         let mut p = Mmap {
             p: MmapParams {
-                readahead_kib: 4,
+                readahead_kib,
                 page_kib: 4,
                 compute_unit: "cpu".into(),
             },
@@ -236,6 +247,26 @@ mod tests {
                 .unwrap()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_short_last_window_frees_only_its_bytes() {
+        // Vocabulary 32: embedding and LM head 4 KiB each, an 88 KiB file. 12 KiB windows: seven
+        // full and a 4 KiB last one; room for seven, so tokens evict. The page cache never frees
+        // more than it read (the bug: a short window evicted as a full one).
+        let plans = run_with(84 * 1024, 12, 32);
+        let (mut in_use, mut reads) = (0i64, Vec::new());
+        for p in &plans {
+            for r in &p.reads {
+                reads.push(r.extent.bytes);
+                in_use += r.extent.bytes as i64;
+            }
+            in_use -= p.evictions.iter().map(|e| e.1 as i64).sum::<i64>();
+            // Full after the first token: seven windows, at most one of them the short one.
+            assert!((76 * 1024..=84 * 1024).contains(&in_use), "{in_use} B held");
+        }
+        assert!(reads.contains(&(4 * 1024)), "{reads:?}");
+        assert!(plans[1..].iter().any(|p| !p.evictions.is_empty()));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::engine::{Engine, Event, Handler};
 use crate::error::SimError;
 use crate::hw::dram::Dram;
 use crate::time::Ps;
+use flashsim_policies::{Extent, Op};
 use flashsim_policies::{IssueAfter, Policy, PolicyContext, PolicySetup, TokenInfo, TokenPlan};
 use serde::Serialize;
 
@@ -76,8 +77,9 @@ pub struct ExecConfig {
     pub record_activity: bool,
 }
 
+/// What a pipeline event is: a read or an op finished, or the next token starts.
 #[derive(Debug, Clone, Copy)]
-enum Ev {
+pub enum Ev {
     IoDone { read: u32 },
     OpDone { op: u32 },
     TokenStart,
@@ -93,10 +95,57 @@ impl Event for Ev {
     }
 }
 
-struct Pipeline<'a> {
+/// What executes a plan's reads and ops: the simulated hardware (completion times known when
+/// the work starts) or real hardware (completions reported later as [`Ev`]s).
+pub trait Backend {
+    /// The index of compute unit `name`.
+    fn unit_index(&self, name: &str) -> Option<usize>;
+    /// Starts plan read `read` of `extent`; its completion time if known now.
+    fn submit(&mut self, now: Ps, read: u32, extent: Extent) -> Result<Option<Ps>, SimError>;
+    /// Starts op `j` on `unit` (the previous op has finished and its reads are in): when it
+    /// starts, and when it ends if known now.
+    fn start_op(
+        &mut self,
+        now: Ps,
+        j: u32,
+        op: &Op,
+        unit: usize,
+        dram: &mut Dram,
+    ) -> Result<(Ps, Option<Ps>), SimError>;
+}
+
+/// The simulated hardware: the device's flash and compute units, the DRAM bus.
+struct Simulated(Device);
+
+impl Backend for Simulated {
+    fn unit_index(&self, name: &str) -> Option<usize> {
+        self.0.unit_index(name)
+    }
+    fn submit(&mut self, now: Ps, _read: u32, e: Extent) -> Result<Option<Ps>, SimError> {
+        self.0.flash.submit(now, e.offset, e.bytes).map(Some)
+    }
+    fn start_op(
+        &mut self,
+        now: Ps,
+        _j: u32,
+        op: &Op,
+        unit: usize,
+        dram: &mut Dram,
+    ) -> Result<(Ps, Option<Ps>), SimError> {
+        let unit = &mut self.0.units[unit];
+        let start = now.max(unit.free_at());
+        let own = start.checked_add(unit.op_time(op.flops, op.dram_bytes)?)?;
+        let done = own.max(dram.transfer(start, op.dram_bytes)?);
+        unit.occupy(done);
+        Ok((start, Some(done)))
+    }
+}
+
+/// Executes plans on a [`Backend`]: issues reads, starts ops, keeps DRAM and the metrics.
+pub struct Pipeline<'a, B: Backend> {
     policy: &'a mut dyn Policy,
     ctx: PolicyContext<'a>,
-    device: Device,
+    backend: B,
     dram: Dram,
     cfg: ExecConfig,
     tokens_total: u32,
@@ -127,9 +176,10 @@ struct Pipeline<'a> {
     stats: Vec<TokenStats>,
     masks: Vec<Vec<flashsim_policies::AppliedMask>>,
     activity: Vec<Activity>,
+    resident_weight_bytes: u64,
 }
 
-impl Pipeline<'_> {
+impl<B: Backend> Pipeline<'_, B> {
     fn begin_token(&mut self, now: Ps, follow: &mut Vec<(Ps, Ev)>) -> Result<(), SimError> {
         let info = TokenInfo {
             index: self.token,
@@ -150,7 +200,7 @@ impl Pipeline<'_> {
             .ops
             .iter()
             .map(|op| {
-                self.device
+                self.backend
                     .unit_index(&op.unit)
                     .ok_or_else(|| SimError::UnknownUnit(op.unit.clone()))
             })
@@ -233,10 +283,7 @@ impl Pipeline<'_> {
             if !r.retain {
                 self.buffers[r.free_after as usize] += r.extent.bytes;
             }
-            let done = self
-                .device
-                .flash
-                .submit(now, r.extent.offset, r.extent.bytes)?;
+            let done = self.backend.submit(now, idx, r.extent)?;
             if self.in_flight == 0 {
                 self.busy_since = now;
             }
@@ -244,7 +291,9 @@ impl Pipeline<'_> {
             self.cur.read_bytes += r.extent.bytes;
             self.cur.reads += 1;
             self.read_issued[idx as usize] = now;
-            follow.push((done, Ev::IoDone { read: idx }));
+            if let Some(done) = done {
+                follow.push((done, Ev::IoDone { read: idx }));
+            }
             self.next_read += 1;
         }
         Ok(())
@@ -259,31 +308,25 @@ impl Pipeline<'_> {
             .cur
             .stall
             .checked_add(now.checked_sub(self.ready_at)?)?;
-        let op = &self.plan.ops[j];
-        let unit = &mut self.device.units[self.op_unit[j]];
-        let start = now.max(unit.free_at());
-        let own = start.checked_add(unit.op_time(op.flops, op.dram_bytes)?)?;
-        let done = own.max(self.dram.transfer(start, op.dram_bytes)?);
-        unit.occupy(done);
+        let (start, done) = self.backend.start_op(
+            now,
+            j as u32,
+            &self.plan.ops[j],
+            self.op_unit[j],
+            &mut self.dram,
+        )?;
         self.running = true;
         self.started[j] = true;
         self.evict(IssueAfter::OpStart(j as u32))?;
         self.op_start = start;
-        if self.cfg.record_activity {
-            self.activity.push(Activity::Op {
-                token: self.token,
-                op: j as u32,
-                unit: self.op_unit[j],
-                start,
-                done,
-            });
+        if let Some(done) = done {
+            follow.push((done, Ev::OpDone { op: j as u32 }));
         }
-        follow.push((done, Ev::OpDone { op: j as u32 }));
         self.issue(now, follow)
     }
 }
 
-impl Handler for Pipeline<'_> {
+impl<B: Backend> Handler for Pipeline<'_, B> {
     type Event = Ev;
 
     fn handle(&mut self, now: Ps, ev: Ev, follow: &mut Vec<(Ps, Ev)>) -> Result<(), SimError> {
@@ -310,6 +353,15 @@ impl Handler for Pipeline<'_> {
             }
             Ev::OpDone { op } => {
                 let j = op as usize;
+                if self.cfg.record_activity {
+                    self.activity.push(Activity::Op {
+                        token: self.token,
+                        op,
+                        unit: self.op_unit[j],
+                        start: self.op_start,
+                        done: now,
+                    });
+                }
                 let busy = now.checked_sub(self.op_start)?;
                 self.cur.compute_busy = self.cur.compute_busy.checked_add(busy)?;
                 self.finished[j] = true;
@@ -335,6 +387,113 @@ impl Handler for Pipeline<'_> {
     }
 }
 
+impl<'a, B: Backend> Pipeline<'a, B> {
+    /// A pipeline for `tokens` decode steps of `policy` (already set up, as `setup` says) on
+    /// `backend`, with its DRAM holding the resident weights, reservations and the prompt's KV
+    /// cache. `token_ids(i)` is the input token of step `i` (it picks the embedding row).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        policy: &'a mut dyn Policy,
+        setup: PolicySetup,
+        ctx: PolicyContext<'a>,
+        backend: B,
+        dram_bus_bytes_per_s: u64,
+        cfg: ExecConfig,
+        tokens: u32,
+        token_ids: &'a dyn Fn(u32) -> u32,
+    ) -> Result<Self, SimError> {
+        if cfg.io_queue_depth == 0 {
+            return Err(SimError::Plan("io_queue_depth must be at least 1".into()));
+        }
+        let kv_bytes_per_token = ctx.shape.kv_bytes_per_token(ctx.kv_bytes_per_value);
+        let mut dram = Dram::new(ctx.dram_budget_bytes, dram_bus_bytes_per_s);
+        dram.alloc(setup.resident_weight_bytes)?;
+        dram.alloc(setup.reserved_bytes)?;
+        dram.alloc(kv_bytes_per_token * ctx.prompt_tokens as u64)?;
+        Ok(Pipeline {
+            policy,
+            ctx,
+            backend,
+            dram,
+            cfg,
+            tokens_total: tokens,
+            kv_bytes_per_token,
+            token_ids,
+            token: 0,
+            plan: TokenPlan::default(),
+            op_unit: Vec::new(),
+            pending: Vec::new(),
+            buffers: Vec::new(),
+            started: Vec::new(),
+            finished: Vec::new(),
+            next_read: 0,
+            demand: Vec::new(),
+            prefetch: Vec::new(),
+            next_demand: 0,
+            next_prefetch: 0,
+            in_flight: 0,
+            next_op: 0,
+            running: false,
+            ready_at: Ps::ZERO,
+            op_start: Ps::ZERO,
+            busy_since: Ps::ZERO,
+            read_issued: Vec::new(),
+            cur: TokenStats::default(),
+            stats: Vec::with_capacity(tokens as usize),
+            masks: Vec::new(),
+            activity: Vec::new(),
+            resident_weight_bytes: setup.resident_weight_bytes,
+        })
+    }
+
+    /// Whether every token has finished.
+    pub fn done(&self) -> bool {
+        self.token >= self.tokens_total
+    }
+
+    /// The backend (to read what it recorded).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, mutably (to drive a real one).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// The plan of the token in progress.
+    pub fn plan(&self) -> &TokenPlan {
+        &self.plan
+    }
+
+    /// The statistics, once the event loop has run dry after `events` events ending at `end`;
+    /// a token left unfinished is a deadlock.
+    pub fn finish(self, events: u64, end: Ps) -> Result<(RunStats, Vec<Activity>), SimError> {
+        if self.token < self.tokens_total {
+            return Err(SimError::Deadlock(format!(
+                "token {} stopped at op {} of {} with read {} of {} next and {} in flight",
+                self.token,
+                self.next_op,
+                self.plan.ops.len(),
+                self.next_read,
+                self.plan.reads.len(),
+                self.in_flight
+            )));
+        }
+        Ok((
+            RunStats {
+                tokens: self.stats,
+                masks: self.masks,
+                dram_peak_bytes: self.dram.peak_bytes(),
+                resident_weight_bytes: self.resident_weight_bytes,
+                events,
+                end,
+            },
+            self.activity,
+        ))
+    }
+}
+
 /// Simulates `tokens` decode steps of `policy` (already set up, as `setup` says) on `device`
 /// (taken fresh, idle at time zero).
 /// `token_ids(i)` is the input token of step `i` (it picks the embedding row).
@@ -347,72 +506,20 @@ pub fn simulate(
     tokens: u32,
     token_ids: &dyn Fn(u32) -> u32,
 ) -> Result<(RunStats, Vec<Activity>), SimError> {
-    if cfg.io_queue_depth == 0 {
-        return Err(SimError::Plan("io_queue_depth must be at least 1".into()));
-    }
-    let kv_bytes_per_token = ctx.shape.kv_bytes_per_token(ctx.kv_bytes_per_value);
-    let mut dram = Dram::new(ctx.dram_budget_bytes, device.dram_bus_bytes_per_s);
-    dram.alloc(setup.resident_weight_bytes)?;
-    dram.alloc(setup.reserved_bytes)?;
-    dram.alloc(kv_bytes_per_token * ctx.prompt_tokens as u64)?;
-    let mut p = Pipeline {
+    let mut p = Pipeline::new(
         policy,
+        setup,
         ctx,
-        device: device.clone(),
-        dram,
+        Simulated(device.clone()),
+        device.dram_bus_bytes_per_s,
         cfg,
-        tokens_total: tokens,
-        kv_bytes_per_token,
+        tokens,
         token_ids,
-        token: 0,
-        plan: TokenPlan::default(),
-        op_unit: Vec::new(),
-        pending: Vec::new(),
-        buffers: Vec::new(),
-        started: Vec::new(),
-        finished: Vec::new(),
-        next_read: 0,
-        demand: Vec::new(),
-        prefetch: Vec::new(),
-        next_demand: 0,
-        next_prefetch: 0,
-        in_flight: 0,
-        next_op: 0,
-        running: false,
-        ready_at: Ps::ZERO,
-        op_start: Ps::ZERO,
-        busy_since: Ps::ZERO,
-        read_issued: Vec::new(),
-        cur: TokenStats::default(),
-        stats: Vec::with_capacity(tokens as usize),
-        masks: Vec::new(),
-        activity: Vec::new(),
-    };
+    )?;
     let mut engine = Engine::new();
     if tokens > 0 {
         engine.schedule(Ps::ZERO, Ev::TokenStart)?;
     }
     let end = engine.run(&mut p)?;
-    if p.token < tokens {
-        return Err(SimError::Deadlock(format!(
-            "token {} stopped at op {} of {} with read {} of {} next and {} in flight",
-            p.token,
-            p.next_op,
-            p.plan.ops.len(),
-            p.next_read,
-            p.plan.reads.len(),
-            p.in_flight
-        )));
-    }
-    Ok((
-        RunStats {
-            tokens: p.stats,
-            masks: p.masks,
-            dram_peak_bytes: p.dram.peak_bytes(),
-            resident_weight_bytes: setup.resident_weight_bytes,
-            events: engine.processed(),
-            end,
-        },
-        p.activity,
-    ))
+    p.finish(engine.processed(), end)
 }

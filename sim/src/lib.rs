@@ -26,9 +26,11 @@ pub mod output;
 pub mod pareto;
 pub mod paths;
 pub mod plots;
+pub mod real;
 pub mod runner;
 pub mod sweep;
 pub mod time;
+pub mod validate;
 
 pub use error::SimError;
 pub use time::Ps;

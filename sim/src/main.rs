@@ -137,6 +137,20 @@ enum Cmd {
         #[arg(long)]
         keep_file: bool,
     },
+    /// Run every point of an experiment both simulated and on the real backend (O_DIRECT reads
+    /// of a weight file, real kernels); write simulated vs measured per metric to
+    /// `results/<experiment>/validate.csv` and a plot.
+    Validate {
+        experiment: PathBuf,
+        /// A directory on the storage the experiment's device file was calibrated on.
+        #[arg(long)]
+        weights_dir: PathBuf,
+        #[arg(long, default_value = "results")]
+        out_dir: PathBuf,
+        /// Keep the weight file (a later run reuses it when its size matches).
+        #[arg(long)]
+        keep_weights: bool,
+    },
     /// List the registered policies and flash models, and the device and model files found.
     List {
         /// The configs folder to list.
@@ -359,6 +373,42 @@ fn run(cli: Cli) -> Result<()> {
             let path = flashsim::calibrate::run(&opts, &mut |line| eprintln!("{line}"))?;
             let device = flashsim::device::Device::load(&path)?;
             let plots = plots::draw_device(&device, &opts.plots_dir.join(&opts.name))?;
+            println!("{}", path.display());
+            for p in plots {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
+        Cmd::Validate {
+            experiment,
+            weights_dir,
+            out_dir,
+            keep_weights,
+        } => {
+            let exp = Experiment::load(&experiment)?;
+            let (rows, path) =
+                flashsim::validate::run(&exp, &weights_dir, &out_dir, keep_weights, &mut |l| {
+                    eprintln!("{l}")
+                })?;
+            println!(
+                "{:>5}  {:<16} {:>7}  {:<14} {:<5} {:>12} {:>12} {:>8}",
+                "point", "policy", "GiB", "metric", "stat", "simulated", "measured", "diff %"
+            );
+            for r in &rows {
+                println!(
+                    "{:>5}  {:<16} {:>7}  {:<14} {:<5} {:>12.3} {:>12.3} {:>+8.1}",
+                    r.point,
+                    r.policy,
+                    r.dram_budget_gib,
+                    r.metric,
+                    r.stat,
+                    r.simulated_ms,
+                    r.measured_ms,
+                    r.diff_pct()
+                );
+            }
+            let dir = path.parent().expect("results dir").to_path_buf();
+            let plots = plots::draw_validation(&rows, &dir.join("validate"))?;
             println!("{}", path.display());
             for p in plots {
                 println!("{}", p.display());

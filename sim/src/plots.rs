@@ -531,6 +531,74 @@ fn draw_curves<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Curves) -> 
     Ok(())
 }
 
+/// Simulated against measured mean ms per token, one marker per point, policies coloured,
+/// with the line of perfect agreement and ±10% bands.
+pub fn draw_validation(rows: &[crate::validate::Row], base: &Path) -> Result<Vec<PathBuf>> {
+    let pts: Vec<(String, f64, f64)> = rows
+        .iter()
+        .filter(|r| r.metric == "ms_per_token" && r.stat == "mean")
+        .map(|r| (r.policy.clone(), r.measured_ms, r.simulated_ms))
+        .collect();
+    both!(base, draw_validation_on, &pts)
+}
+
+fn draw_validation_on<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    pts: &[(String, f64, f64)],
+) -> Result<()> {
+    let (lo, hi) = log_range(pts.iter().flat_map(|p| [p.1, p.2]));
+    let mut chart = ChartBuilder::on(&root)
+        .caption("simulated vs measured time per token", ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d((lo..hi).log_scale(), (lo..hi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("measured (ms per token, log scale)")
+        .y_desc("simulated (ms per token, log scale)")
+        .label_style(("sans-serif", 12))
+        .axis_desc_style(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    for (k, style) in [
+        (1.0, BLACK.stroke_width(1)),
+        (1.1, RGBColor(160, 160, 160).stroke_width(1)),
+        (0.9, RGBColor(160, 160, 160).stroke_width(1)),
+    ] {
+        chart
+            .draw_series(LineSeries::new([(lo, lo * k), (hi, hi * k)], style))
+            .map_err(err)?
+            .label(if k == 1.0 {
+                "simulated = measured"
+            } else if k > 1.0 {
+                "±10%"
+            } else {
+                ""
+            })
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], style));
+    }
+    let mut policies: Vec<&str> = pts.iter().map(|p| p.0.as_str()).collect();
+    policies.dedup();
+    policies.sort();
+    policies.dedup();
+    for (i, pol) in policies.iter().enumerate() {
+        let c = colour(i);
+        chart
+            .draw_series(
+                pts.iter()
+                    .filter(|p| p.0 == *pol)
+                    .map(|p| Circle::new((p.1, p.2), 5, c.filled())),
+            )
+            .map_err(err)?
+            .label(pol.to_string())
+            .legend(move |(x, y)| Circle::new((x + 7, y), 5, c.filled()));
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft, 12)?;
+    Ok(())
+}
+
 /// Draws `device`'s flash latency and throughput against request size at `base`.{svg,png}.
 pub fn draw_device(device: &crate::device::Device, base: &Path) -> Result<Vec<PathBuf>> {
     let c = curves_data(device);

@@ -125,6 +125,73 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// Runs the point on the real backend: O_DIRECT reads of `weights` (a file at least
+    /// `layout.file_bytes` long) and real kernels, driven by the same pipeline as the simulator;
+    /// returns the measured statistics and every read issued (`verify`: with the checksum of
+    /// the bytes each read brought in).
+    pub fn execute_real(
+        &mut self,
+        weights: &std::path::Path,
+        verify: bool,
+    ) -> anyhow::Result<(RunStats, Vec<crate::real::ReadRecord>)> {
+        use crate::engine::Handler;
+        use crate::executor::{Ev, Pipeline};
+        let c = &self.point.config;
+        let cfg = ExecConfig {
+            io_queue_depth: c.io_queue_depth,
+            record_activity: false,
+        };
+        let tokens = c.tokens;
+        let ids: Vec<u32> = (0..tokens).map(|i| self.token_id(i)).collect();
+        let ids = move |i: u32| ids[i as usize];
+        let units = self.device.units.iter().map(|u| u.name.clone()).collect();
+        let backend = crate::real::Real::new(weights, c.io_queue_depth, units, verify)?;
+        let ctx = context(
+            &self.shape,
+            &self.layout,
+            self.dram_budget_bytes,
+            self.kv_cache_bytes,
+            &self.point,
+            self.trace.as_deref(),
+            false,
+        );
+        let mut pipe = Pipeline::new(
+            self.policy.as_mut(),
+            self.setup,
+            ctx,
+            backend,
+            self.device.dram_bus_bytes_per_s,
+            cfg,
+            tokens,
+            &ids,
+        )?;
+        pipe.backend_mut().start_clock();
+        let mut queue = std::collections::VecDeque::from([(Ps::ZERO, Ev::TokenStart)]);
+        let mut follow = Vec::new();
+        let (mut events, mut end) = (0u64, Ps::ZERO);
+        if tokens == 0 {
+            queue.clear();
+        }
+        loop {
+            while let Some((t, e)) = queue.pop_front() {
+                events += 1;
+                end = t;
+                pipe.handle(t, e, &mut follow)?;
+                queue.extend(follow.drain(..));
+            }
+            if pipe.done() {
+                break;
+            }
+            queue.push_back(pipe.backend_mut().next_completion()?);
+        }
+        let reads = std::mem::take(&mut pipe.backend_mut().reads);
+        pipe.backend_mut().shutdown()?;
+        let (stats, _) = pipe.finish(events, end)?;
+        Ok((stats, reads))
+    }
+}
+
 fn context<'a>(
     shape: &'a ModelShape,
     layout: &'a WeightLayout,

@@ -1,0 +1,180 @@
+//! `flashsim validate`: the simulator against the real backend, point by point.
+//!
+//! Every point of the experiment runs twice from a fresh policy: simulated on the experiment's
+//! device (a calibrated device file, for the comparison to mean anything) and on the real
+//! backend, reading with O_DIRECT a weight file written under `--weights-dir` in the largest
+//! layout of the experiment. Per point and metric (ms per token, flash busy, compute, stall) the
+//! table gives simulated, measured and the difference in percent at the mean, and for ms per
+//! token also at P50, P90 and P99 over the tokens after warm-up. Written to
+//! `results/<experiment>/validate.csv`, with a plot of simulated against measured ms per token.
+
+use crate::executor::{RunStats, TokenStats};
+use crate::experiment::Experiment;
+use crate::runner::{self, Cache};
+use crate::time::Ps;
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One row of the validation table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub point: usize,
+    pub policy: String,
+    pub dram_budget_gib: f64,
+    pub metric: &'static str,
+    pub stat: &'static str,
+    pub simulated_ms: f64,
+    pub measured_ms: f64,
+}
+
+impl Row {
+    pub fn diff_pct(&self) -> f64 {
+        (self.simulated_ms / self.measured_ms - 1.0) * 100.0
+    }
+}
+
+fn ms(p: Ps) -> f64 {
+    p.0 as f64 / 1e9
+}
+
+/// A per-token figure.
+type Metric = fn(&TokenStats) -> Ps;
+
+const METRICS: [(&str, Metric); 4] = [
+    ("ms_per_token", |t| t.wall),
+    ("flash_busy_ms", |t| t.flash_busy),
+    ("compute_ms", |t| t.compute_busy),
+    ("stall_ms", |t| t.stall),
+];
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
+}
+
+/// The comparison rows of one point.
+pub fn compare(
+    point: usize,
+    policy: &str,
+    budget: f64,
+    warmup: usize,
+    sim: &RunStats,
+    real: &RunStats,
+) -> Vec<Row> {
+    let skip = |s: &RunStats| -> Vec<TokenStats> {
+        let w = warmup.min(s.tokens.len().saturating_sub(1));
+        s.tokens[w..].to_vec()
+    };
+    let (st, rt) = (skip(sim), skip(real));
+    let mut rows = Vec::new();
+    for (metric, f) in METRICS {
+        let series = |ts: &[TokenStats]| {
+            let mut v: Vec<f64> = ts.iter().map(|t| ms(f(t))).collect();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let (a, b) = (series(&st), series(&rt));
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let mut stats = vec![("mean", mean(&a), mean(&b))];
+        if metric == "ms_per_token" {
+            for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+                stats.push((name, quantile(&a, q), quantile(&b, q)));
+            }
+        }
+        for (stat, s, m) in stats {
+            rows.push(Row {
+                point,
+                policy: policy.to_string(),
+                dram_budget_gib: budget,
+                metric,
+                stat,
+                simulated_ms: s,
+                measured_ms: m,
+            });
+        }
+    }
+    rows
+}
+
+/// Runs the validation; returns the rows and the CSV written.
+pub fn run(
+    exp: &Experiment,
+    weights_dir: &Path,
+    out_dir: &Path,
+    keep_weights: bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<Row>, PathBuf)> {
+    crate::calibrate::refuse_memory_backed(weights_dir)?;
+    runner::materialize_traces(exp)?;
+    let mut cache = Cache::default();
+    let mut file_bytes = 0;
+    for point in &exp.points {
+        let p = runner::prepare(exp, point, &mut cache)
+            .with_context(|| format!("point {}", point.index))?;
+        file_bytes = file_bytes.max(p.layout.file_bytes);
+    }
+    if exp.points.is_empty() {
+        bail!("the experiment has no points");
+    }
+    let weights = weights_dir.join(format!("flashsim-weights-{}.bin", exp.name()));
+    progress(&format!(
+        "writing {} MiB of random f16 weights to {} (O_DIRECT) ...",
+        file_bytes >> 20,
+        weights.display()
+    ));
+    crate::real::write_weight_file(&weights, file_bytes, 7)?;
+    let mut rows = Vec::new();
+    for point in &exp.points {
+        let c = &point.config;
+        let mut sim_p = runner::prepare(exp, point, &mut cache)?;
+        let (sim, _) = sim_p.simulate(false)?;
+        let mut real_p = runner::prepare(exp, point, &mut cache)?;
+        let (real, reads) = real_p.execute_real(&weights, false)?;
+        let r = compare(
+            point.index,
+            &c.policy,
+            c.dram_budget_gib,
+            c.warmup_tokens as usize,
+            &sim,
+            &real,
+        );
+        let head = &r[0];
+        progress(&format!(
+            "point {} {} {} GiB: ms/token simulated {:.2}, measured {:.2} ({:+.1}%), {} reads",
+            point.index,
+            c.policy,
+            c.dram_budget_gib,
+            head.simulated_ms,
+            head.measured_ms,
+            head.diff_pct(),
+            reads.len()
+        ));
+        rows.extend(r);
+    }
+    if !keep_weights {
+        std::fs::remove_file(&weights).ok();
+    }
+    let dir = crate::sweep::results_dir(exp, out_dir, None);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("validate.csv");
+    let mut f = std::fs::File::create(&path)?;
+    writeln!(
+        f,
+        "point,policy,dram_budget_gib,metric,stat,simulated_ms,measured_ms,diff_pct"
+    )?;
+    for r in &rows {
+        writeln!(
+            f,
+            "{},{},{},{},{},{:.6},{:.6},{:.3}",
+            r.point,
+            r.policy,
+            r.dram_budget_gib,
+            r.metric,
+            r.stat,
+            r.simulated_ms,
+            r.measured_ms,
+            r.diff_pct()
+        )?;
+    }
+    Ok((rows, path))
+}

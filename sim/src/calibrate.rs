@@ -9,7 +9,7 @@
 //!
 //! Memory and compute: read bandwidth of a buffer much larger than the caches, and the f32
 //! matrix-vector rate of a cache-resident matrix (the kernel shape of a decode step), each for
-//! 1 … all threads.
+//! 1 … all threads; and the rate at which the real backend's op kernel streams weights.
 //!
 //! Output: `configs/devices/NAME.toml` with the `measured` flash model (the throughput table),
 //! DRAM and a `cpu` unit at their measured rates, every figure per thread count and the
@@ -399,7 +399,7 @@ fn dram_gib() -> f64 {
 }
 
 /// The device file for these measurements.
-pub fn device_toml(o: &Options, cells: &[Cell], rates: &[Rates]) -> String {
+pub fn device_toml(o: &Options, cells: &[Cell], rates: &[Rates], kernel_gb_per_s: f64) -> String {
     let mut s = String::new();
     s.push_str(
         "# Measured by `flashsim calibrate` (sim/src/calibrate.rs); every figure below is a\n\
@@ -477,15 +477,16 @@ pub fn device_toml(o: &Options, cells: &[Cell], rates: &[Rates]) -> String {
         s.push_str(&format!(" {} -> {:.2} GFLOP/s;", r.threads, r.gemv_gflops));
     }
     s.push_str(&format!(
-        "\n# The rates with all {} threads, measured, so both efficiencies are 1.\n",
+        "\n# The rate with all {} threads, measured, so the efficiency is 1.\n",
         best.threads
     ));
     s.push_str(&format!("peak_gflops = {:.3}\n", best.gemv_gflops));
     s.push_str("flops_efficiency = 1.0\n");
-    s.push_str(&format!(
-        "mem_bandwidth_gb_per_s = {:.3}\n",
-        best.dram_read_gb_per_s
-    ));
+    s.push_str(
+        "# The real backend's op kernel streaming 16-bit weights (one multiply-add each) on all\n\
+         # threads: the rate at which an op's weights move through this unit.\n",
+    );
+    s.push_str(&format!("mem_bandwidth_gb_per_s = {kernel_gb_per_s:.3}\n"));
     s.push_str("mem_efficiency = 1.0\n");
     s.push_str("dispatch_overhead_us = 0.0\n");
     s
@@ -535,6 +536,11 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     if !o.keep_file {
         std::fs::remove_file(&path).ok();
     }
+    // The real backend's op kernel, streaming 256 MiB of 16-bit weights on all threads.
+    let kernel_gb_per_s = crate::real::kernel_bytes_per_s(256 << 20, 5) / 1e9;
+    progress(&format!(
+        "backend kernel (GEMV over 16-bit weights, all threads): {kernel_gb_per_s:.2} GB/s"
+    ));
     let max_threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -555,7 +561,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         .collect();
     std::fs::create_dir_all(&o.out_dir)?;
     let out = o.out_dir.join(format!("{}.toml", o.name));
-    std::fs::write(&out, device_toml(o, &cells, &rates))?;
+    std::fs::write(&out, device_toml(o, &cells, &rates, kernel_gb_per_s))?;
     std::fs::create_dir_all(&o.plots_dir)?;
     let mut csv = File::create(o.plots_dir.join(format!("{}.csv", o.name)))?;
     writeln!(

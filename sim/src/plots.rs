@@ -88,6 +88,20 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
         .map_err(err)
 }
 
+/// A tick label: up to three significant digits, no float noise (0.7, 12, 0.035, 1500).
+fn tick(v: &f64) -> String {
+    if *v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 fn colour(i: usize) -> RGBColor {
     const P: [RGBColor; 8] = [
         RGBColor(31, 119, 180),
@@ -187,6 +201,8 @@ fn draw_pareto<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &ParetoData)
         .map_err(err)?;
     chart
         .configure_mesh()
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
         .x_desc("peak DRAM (GiB, log scale)")
         .y_desc("throughput (tokens/s, log scale)")
         .label_style(("sans-serif", 14))
@@ -503,6 +519,8 @@ fn draw_curves<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Curves) -> 
             .map_err(err)?;
         chart
             .configure_mesh()
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .x_desc("request size (KiB)")
             .y_desc(if is_lat {
                 "latency per request (µs)"
@@ -556,28 +574,28 @@ fn draw_validation_on<DB: DrawingBackend>(
         .map_err(err)?;
     chart
         .configure_mesh()
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
         .x_desc("measured (ms per token, log scale)")
         .y_desc("simulated (ms per token, log scale)")
         .label_style(("sans-serif", 12))
         .axis_desc_style(("sans-serif", 14))
         .draw()
         .map_err(err)?;
-    for (k, style) in [
-        (1.0, BLACK.stroke_width(1)),
-        (1.1, RGBColor(160, 160, 160).stroke_width(1)),
-        (0.9, RGBColor(160, 160, 160).stroke_width(1)),
+    let grey = RGBColor(160, 160, 160).stroke_width(1);
+    for (k, style, label) in [
+        (1.0, BLACK.stroke_width(1), Some("simulated = measured")),
+        (1.1, grey, Some("±10%")),
+        (0.9, grey, None),
     ] {
-        chart
+        let series = chart
             .draw_series(LineSeries::new([(lo, lo * k), (hi, hi * k)], style))
-            .map_err(err)?
-            .label(if k == 1.0 {
-                "simulated = measured"
-            } else if k > 1.0 {
-                "±10%"
-            } else {
-                ""
-            })
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], style));
+            .map_err(err)?;
+        if let Some(label) = label {
+            series
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], style));
+        }
     }
     let mut policies: Vec<&str> = pts.iter().map(|p| p.0.as_str()).collect();
     policies.dedup();

@@ -9,9 +9,9 @@
 //!   weight file written in the policy's layout ([`write_weight_file`]); an extent that is not
 //!   4 KiB-aligned is widened to the aligned range around it (both sizes are recorded); the
 //!   bytes land in aligned buffers;
-//! - **ops**: a compute thread runs each op as an f32 multiply-accumulate kernel (rayon over all
-//!   cores) that streams the op's `dram_bytes` from a DRAM arena and performs its `flops`, so
-//!   each op costs what its memory traffic and arithmetic cost on this machine.
+//! - **ops**: a compute thread runs each op as a GEMV-shaped kernel (rayon over all cores) that
+//!   streams the op's `dram_bytes` of 16-bit weights from a DRAM arena and performs its
+//!   `flops`, so each op costs what its memory traffic and arithmetic cost on this machine.
 //!
 //! What this backend does not do yet: compute on the weights the reads bring in (the kernel
 //! reads an arena of the same size), and keep those buffers as the cache's contents; the DRAM
@@ -177,7 +177,7 @@ impl Real {
         }
         let (op_tx, op_rx) = channel::<Job>();
         workers.push(std::thread::spawn(move || -> Result<()> {
-            let mut arena: Vec<f32> = Vec::new();
+            let mut arena: Vec<i16> = Vec::new();
             while let Ok(Job::Op { j, flops, bytes }) = op_rx.recv() {
                 kernel(&mut arena, flops, bytes);
                 if done_tx
@@ -244,12 +244,14 @@ impl Drop for Real {
     }
 }
 
-/// An op's real work: `flops / 2` multiply-adds (at least one per 4 bytes) streaming `bytes`
-/// of f32 from the arena, split over rayon's threads.
-fn kernel(arena: &mut Vec<f32>, flops: u64, bytes: u64) {
-    let n = (bytes / 4).max(1) as usize;
+/// An op's real work, shaped like a decode GEMV over 16-bit weights: one multiply-add per
+/// 2-byte weight streamed from the arena (`bytes / 2` of them), repeated until the op's `flops`
+/// are done, split over rayon's threads. The weights are read as i16 (converted to f32 in
+/// registers, as a dequantizing kernel does), so the pass runs at memory speed.
+fn kernel(arena: &mut Vec<i16>, flops: u64, bytes: u64) {
+    let n = (bytes / 2).max(1) as usize;
     if arena.len() < n {
-        arena.resize(n, 0.5);
+        arena.resize(n, 3);
     }
     let passes = (flops / 2).div_ceil(n as u64).max(1);
     let data = &arena[..n];
@@ -257,10 +259,13 @@ fn kernel(arena: &mut Vec<f32>, flops: u64, bytes: u64) {
         .map(|p| {
             data.par_chunks(1 << 16)
                 .map(|c| {
+                    // Plain multiply and add (not `mul_add`, which without an FMA target
+                    // feature is a libm call per element), eight lanes so it vectorizes.
+                    let x = 1.0001 + p as f32 * 1e-9;
                     let mut acc = [0f32; 8];
                     for w in c.chunks_exact(8) {
                         for k in 0..8 {
-                            acc[k] = w[k].mul_add(1.0001 + p as f32 * 1e-9, acc[k]);
+                            acc[k] += w[k] as f32 * x;
                         }
                     }
                     acc.iter().sum::<f32>()
@@ -269,6 +274,22 @@ fn kernel(arena: &mut Vec<f32>, flops: u64, bytes: u64) {
         })
         .sum();
     std::hint::black_box(s);
+}
+
+/// The rate (bytes/s) at which [`kernel`] streams a GEMV-shaped op of `bytes` (one
+/// multiply-add per 16-bit weight) on rayon's pool: what `calibrate` writes as the compute
+/// unit's memory rate, so that simulated ops cost what the real backend's ops cost. The best of
+/// `repeats` runs after a warm-up.
+pub fn kernel_bytes_per_s(bytes: u64, repeats: usize) -> f64 {
+    let mut arena = Vec::new();
+    kernel(&mut arena, bytes, bytes);
+    (0..repeats.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            kernel(&mut arena, bytes, bytes);
+            bytes as f64 / t.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
 }
 
 fn stopped() -> SimError {

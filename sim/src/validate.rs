@@ -126,10 +126,31 @@ pub fn run(
     let mut rows = Vec::new();
     for point in &exp.points {
         let c = &point.config;
-        let mut sim_p = runner::prepare(exp, point, &mut cache)?;
-        let (sim, _) = sim_p.simulate(false)?;
+        // A point its policy cannot fit in the budget is skipped, as sweeps record it.
+        let infeasible = |e: &dyn std::fmt::Display| {
+            let e = e.to_string();
+            (e.contains("DRAM budget") || e.contains("dram_budget_gib")).then_some(e)
+        };
+        let sim = runner::prepare(exp, point, &mut cache)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut p| Ok(p.simulate(false)?.0));
+        let sim = match sim {
+            Ok(s) => s,
+            Err(e) => match infeasible(&e) {
+                Some(why) => {
+                    progress(&format!(
+                        "point {} {}: infeasible ({why})",
+                        point.index, c.policy
+                    ));
+                    continue;
+                }
+                None => return Err(e.context(format!("point {}", point.index))),
+            },
+        };
         let mut real_p = runner::prepare(exp, point, &mut cache)?;
-        let (real, reads) = real_p.execute_real(&weights, false)?;
+        let (real, reads) = real_p
+            .execute_real(&weights, false)
+            .with_context(|| format!("point {} on the real backend", point.index))?;
         let r = compare(
             point.index,
             &c.policy,

@@ -171,12 +171,10 @@ pub struct Rates {
     pub gemv_gflops: f64,
 }
 
+/// The next number of a seeded stream (SplitMix64 of a counter).
 fn splitmix(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    *x = x.wrapping_add(1);
+    crate::runner::splitmix64(*x)
 }
 
 /// Creates (or reuses, when its size matches) the test file, filled with random bytes written

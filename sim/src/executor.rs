@@ -461,6 +461,16 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         &mut self.backend
     }
 
+    /// Tokens finished so far.
+    pub fn tokens_done(&self) -> usize {
+        self.stats.len()
+    }
+
+    /// The masks of each finished token (when the context records them).
+    pub fn masks(&self) -> &[Vec<flashsim_policies::AppliedMask>] {
+        &self.masks
+    }
+
     /// The plan of the token in progress.
     pub fn plan(&self) -> &TokenPlan {
         &self.plan

@@ -13,9 +13,16 @@
 //!   streams the op's `dram_bytes` of 16-bit weights from a DRAM arena and performs its
 //!   `flops`, so each op costs what its memory traffic and arithmetic cost on this machine.
 //!
-//! What this backend does not do yet: compute on the weights the reads bring in (the kernel
-//! reads an arena of the same size), and keep those buffers as the cache's contents; the DRAM
-//! figures are the pipeline's accounting, the same as the simulator's.
+//! Correctness ([`crate::runner::Prepared::check_real_logits`]): with `verify`, what each read
+//! brings in lands in a DRAM image of the file; after every token the model is evaluated on the
+//! weights as they stand in that image (bytes never read are zero) under the token's masks and
+//! compared with the reference model: identical logits mean every weight the masks use was
+//! read (f32 checkpoints, per-matrix and bundled layouts).
+//!
+//! What this backend does not do yet: time the compute on the weights the reads bring in (the
+//! timed kernel streams an arena of the same size), and drop evicted bytes from the image (so a
+//! policy that used a row it had evicted would go unnoticed); the DRAM figures are the
+//! pipeline's accounting, the same as the simulator's.
 
 use crate::calibrate::{open_direct, AlignedBuf, ALIGN};
 use crate::error::SimError;
@@ -113,7 +120,9 @@ enum Job {
     },
 }
 
-type Done = (Ev, Instant, Option<(usize, u64)>);
+/// A completion: the event, when it happened, and (when verifying) the read's record and the
+/// planned bytes it brought in.
+type Done = (Ev, Instant, Option<(usize, Vec<u8>)>);
 
 /// Real reads and kernels behind the pipeline.
 pub struct Real {
@@ -127,6 +136,8 @@ pub struct Real {
     workers: Vec<std::thread::JoinHandle<Result<()>>>,
     /// Every read issued, in issue order.
     pub reads: Vec<ReadRecord>,
+    /// With `verify`, a DRAM image of the weight file: what the reads have brought in so far.
+    pub image: Option<Vec<u8>>,
 }
 
 impl Real {
@@ -167,9 +178,9 @@ impl Real {
                     )
                     .with_context(|| format!("O_DIRECT read {extent:?}"))?;
                     let at = Instant::now();
-                    let sum = verify
-                        .map(|(skip, len)| (record, checksum(&buf.as_slice()[skip..skip + len])));
-                    if tx.send((Ev::IoDone { read }, at, sum)).is_err() {
+                    let data = verify
+                        .map(|(skip, len)| (record, buf.as_slice()[skip..skip + len].to_vec()));
+                    if tx.send((Ev::IoDone { read }, at, data)).is_err() {
                         return Ok(());
                     }
                 }
@@ -199,6 +210,7 @@ impl Real {
             last: Ps::ZERO,
             workers,
             reads: Vec::new(),
+            image: None,
         })
     }
 
@@ -216,12 +228,17 @@ impl Real {
 
     /// Waits for the next completion.
     pub fn next_completion(&mut self) -> Result<(Ps, Ev)> {
-        let (ev, at, sum) = self
+        let (ev, at, data) = self
             .done
             .recv()
             .map_err(|_| anyhow::anyhow!("the real backend's workers stopped"))?;
-        if let Some((record, sum)) = sum {
-            self.reads[record].checksum = sum;
+        if let Some((record, bytes)) = data {
+            let r = &mut self.reads[record];
+            r.checksum = checksum(&bytes);
+            if let Some(img) = self.image.as_mut() {
+                let at = r.planned.offset as usize;
+                img[at..at + bytes.len()].copy_from_slice(&bytes);
+            }
         }
         Ok((self.now_of(at), ev))
     }
@@ -342,4 +359,174 @@ impl Backend for Real {
             .map_err(|_| stopped())?;
         Ok((now, None))
     }
+}
+
+/// The matrix of `kind` (layer `layer`) in `w`, `[rows][cols]` as the layout names it.
+fn matrix_of(
+    w: &flashsim_workloads::checkpoint::Weights,
+    kind: flashsim_workloads::shape::TensorKind,
+    layer: Option<u32>,
+) -> Option<&ndarray::Array2<f32>> {
+    use flashsim_workloads::shape::TensorKind as K;
+    let l = layer.map(|l| &w.layers[l as usize]);
+    Some(match kind {
+        K::Embedding => &w.token_embedding,
+        K::LmHead => w.wcls.as_ref()?,
+        K::Wq => &l?.wq,
+        K::Wk => &l?.wk,
+        K::Wv => &l?.wv,
+        K::Wo => &l?.wo,
+        K::Gate => &l?.w_gate,
+        K::Up => &l?.w_up,
+        K::Down => &l?.w_down,
+    })
+}
+
+fn matrix_of_mut(
+    w: &mut flashsim_workloads::checkpoint::Weights,
+    kind: flashsim_workloads::shape::TensorKind,
+    layer: Option<u32>,
+) -> Option<&mut ndarray::Array2<f32>> {
+    use flashsim_workloads::shape::TensorKind as K;
+    let l = match layer {
+        Some(l) => Some(&mut w.layers[l as usize]),
+        None => None,
+    };
+    Some(match kind {
+        K::Embedding => &mut w.token_embedding,
+        K::LmHead => w.wcls.as_mut()?,
+        K::Wq => &mut l?.wq,
+        K::Wk => &mut l?.wk,
+        K::Wv => &mut l?.wv,
+        K::Wo => &mut l?.wo,
+        K::Gate => &mut l?.w_gate,
+        K::Up => &mut l?.w_up,
+        K::Down => &mut l?.w_down,
+    })
+}
+
+/// Where weight (r, c) of each matrix sits in the file, for every matrix of `layout`: calls
+/// `f(kind, layer, r, c, offset)`. f32 weights only (the checkpoints flashsim runs); ActiveFlow's
+/// interleaved layout is not mapped yet.
+fn for_each_weight(
+    layout: &flashsim_policies::layout::WeightLayout,
+    shape: &flashsim_workloads::ModelShape,
+    mut f: impl FnMut(flashsim_workloads::shape::TensorKind, Option<u32>, usize, usize, u64),
+) -> Result<()> {
+    use flashsim_policies::layout::Major;
+    use flashsim_workloads::shape::TensorKind as K;
+    if shape.bytes_per_weight != 4.0 {
+        anyhow::bail!(
+            "weights of real models are f32 here; {} has {} B per weight",
+            shape.name,
+            shape.bytes_per_weight
+        );
+    }
+    if (0..shape.layers).any(|l| (0..3).any(|o| layout.interleave_region(l, o).is_some())) {
+        anyhow::bail!("the interleaved (ActiveFlow) layout is not mapped to real weights yet");
+    }
+    for t in layout.tensors() {
+        let (rows, cols) = (t.shape.rows as usize, t.shape.cols as usize);
+        for r in 0..rows {
+            for c in 0..cols {
+                let at = match t.major {
+                    Major::Row => (r * cols + c) as u64,
+                    Major::Col => (c * rows + r) as u64,
+                };
+                f(t.shape.kind, t.shape.layer, r, c, t.offset + 4 * at);
+            }
+        }
+    }
+    let (d, gated) = (shape.hidden as usize, shape.gated);
+    for l in 0..shape.layers {
+        let Some(b) = layout.bundles(l) else { continue };
+        for i in 0..b.neurons as usize {
+            let base = b.offset + i as u64 * b.bundle_bytes;
+            let mut part = 0u64;
+            if gated {
+                for c in 0..d {
+                    f(K::Gate, Some(l), i, c, base + 4 * c as u64);
+                }
+                part = 1;
+            }
+            for c in 0..d {
+                f(
+                    K::Up,
+                    Some(l),
+                    i,
+                    c,
+                    base + 4 * (part * d as u64 + c as u64),
+                );
+            }
+            for r in 0..d {
+                f(
+                    K::Down,
+                    Some(l),
+                    r,
+                    i,
+                    base + 4 * ((part + 1) * d as u64 + r as u64),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The file image of the f32 weights `w` in `layout` (padded to [`ALIGN`]).
+pub fn model_image(
+    layout: &flashsim_policies::layout::WeightLayout,
+    shape: &flashsim_workloads::ModelShape,
+    w: &flashsim_workloads::checkpoint::Weights,
+) -> Result<Vec<u8>> {
+    let mut img = vec![0u8; layout.file_bytes.div_ceil(ALIGN as u64) as usize * ALIGN];
+    let mut missing = None;
+    for_each_weight(layout, shape, |kind, layer, r, c, off| {
+        match matrix_of(w, kind, layer) {
+            Some(m) => {
+                img[off as usize..off as usize + 4].copy_from_slice(&m[[r, c]].to_le_bytes())
+            }
+            None => missing = Some(kind),
+        }
+    })?;
+    if let Some(k) = missing {
+        anyhow::bail!("the layout has a {k:?} matrix the checkpoint lacks");
+    }
+    Ok(img)
+}
+
+/// The weights as they stand in a DRAM image of the file (bytes never read are zero), with the
+/// norms (not in the file) from `reference`.
+pub fn weights_from_image(
+    layout: &flashsim_policies::layout::WeightLayout,
+    shape: &flashsim_workloads::ModelShape,
+    image: &[u8],
+    reference: &flashsim_workloads::checkpoint::Weights,
+) -> Result<flashsim_workloads::checkpoint::Weights> {
+    let mut w = reference.clone();
+    for_each_weight(layout, shape, |kind, layer, r, c, off| {
+        if let Some(m) = matrix_of_mut(&mut w, kind, layer) {
+            let b: [u8; 4] = image[off as usize..off as usize + 4]
+                .try_into()
+                .expect("4 bytes");
+            m[[r, c]] = f32::from_le_bytes(b);
+        }
+    })?;
+    Ok(w)
+}
+
+/// Writes `image` (a multiple of [`ALIGN`] bytes) to `path` through O_DIRECT.
+pub fn write_image(path: &Path, image: &[u8]) -> Result<()> {
+    if !image.len().is_multiple_of(ALIGN) {
+        anyhow::bail!("an O_DIRECT image must be a multiple of {ALIGN} bytes");
+    }
+    let f = open_direct(path, true)?;
+    f.set_len(0)?;
+    let chunk = 4 << 20;
+    let mut buf = AlignedBuf::zeroed(chunk);
+    for (i, part) in image.chunks(chunk).enumerate() {
+        buf.as_mut_slice()[..part.len()].copy_from_slice(part);
+        f.write_all_at(&buf.as_slice()[..part.len()], (i * chunk) as u64)?;
+    }
+    f.sync_all()?;
+    Ok(())
 }

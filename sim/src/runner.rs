@@ -192,6 +192,114 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// Runs the point on the real backend and checks what it computes: after each token, the
+    /// model is evaluated with the weights as they stand in the backend's DRAM image of the
+    /// file (the non-FFN matrices loaded at start, as a runtime loads resident weights; every
+    /// other byte only as the plans' reads brought it in, zero before) under the token's masks,
+    /// and compared with the reference model under the same masks. Returns, per token, the
+    /// largest absolute difference of the logits. `weights` must hold the checkpoint's own
+    /// weights in this point's layout ([`crate::real::model_image`]); needs the checkpoint
+    /// (a trace recorded from a model flashsim can run).
+    pub fn check_real_logits(&mut self, weights: &std::path::Path) -> anyhow::Result<Vec<f32>> {
+        use crate::engine::Handler;
+        use crate::executor::{Ev, Pipeline};
+        use std::os::unix::fs::FileExt;
+        let reference = self.quality.clone().ok_or_else(|| {
+            anyhow::anyhow!("checking logits needs the checkpoint the trace was recorded from")
+        })?;
+        let c = &self.point.config;
+        let cfg = ExecConfig {
+            io_queue_depth: c.io_queue_depth,
+            record_activity: false,
+        };
+        let tokens = c.tokens;
+        let ids: Vec<u32> = (0..tokens).map(|i| self.token_id(i)).collect();
+        let units = self.device.units.iter().map(|u| u.name.clone()).collect();
+        let mut backend = crate::real::Real::new(weights, c.io_queue_depth, units, true)?;
+        let file = std::fs::File::open(weights)?;
+        let mut image = vec![0u8; file.metadata()?.len() as usize];
+        for t in self
+            .layout
+            .tensors()
+            .iter()
+            .filter(|t| !t.shape.kind.is_ffn())
+        {
+            let r = t.offset as usize..(t.offset + t.bytes) as usize;
+            file.read_exact_at(&mut image[r], t.offset)?;
+        }
+        backend.image = Some(image);
+        let ctx = context(
+            &self.shape,
+            &self.layout,
+            self.dram_budget_bytes,
+            self.kv_cache_bytes,
+            &self.point,
+            self.trace.as_deref(),
+            true,
+        );
+        let id_of = |i: u32| ids[i as usize];
+        let mut pipe = Pipeline::new(
+            self.policy.as_mut(),
+            self.setup,
+            ctx,
+            backend,
+            self.device.dram_bus_bytes_per_s,
+            cfg,
+            tokens,
+            &id_of,
+        )?;
+        let mut reference_model = flashsim_workloads::model::Model::new((*reference).clone());
+        let mut real_model = flashsim_workloads::model::Model::new((*reference).clone());
+        let mut diffs = Vec::new();
+        let mut queue = std::collections::VecDeque::from([(Ps::ZERO, Ev::TokenStart)]);
+        let mut follow = Vec::new();
+        if tokens == 0 {
+            queue.clear();
+        }
+        loop {
+            while let Some((t, e)) = queue.pop_front() {
+                pipe.handle(t, e, &mut follow)?;
+                queue.extend(follow.drain(..));
+                while diffs.len() < pipe.tokens_done() {
+                    let k = diffs.len();
+                    let masks = &pipe.masks()[k];
+                    let image = pipe.backend().image.as_ref().expect("image");
+                    real_model.weights = crate::real::weights_from_image(
+                        &self.layout,
+                        &self.shape,
+                        image,
+                        &reference,
+                    )?;
+                    let mut m = RecordedMasks {
+                        by_pos: (0..=k)
+                            .map(|p| (p == k).then_some(masks.as_slice()))
+                            .collect(),
+                    };
+                    let want = reference_model.forward(ids[k], k, &mut m, None);
+                    let got = real_model.forward(ids[k], k, &mut m, None);
+                    let d = want
+                        .iter()
+                        .zip(&got)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0f32, f32::max);
+                    diffs.push(if got.iter().all(|x| x.is_finite()) {
+                        d
+                    } else {
+                        f32::INFINITY
+                    });
+                }
+            }
+            if pipe.done() {
+                break;
+            }
+            queue.push_back(pipe.backend_mut().next_completion()?);
+        }
+        pipe.backend_mut().shutdown()?;
+        Ok(diffs)
+    }
+}
+
 fn context<'a>(
     shape: &'a ModelShape,
     layout: &'a WeightLayout,

@@ -141,3 +141,59 @@ fn validate_writes_simulated_against_measured() {
     assert_eq!(text.lines().count(), 15);
     assert!(!tmp.path().join("flashsim-weights-real-test.bin").exists());
 }
+
+#[test]
+fn the_real_backend_computes_the_reference_logits_under_the_same_masks() {
+    if flashsim_workloads::shared_models_for_test().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let r = repo().canonicalize().unwrap().display().to_string();
+    let text = format!(
+        r#"
+name = "real-logits"
+device = "{r}/configs/devices/ufs40-phone.toml"
+model = "{r}/configs/models/stories260K.toml"
+trace = "{r}/workloads/traces/stories260K.safetensors"
+policy = ["dense-streaming", "llm-in-a-flash", "dip", "mmap"]
+dram_budget_gib = 0.004
+tokens = 8
+prompt_tokens = 0
+io_queue_depth = 4
+seed = 3
+[policies.llm-in-a-flash]
+bundling = [false, true]
+[policies.dip]
+cache_aware = [false, true]
+"#
+    );
+    let path = tmp.path().join("logits.toml");
+    std::fs::write(&path, text).unwrap();
+    let exp = Experiment::load(&path).unwrap();
+    let mut cache = Cache::default();
+    let weights = tmp.path().join("model.bin");
+    assert_eq!(exp.points.len(), 6);
+    for point in &exp.points {
+        let mut p = runner::prepare(&exp, point, &mut cache).unwrap();
+        let reference = p.quality.clone().expect("the checkpoint loads");
+        let image = flashsim::real::model_image(&p.layout, &p.shape, &reference).unwrap();
+        flashsim::real::write_image(&weights, &image).unwrap();
+        let diffs = p.check_real_logits(&weights).unwrap();
+        assert_eq!(diffs.len(), 8);
+        let what = format!(
+            "point {} ({}, {:?})",
+            point.index, point.config.policy, point.axis_values
+        );
+        eprintln!("{what}: {diffs:?}");
+        assert!(
+            diffs.iter().all(|&d| d <= 1e-5),
+            "{what}: logits differ by {diffs:?}"
+        );
+    }
+    // The check can fail: the same plans over a file of zeros give other logits.
+    let mut p = runner::prepare(&exp, &exp.points[0], &mut cache).unwrap();
+    let zeros = vec![0u8; (p.layout.file_bytes as usize).div_ceil(4096) * 4096];
+    flashsim::real::write_image(&weights, &zeros).unwrap();
+    let diffs = p.check_real_logits(&weights).unwrap();
+    assert!(diffs.iter().all(|&d| d > 1e-3), "{diffs:?}");
+}

@@ -220,11 +220,37 @@ pub fn measure_cell(
     seconds: f64,
     seed: u64,
 ) -> Result<Cell> {
+    measure(file, file_bytes, size, qd, seconds, seed, false)
+}
+
+/// As [`measure_cell`], but the threads take consecutive `size` chunks of the file in turn (a
+/// streaming reader with `qd` reads in flight): the sequential throughput.
+pub fn measure_sequential(
+    file: &File,
+    file_bytes: u64,
+    size: u64,
+    qd: u32,
+    seconds: f64,
+) -> Result<Cell> {
+    measure(file, file_bytes, size, qd, seconds, 0, true)
+}
+
+fn measure(
+    file: &File,
+    file_bytes: u64,
+    size: u64,
+    qd: u32,
+    seconds: f64,
+    seed: u64,
+    sequential: bool,
+) -> Result<Cell> {
     if size == 0 || !size.is_multiple_of(ALIGN as u64) || size > file_bytes {
         bail!("request size {size} must be a multiple of {ALIGN} no larger than the file");
     }
     let slots = file_bytes / size;
     let deadline = Duration::from_secs_f64(seconds);
+    let next_chunk = std::sync::atomic::AtomicU64::new(0);
+    let next_chunk = &next_chunk;
     let start = Instant::now();
     let per_thread: Vec<Result<Vec<f64>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..qd)
@@ -234,7 +260,12 @@ pub fn measure_cell(
                     let mut state = seed ^ ((t as u64) << 32) ^ size;
                     let mut lat = Vec::new();
                     while lat.len() < 4 || start.elapsed() < deadline {
-                        let off = (splitmix(&mut state) % slots) * size;
+                        let slot = if sequential {
+                            next_chunk.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % slots
+                        } else {
+                            splitmix(&mut state) % slots
+                        };
+                        let off = slot * size;
                         let t0 = Instant::now();
                         file.read_exact_at(buf.as_mut_slice(), off)
                             .with_context(|| format!("O_DIRECT read of {size} B at {off}"))?;
@@ -397,7 +428,13 @@ fn dram_gib() -> f64 {
 }
 
 /// The device file for these measurements.
-pub fn device_toml(o: &Options, cells: &[Cell], rates: &[Rates], kernel_gb_per_s: f64) -> String {
+pub fn device_toml(
+    o: &Options,
+    cells: &[Cell],
+    sequential: &[Cell],
+    rates: &[Rates],
+    kernel_gb_per_s: f64,
+) -> String {
     let mut s = String::new();
     s.push_str(
         "# Measured by `flashsim calibrate` (sim/src/calibrate.rs); every figure below is a\n\
@@ -433,6 +470,14 @@ pub fn device_toml(o: &Options, cells: &[Cell], rates: &[Rates], kernel_gb_per_s
         o.sizes_kib.iter().map(|&k| k as f64).collect::<Vec<_>>()
     ));
     s.push_str(&format!("queue_depths = {:?}\n", o.queue_depths));
+    s.push_str("# Random offsets above; sequential 1 MiB reads (a streaming reader):");
+    for c in sequential {
+        s.push_str(&format!(
+            " QD {} -> {:.3} GB/s;",
+            c.queue_depth, c.throughput_gb_per_s
+        ));
+    }
+    s.push('\n');
     s.push_str("throughput_gb_per_s = [\n");
     for &kib in &o.sizes_kib {
         let row: Vec<String> = o
@@ -484,6 +529,14 @@ pub fn device_toml(o: &Options, cells: &[Cell], rates: &[Rates], kernel_gb_per_s
         "# The real backend's op kernel streaming 16-bit weights (one multiply-add each) on all\n\
          # threads: the rate at which an op's weights move through this unit.\n",
     );
+    s.push_str(&format!(
+        "# ({:.0}% of the DRAM read bandwidth above.)\n",
+        100.0 * kernel_gb_per_s
+            / rates
+                .iter()
+                .map(|r| r.dram_read_gb_per_s)
+                .fold(0.0, f64::max)
+    ));
     s.push_str(&format!("mem_bandwidth_gb_per_s = {kernel_gb_per_s:.3}\n"));
     s.push_str("mem_efficiency = 1.0\n");
     s.push_str("dispatch_overhead_us = 0.0\n");
@@ -530,6 +583,16 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             cells.push(c);
         }
     }
+    // Sequential streaming (what dense streaming does): 1 MiB chunks at QD 1 and 8.
+    let mut sequential = Vec::new();
+    for qd in [1, 8] {
+        let c = measure_sequential(&file, o.file_bytes, 1 << 20, qd, o.seconds_per_point)?;
+        progress(&format!(
+            "sequential 1 MiB QD {qd}: {:.3} GB/s",
+            c.throughput_gb_per_s
+        ));
+        sequential.push(c);
+    }
     drop(file);
     if !o.keep_file {
         std::fs::remove_file(&path).ok();
@@ -559,7 +622,10 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         .collect();
     std::fs::create_dir_all(&o.out_dir)?;
     let out = o.out_dir.join(format!("{}.toml", o.name));
-    std::fs::write(&out, device_toml(o, &cells, &rates, kernel_gb_per_s))?;
+    std::fs::write(
+        &out,
+        device_toml(o, &cells, &sequential, &rates, kernel_gb_per_s),
+    )?;
     std::fs::create_dir_all(&o.plots_dir)?;
     let mut csv = File::create(o.plots_dir.join(format!("{}.csv", o.name)))?;
     writeln!(

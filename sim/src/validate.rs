@@ -160,15 +160,21 @@ pub fn run(
             &real,
         );
         let head = &r[0];
+        // What the reads achieved while the flash was busy (after warm-up).
+        let w = (c.warmup_tokens as usize).min(real.tokens.len().saturating_sub(1));
+        let bytes: u64 = real.tokens[w..].iter().map(|t| t.read_bytes).sum();
+        let busy: u64 = real.tokens[w..].iter().map(|t| t.flash_busy.0).sum();
         progress(&format!(
-            "point {} {} {} GiB: ms/token simulated {:.2}, measured {:.2} ({:+.1}%), {} reads",
+            "point {} {} {} GiB: ms/token simulated {:.2}, measured {:.2} ({:+.1}%), {} reads, \
+             {:.3} GB/s while reading",
             point.index,
             c.policy,
             c.dram_budget_gib,
             head.simulated_ms,
             head.measured_ms,
             head.diff_pct(),
-            reads.len()
+            reads.len(),
+            bytes as f64 / (busy.max(1) as f64 * 1e-12) / 1e9
         ));
         rows.extend(r);
     }

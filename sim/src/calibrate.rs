@@ -1,7 +1,8 @@
 //! `flashsim calibrate`: measures the machine into a device file.
 //!
 //! Storage: O_DIRECT reads of every request size (4 KiB … 4 MiB by default) at every queue depth
-//! (1 … 64), from a pool of threads each keeping one `pread` in flight, at seeded random aligned
+//! (1 … 64), from a pool of threads each keeping one `pread` in flight (or one io_uring kept
+//! full, `Engine::IoUring`), at seeded random aligned
 //! offsets of a file written first with random bytes. O_DIRECT keeps the page cache out; where a
 //! filesystem refuses it (tmpfs, some overlays) calibration stops with an error instead of
 //! measuring memory. The file should be larger than any cache below the filesystem (the drive's
@@ -147,7 +148,18 @@ pub struct Options {
     pub seconds_per_point: f64,
     /// Keep the test file for a later run (it is reused when its size matches).
     pub keep_file: bool,
+    /// How the table's reads are issued.
+    pub engine: Engine,
     pub seed: u64,
+}
+
+/// How calibration keeps `qd` reads in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// `qd` threads, each with one blocking `pread` in flight.
+    Pread,
+    /// One thread with an io_uring of `qd` entries kept full.
+    IoUring,
 }
 
 /// One (size, queue depth) measurement.
@@ -235,6 +247,95 @@ pub fn measure_sequential(
     measure(file, file_bytes, size, qd, seconds, 0, true)
 }
 
+/// As [`measure_cell`] with one io_uring of `qd` entries on one thread, kept full: each
+/// completion is replaced by a new read at a random aligned offset until `seconds` have passed
+/// (and at least 4 reads per slot have completed).
+pub fn measure_uring(
+    file: &File,
+    file_bytes: u64,
+    size: u64,
+    qd: u32,
+    seconds: f64,
+    seed: u64,
+) -> Result<Cell> {
+    use io_uring::{opcode, types, IoUring};
+    use std::os::unix::io::AsRawFd;
+    if size == 0 || !size.is_multiple_of(ALIGN as u64) || size > file_bytes {
+        bail!("request size {size} must be a multiple of {ALIGN} no larger than the file");
+    }
+    let mut ring = IoUring::new(qd.next_power_of_two())
+        .map_err(|e| anyhow::anyhow!("io_uring is unavailable here ({e}); use --engine pread"))?;
+    let slots = file_bytes / size;
+    let fd = types::Fd(file.as_raw_fd());
+    let mut bufs: Vec<AlignedBuf> = (0..qd).map(|_| AlignedBuf::zeroed(size as usize)).collect();
+    let mut issued = vec![Instant::now(); qd as usize];
+    let mut done_per_slot = vec![0u32; qd as usize];
+    let mut state = seed ^ size ^ 0x1216;
+    let deadline = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    let mut in_flight = 0u32;
+    let push = |ring: &mut IoUring, slot: usize, bufs: &mut [AlignedBuf], state: &mut u64| {
+        let off = (splitmix(state) % slots) * size;
+        let e = opcode::Read::new(fd, bufs[slot].as_mut_slice().as_mut_ptr(), size as u32)
+            .offset(off)
+            .build()
+            .user_data(slot as u64);
+        // SAFETY: the buffer lives in `bufs` until its completion is reaped below.
+        unsafe { ring.submission().push(&e) }.map_err(|_| anyhow::anyhow!("submission queue full"))
+    };
+    for (slot, at) in issued.iter_mut().enumerate() {
+        *at = Instant::now();
+        push(&mut ring, slot, &mut bufs, &mut state)?;
+        in_flight += 1;
+    }
+    while in_flight > 0 {
+        ring.submit_and_wait(1)?;
+        let done: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (slot, res) in done {
+            let slot = slot as usize;
+            in_flight -= 1;
+            if res < 0 {
+                return Err(refused(
+                    Path::new("io_uring read"),
+                    std::io::Error::from_raw_os_error(-res),
+                ));
+            }
+            if res as u64 != size {
+                bail!("io_uring read returned {res} of {size} bytes");
+            }
+            lat.push(issued[slot].elapsed().as_secs_f64() * 1e6);
+            done_per_slot[slot] += 1;
+            if start.elapsed() < deadline || done_per_slot[slot] < 4 {
+                issued[slot] = Instant::now();
+                push(&mut ring, slot, &mut bufs, &mut state)?;
+                in_flight += 1;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(cell_of(size, qd, elapsed, lat))
+}
+
+fn cell_of(size: u64, qd: u32, elapsed: f64, mut lat: Vec<f64>) -> Cell {
+    lat.sort_by(f64::total_cmp);
+    let n = lat.len();
+    let q = |p: f64| lat[((p * (n - 1) as f64).round() as usize).min(n - 1)];
+    Cell {
+        size_bytes: size,
+        queue_depth: qd,
+        requests: n as u64,
+        seconds: elapsed,
+        throughput_gb_per_s: n as f64 * size as f64 / elapsed / 1e9,
+        mean_latency_us: lat.iter().sum::<f64>() / n as f64,
+        p50_latency_us: q(0.5),
+        p99_latency_us: q(0.99),
+    }
+}
+
 fn measure(
     file: &File,
     file_bytes: u64,
@@ -285,19 +386,7 @@ fn measure(
     for r in per_thread {
         lat.extend(r?);
     }
-    lat.sort_by(f64::total_cmp);
-    let n = lat.len();
-    let q = |p: f64| lat[((p * (n - 1) as f64).round() as usize).min(n - 1)];
-    Ok(Cell {
-        size_bytes: size,
-        queue_depth: qd,
-        requests: n as u64,
-        seconds: elapsed,
-        throughput_gb_per_s: n as f64 * size as f64 / elapsed / 1e9,
-        mean_latency_us: lat.iter().sum::<f64>() / n as f64,
-        p50_latency_us: q(0.5),
-        p99_latency_us: q(0.99),
-    })
+    Ok(cell_of(size, qd, elapsed, lat))
 }
 
 /// DRAM read bandwidth and f32 GEMV rate with `threads` threads.
@@ -414,7 +503,10 @@ fn environment(o: &Options) -> Vec<(String, String)> {
         ("seconds per point".into(), o.seconds_per_point.to_string()),
         (
             "method".into(),
-            "pread thread pool, one read in flight per thread".into(),
+            match o.engine {
+                Engine::Pread => "pread thread pool, one read in flight per thread".into(),
+                Engine::IoUring => "io_uring on one thread, queue kept full".into(),
+            },
         ),
     ]
 }
@@ -568,14 +660,24 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let mut cells = Vec::new();
     for &kib in &o.sizes_kib {
         for &qd in &o.queue_depths {
-            let c = measure_cell(
-                &file,
-                o.file_bytes,
-                kib * 1024,
-                qd,
-                o.seconds_per_point,
-                o.seed,
-            )?;
+            let c = match o.engine {
+                Engine::Pread => measure_cell(
+                    &file,
+                    o.file_bytes,
+                    kib * 1024,
+                    qd,
+                    o.seconds_per_point,
+                    o.seed,
+                )?,
+                Engine::IoUring => measure_uring(
+                    &file,
+                    o.file_bytes,
+                    kib * 1024,
+                    qd,
+                    o.seconds_per_point,
+                    o.seed,
+                )?,
+            };
             progress(&format!(
                 "{kib:>5} KiB  QD {qd:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads)",
                 c.throughput_gb_per_s, c.mean_latency_us, c.p99_latency_us, c.requests

@@ -136,6 +136,10 @@ enum Cmd {
         /// Keep the test file (a later run with the same size reuses it).
         #[arg(long)]
         keep_file: bool,
+        /// How reads are kept in flight: a pread thread per slot (as the real backend reads)
+        /// or one io_uring.
+        #[arg(long, value_enum, default_value = "pread")]
+        engine: flashsim::calibrate::Engine,
     },
     /// Run every point of an experiment both simulated and on the real backend (O_DIRECT reads
     /// of a weight file, real kernels); write simulated vs measured per metric to
@@ -353,6 +357,7 @@ fn run(cli: Cli) -> Result<()> {
             queue_depths,
             seconds_per_point,
             keep_file,
+            engine,
         } => {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
@@ -368,6 +373,7 @@ fn run(cli: Cli) -> Result<()> {
                 queue_depths,
                 seconds_per_point,
                 keep_file,
+                engine,
                 seed: 1,
             };
             let path = flashsim::calibrate::run(&opts, &mut |line| eprintln!("{line}"))?;

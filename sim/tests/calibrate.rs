@@ -15,7 +15,28 @@ fn options(dir: &std::path::Path) -> Options {
         queue_depths: vec![1, 4],
         seconds_per_point: 0.02,
         keep_file: false,
+        engine: calibrate::Engine::Pread,
         seed: 3,
+    }
+}
+
+#[test]
+fn io_uring_measures_the_same_kind_of_table() {
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tempfile::tempdir_in(root).unwrap();
+    let o = Options {
+        engine: calibrate::Engine::IoUring,
+        ..options(dir.path())
+    };
+    let path = calibrate::run(&o, &mut |_| {}).unwrap();
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("# method: io_uring"));
+    Device::load(&path).unwrap();
+    let csv = std::fs::read_to_string(dir.path().join("plots/calibrated-test.csv")).unwrap();
+    for r in csv.lines().skip(1) {
+        let f: Vec<f64> = r.split(',').map(|x| x.parse().unwrap()).collect();
+        assert!(f[2] >= 4.0 * f[1] && f[4] > 0.0, "{r}");
     }
 }
 

@@ -135,8 +135,7 @@ impl Prepared {
         weights: &std::path::Path,
         verify: bool,
     ) -> anyhow::Result<(RunStats, Vec<crate::real::ReadRecord>)> {
-        use crate::engine::Handler;
-        use crate::executor::{Ev, Pipeline};
+        use crate::executor::Pipeline;
         let c = &self.point.config;
         let cfg = ExecConfig {
             io_queue_depth: c.io_queue_depth,
@@ -166,25 +165,7 @@ impl Prepared {
             tokens,
             &ids,
         )?;
-        pipe.backend_mut().start_clock();
-        let mut queue = std::collections::VecDeque::from([(Ps::ZERO, Ev::TokenStart)]);
-        let mut follow = Vec::new();
-        let (mut events, mut end) = (0u64, Ps::ZERO);
-        if tokens == 0 {
-            queue.clear();
-        }
-        loop {
-            while let Some((t, e)) = queue.pop_front() {
-                events += 1;
-                end = t;
-                pipe.handle(t, e, &mut follow)?;
-                queue.extend(follow.drain(..));
-            }
-            if pipe.done() {
-                break;
-            }
-            queue.push_back(pipe.backend_mut().next_completion()?);
-        }
+        let (events, end) = drive_real(&mut pipe, tokens, |_| Ok(()))?;
         let reads = std::mem::take(&mut pipe.backend_mut().reads);
         pipe.backend_mut().shutdown()?;
         let (stats, _) = pipe.finish(events, end)?;
@@ -202,8 +183,7 @@ impl Prepared {
     /// weights in this point's layout ([`crate::real::model_image`]); needs the checkpoint
     /// (a trace recorded from a model flashsim can run).
     pub fn check_real_logits(&mut self, weights: &std::path::Path) -> anyhow::Result<Vec<f32>> {
-        use crate::engine::Handler;
-        use crate::executor::{Ev, Pipeline};
+        use crate::executor::Pipeline;
         use std::os::unix::fs::FileExt;
         let reference = self.quality.clone().ok_or_else(|| {
             anyhow::anyhow!("checking logits needs the checkpoint the trace was recorded from")
@@ -252,52 +232,69 @@ impl Prepared {
         let mut reference_model = flashsim_workloads::model::Model::new((*reference).clone());
         let mut real_model = flashsim_workloads::model::Model::new((*reference).clone());
         let mut diffs = Vec::new();
-        let mut queue = std::collections::VecDeque::from([(Ps::ZERO, Ev::TokenStart)]);
-        let mut follow = Vec::new();
-        if tokens == 0 {
-            queue.clear();
-        }
-        loop {
-            while let Some((t, e)) = queue.pop_front() {
-                pipe.handle(t, e, &mut follow)?;
-                queue.extend(follow.drain(..));
-                while diffs.len() < pipe.tokens_done() {
-                    let k = diffs.len();
-                    let masks = &pipe.masks()[k];
-                    let image = pipe.backend().image.as_ref().expect("image");
-                    real_model.weights = crate::real::weights_from_image(
-                        &self.layout,
-                        &self.shape,
-                        image,
-                        &reference,
-                    )?;
-                    let mut m = RecordedMasks {
-                        by_pos: (0..=k)
-                            .map(|p| (p == k).then_some(masks.as_slice()))
-                            .collect(),
-                    };
-                    let want = reference_model.forward(ids[k], k, &mut m, None);
-                    let got = real_model.forward(ids[k], k, &mut m, None);
-                    let d = want
-                        .iter()
-                        .zip(&got)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0.0f32, f32::max);
-                    diffs.push(if got.iter().all(|x| x.is_finite()) {
-                        d
-                    } else {
-                        f32::INFINITY
-                    });
-                }
+        drive_real(&mut pipe, tokens, |pipe| {
+            while diffs.len() < pipe.tokens_done() {
+                let k = diffs.len();
+                let masks = &pipe.masks()[k];
+                let image = pipe.backend().image.as_ref().expect("image");
+                real_model.weights =
+                    crate::real::weights_from_image(&self.layout, &self.shape, image, &reference)?;
+                let mut m = RecordedMasks {
+                    by_pos: (0..=k)
+                        .map(|p| (p == k).then_some(masks.as_slice()))
+                        .collect(),
+                };
+                let want = reference_model.forward(ids[k], k, &mut m, None);
+                let got = real_model.forward(ids[k], k, &mut m, None);
+                let d = want
+                    .iter()
+                    .zip(&got)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                diffs.push(if got.iter().all(|x| x.is_finite()) {
+                    d
+                } else {
+                    f32::INFINITY
+                });
             }
-            if pipe.done() {
-                break;
-            }
-            queue.push_back(pipe.backend_mut().next_completion()?);
-        }
+            Ok(())
+        })?;
         pipe.backend_mut().shutdown()?;
         Ok(diffs)
     }
+}
+
+/// Drives `pipe` on the real backend until its `tokens` are done: events are handled as the
+/// backend reports them (what they schedule at the same instant, at once), and `after` sees the
+/// pipeline after each. Returns the number of events and the time of the last.
+fn drive_real(
+    pipe: &mut crate::executor::Pipeline<'_, crate::real::Real>,
+    tokens: u32,
+    mut after: impl FnMut(&crate::executor::Pipeline<'_, crate::real::Real>) -> anyhow::Result<()>,
+) -> anyhow::Result<(u64, Ps)> {
+    use crate::engine::Handler;
+    use crate::executor::Ev;
+    pipe.backend_mut().start_clock();
+    let mut queue = std::collections::VecDeque::new();
+    if tokens > 0 {
+        queue.push_back((Ps::ZERO, Ev::TokenStart));
+    }
+    let mut follow = Vec::new();
+    let (mut events, mut end) = (0u64, Ps::ZERO);
+    loop {
+        while let Some((t, e)) = queue.pop_front() {
+            events += 1;
+            end = t;
+            pipe.handle(t, e, &mut follow)?;
+            queue.extend(follow.drain(..));
+            after(pipe)?;
+        }
+        if pipe.done() {
+            break;
+        }
+        queue.push_back(pipe.backend_mut().next_completion()?);
+    }
+    Ok((events, end))
 }
 
 fn context<'a>(

@@ -154,6 +154,9 @@ enum Cmd {
         /// Keep the weight file (a later run reuses it when its size matches).
         #[arg(long)]
         keep_weights: bool,
+        /// Real runs per point, their tokens pooled (storage varies from run to run).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
     },
     /// List the registered policies and flash models, and the device and model files found.
     List {
@@ -390,12 +393,17 @@ fn run(cli: Cli) -> Result<()> {
             weights_dir,
             out_dir,
             keep_weights,
+            repeats,
         } => {
             let exp = Experiment::load(&experiment)?;
-            let (rows, path) =
-                flashsim::validate::run(&exp, &weights_dir, &out_dir, keep_weights, &mut |l| {
-                    eprintln!("{l}")
-                })?;
+            let (rows, path) = flashsim::validate::run(
+                &exp,
+                &weights_dir,
+                &out_dir,
+                keep_weights,
+                repeats,
+                &mut |l| eprintln!("{l}"),
+            )?;
             println!(
                 "{:>5}  {:<16} {:>7}  {:<14} {:<5} {:>12} {:>12} {:>8}",
                 "point", "policy", "GiB", "metric", "stat", "simulated", "measured", "diff %"

@@ -1,8 +1,8 @@
 //! `flashsim validate`: the simulator against the real backend, point by point.
 //!
-//! Every point of the experiment runs twice from a fresh policy: simulated on the experiment's
-//! device (a calibrated device file, for the comparison to mean anything) and on the real
-//! backend, reading with O_DIRECT a weight file written under `--weights-dir` in the largest
+//! Every point of the experiment runs from a fresh policy simulated on the experiment's device
+//! (a calibrated device file, for the comparison to mean anything) and `repeats` times on the
+//! real backend (its tokens pooled: storage is noisy from run to run), reading with O_DIRECT a weight file written under `--weights-dir` in the largest
 //! layout of the experiment. Per point and metric (ms per token, flash busy, compute, stall) the
 //! table gives simulated, measured and the difference in percent at the mean, and for ms per
 //! token also at P50, P90 and P99 over the tokens after warm-up. Written to
@@ -52,20 +52,20 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
 }
 
-/// The comparison rows of one point.
+/// The tokens of `s` after `warmup` (at least one is kept).
+pub fn after_warmup(s: &RunStats, warmup: usize) -> &[TokenStats] {
+    &s.tokens[warmup.min(s.tokens.len().saturating_sub(1))..]
+}
+
+/// The comparison rows of one point from its simulated and measured tokens (after warm-up; the
+/// measured ones pooled over repeats).
 pub fn compare(
     point: usize,
     policy: &str,
     budget: f64,
-    warmup: usize,
-    sim: &RunStats,
-    real: &RunStats,
+    st: &[TokenStats],
+    rt: &[TokenStats],
 ) -> Vec<Row> {
-    let skip = |s: &RunStats| -> Vec<TokenStats> {
-        let w = warmup.min(s.tokens.len().saturating_sub(1));
-        s.tokens[w..].to_vec()
-    };
-    let (st, rt) = (skip(sim), skip(real));
     let mut rows = Vec::new();
     for (metric, f) in METRICS {
         let series = |ts: &[TokenStats]| {
@@ -73,7 +73,7 @@ pub fn compare(
             v.sort_by(f64::total_cmp);
             v
         };
-        let (a, b) = (series(&st), series(&rt));
+        let (a, b) = (series(st), series(rt));
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         let mut stats = vec![("mean", mean(&a), mean(&b))];
         if metric == "ms_per_token" {
@@ -102,6 +102,7 @@ pub fn run(
     weights_dir: &Path,
     out_dir: &Path,
     keep_weights: bool,
+    repeats: usize,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(Vec<Row>, PathBuf)> {
     crate::calibrate::refuse_memory_backed(weights_dir)?;
@@ -147,33 +148,42 @@ pub fn run(
                 None => return Err(e.context(format!("point {}", point.index))),
             },
         };
-        let mut real_p = runner::prepare(exp, point, &mut cache)?;
-        let (real, reads) = real_p
-            .execute_real(&weights, false)
-            .with_context(|| format!("point {} on the real backend", point.index))?;
+        // The real backend `repeats` times from a fresh policy; tokens pooled.
+        let warmup = c.warmup_tokens as usize;
+        let (mut pooled, mut run_means, mut reads, mut bytes, mut busy) =
+            (Vec::new(), Vec::new(), 0, 0u64, 0u64);
+        for _ in 0..repeats.max(1) {
+            let mut real_p = runner::prepare(exp, point, &mut cache)?;
+            let (real, r) = real_p
+                .execute_real(&weights, false)
+                .with_context(|| format!("point {} on the real backend", point.index))?;
+            let toks = after_warmup(&real, warmup);
+            run_means.push(toks.iter().map(|t| ms(t.wall)).sum::<f64>() / toks.len() as f64);
+            bytes += toks.iter().map(|t| t.read_bytes).sum::<u64>();
+            busy += toks.iter().map(|t| t.flash_busy.0).sum::<u64>();
+            reads = r.len();
+            pooled.extend_from_slice(toks);
+        }
         let r = compare(
             point.index,
             &c.policy,
             c.dram_budget_gib,
-            c.warmup_tokens as usize,
-            &sim,
-            &real,
+            after_warmup(&sim, warmup),
+            &pooled,
         );
         let head = &r[0];
-        // What the reads achieved while the flash was busy (after warm-up).
-        let w = (c.warmup_tokens as usize).min(real.tokens.len().saturating_sub(1));
-        let bytes: u64 = real.tokens[w..].iter().map(|t| t.read_bytes).sum();
-        let busy: u64 = real.tokens[w..].iter().map(|t| t.flash_busy.0).sum();
+        let runs: Vec<String> = run_means.iter().map(|m| format!("{m:.0}")).collect();
         progress(&format!(
-            "point {} {} {} GiB: ms/token simulated {:.2}, measured {:.2} ({:+.1}%), {} reads, \
-             {:.3} GB/s while reading",
+            "point {} {} {} GiB: ms/token simulated {:.2}, measured {:.2} ({:+.1}%; runs {} ms), \
+             {} reads per run, {:.3} GB/s while reading",
             point.index,
             c.policy,
             c.dram_budget_gib,
             head.simulated_ms,
             head.measured_ms,
             head.diff_pct(),
-            reads.len(),
+            runs.join(" / "),
+            reads,
             bytes as f64 / (busy.max(1) as f64 * 1e-12) / 1e9
         ));
         rows.extend(r);

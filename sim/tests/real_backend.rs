@@ -129,6 +129,7 @@ fn validate_writes_simulated_against_measured() {
         tmp.path(),
         &tmp.path().join("out"),
         false,
+        2,
         &mut |_| {},
     )
     .unwrap();

@@ -150,7 +150,8 @@ pub struct Pipeline<'a, B: Backend> {
     cfg: ExecConfig,
     tokens_total: u32,
     kv_bytes_per_token: u64,
-    token_ids: &'a dyn Fn(u32) -> u32,
+    /// The input token of each step (it picks the embedding row).
+    token_ids: Vec<u32>,
     // Per-token state.
     token: u32,
     plan: TokenPlan,
@@ -184,7 +185,7 @@ impl<B: Backend> Pipeline<'_, B> {
         let info = TokenInfo {
             index: self.token,
             context: self.ctx.prompt_tokens as u64 + self.token as u64,
-            token_id: (self.token_ids)(self.token),
+            token_id: self.token_ids[self.token as usize],
         };
         let plan = self.policy.plan_token(&self.ctx, info)?;
         plan.check().map_err(SimError::Plan)?;
@@ -388,9 +389,9 @@ impl<B: Backend> Handler for Pipeline<'_, B> {
 }
 
 impl<'a, B: Backend> Pipeline<'a, B> {
-    /// A pipeline for `tokens` decode steps of `policy` (already set up, as `setup` says) on
-    /// `backend`, with its DRAM holding the resident weights, reservations and the prompt's KV
-    /// cache. `token_ids(i)` is the input token of step `i` (it picks the embedding row).
+    /// A pipeline for one decode step per entry of `token_ids` (the input token of each) of
+    /// `policy` (already set up, as `setup` says) on `backend`, with its DRAM holding the
+    /// resident weights, reservations and the prompt's KV cache.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         policy: &'a mut dyn Policy,
@@ -399,8 +400,7 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         backend: B,
         dram_bus_bytes_per_s: u64,
         cfg: ExecConfig,
-        tokens: u32,
-        token_ids: &'a dyn Fn(u32) -> u32,
+        token_ids: Vec<u32>,
     ) -> Result<Self, SimError> {
         if cfg.io_queue_depth == 0 {
             return Err(SimError::Plan("io_queue_depth must be at least 1".into()));
@@ -410,13 +410,14 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         dram.alloc(setup.resident_weight_bytes)?;
         dram.alloc(setup.reserved_bytes)?;
         dram.alloc(kv_bytes_per_token * ctx.prompt_tokens as u64)?;
+        let tokens = token_ids.len();
         Ok(Pipeline {
             policy,
             ctx,
             backend,
             dram,
             cfg,
-            tokens_total: tokens,
+            tokens_total: tokens as u32,
             kv_bytes_per_token,
             token_ids,
             token: 0,
@@ -439,7 +440,7 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             busy_since: Ps::ZERO,
             read_issued: Vec::new(),
             cur: TokenStats::default(),
-            stats: Vec::with_capacity(tokens as usize),
+            stats: Vec::with_capacity(tokens),
             masks: Vec::new(),
             activity: Vec::new(),
             resident_weight_bytes: setup.resident_weight_bytes,
@@ -504,17 +505,15 @@ impl<'a, B: Backend> Pipeline<'a, B> {
     }
 }
 
-/// Simulates `tokens` decode steps of `policy` (already set up, as `setup` says) on `device`
-/// (taken fresh, idle at time zero).
-/// `token_ids(i)` is the input token of step `i` (it picks the embedding row).
+/// Simulates one decode step per entry of `token_ids` (the input token of each) of `policy`
+/// (already set up, as `setup` says) on `device` (taken fresh, idle at time zero).
 pub fn simulate(
     policy: &mut dyn Policy,
     setup: PolicySetup,
     ctx: PolicyContext<'_>,
     device: &Device,
     cfg: ExecConfig,
-    tokens: u32,
-    token_ids: &dyn Fn(u32) -> u32,
+    token_ids: Vec<u32>,
 ) -> Result<(RunStats, Vec<Activity>), SimError> {
     let mut p = Pipeline::new(
         policy,
@@ -523,11 +522,10 @@ pub fn simulate(
         Simulated(device.clone()),
         device.dram_bus_bytes_per_s,
         cfg,
-        tokens,
         token_ids,
     )?;
     let mut engine = Engine::new();
-    if tokens > 0 {
+    if !p.done() {
         engine.schedule(Ps::ZERO, Ev::TokenStart)?;
     }
     let end = engine.run(&mut p)?;

@@ -96,32 +96,83 @@ impl Prepared {
         &mut self,
         record: bool,
     ) -> Result<(RunStats, Vec<Activity>), crate::error::SimError> {
-        let c = &self.point.config;
-        let cfg = ExecConfig {
-            io_queue_depth: c.io_queue_depth,
-            record_activity: record,
-        };
-        let tokens = c.tokens;
-        let ids: Vec<u32> = (0..tokens).map(|i| self.token_id(i)).collect();
-        let ids = move |i: u32| ids[i as usize];
-        let ctx = context(
-            &self.shape,
-            &self.layout,
-            self.dram_budget_bytes,
-            self.kv_cache_bytes,
-            &self.point,
-            self.trace.as_deref(),
-            self.quality.is_some(),
-        );
-        simulate(
-            self.policy.as_mut(),
+        let record_masks = self.quality.is_some();
+        let r = self.run_parts(record, record_masks);
+        simulate(r.policy, r.setup, r.ctx, r.device, r.cfg, r.ids)
+    }
+
+    /// What every run of this point hands the pipeline, borrowed apart so that the policy can
+    /// be mutable while the rest is read.
+    fn run_parts(&mut self, record_activity: bool, record_masks: bool) -> RunParts<'_> {
+        let ids = (0..self.point.config.tokens)
+            .map(|i| self.token_id(i))
+            .collect();
+        let Prepared {
+            device,
+            shape,
+            layout,
+            policy,
+            setup,
+            dram_budget_bytes,
+            kv_cache_bytes,
+            point,
+            trace,
+            ..
+        } = self;
+        RunParts {
+            policy: policy.as_mut(),
+            setup: *setup,
+            ctx: context(
+                shape,
+                layout,
+                *dram_budget_bytes,
+                *kv_cache_bytes,
+                point,
+                trace.as_deref(),
+                record_masks,
+            ),
+            cfg: ExecConfig {
+                io_queue_depth: point.config.io_queue_depth,
+                record_activity,
+            },
+            ids,
+            device,
+        }
+    }
+}
+
+/// See [`Prepared::run_parts`].
+struct RunParts<'a> {
+    policy: &'a mut dyn Policy,
+    setup: PolicySetup,
+    ctx: PolicyContext<'a>,
+    cfg: ExecConfig,
+    /// The input token of each step.
+    ids: Vec<u32>,
+    device: &'a Device,
+}
+
+impl<'a> RunParts<'a> {
+    /// The pipeline on the real backend reading `weights` (`verify`: checksum each read and
+    /// keep what it brought in the backend's image, when one is given).
+    fn real_pipeline(
+        self,
+        weights: &std::path::Path,
+        verify: bool,
+        image: Option<Vec<u8>>,
+    ) -> anyhow::Result<crate::executor::Pipeline<'a, crate::real::Real>> {
+        let units = self.device.units.iter().map(|u| u.name.clone()).collect();
+        let mut backend = crate::real::Real::new(weights, self.cfg.io_queue_depth, units, verify)?;
+        backend.image = image;
+        Ok(crate::executor::Pipeline::new(
+            self.policy,
             self.setup,
-            ctx,
-            &self.device,
-            cfg,
-            tokens,
-            &ids,
-        )
+            self.ctx,
+            backend,
+            self.device.dram_bus_bytes_per_s,
+            self.cfg,
+            self.ids,
+        )?)
     }
 }
 
@@ -135,37 +186,10 @@ impl Prepared {
         weights: &std::path::Path,
         verify: bool,
     ) -> anyhow::Result<(RunStats, Vec<crate::real::ReadRecord>)> {
-        use crate::executor::Pipeline;
-        let c = &self.point.config;
-        let cfg = ExecConfig {
-            io_queue_depth: c.io_queue_depth,
-            record_activity: false,
-        };
-        let tokens = c.tokens;
-        let ids: Vec<u32> = (0..tokens).map(|i| self.token_id(i)).collect();
-        let ids = move |i: u32| ids[i as usize];
-        let units = self.device.units.iter().map(|u| u.name.clone()).collect();
-        let backend = crate::real::Real::new(weights, c.io_queue_depth, units, verify)?;
-        let ctx = context(
-            &self.shape,
-            &self.layout,
-            self.dram_budget_bytes,
-            self.kv_cache_bytes,
-            &self.point,
-            self.trace.as_deref(),
-            false,
-        );
-        let mut pipe = Pipeline::new(
-            self.policy.as_mut(),
-            self.setup,
-            ctx,
-            backend,
-            self.device.dram_bus_bytes_per_s,
-            cfg,
-            tokens,
-            &ids,
-        )?;
-        let (events, end) = drive_real(&mut pipe, tokens, |_| Ok(()))?;
+        let mut pipe = self
+            .run_parts(false, false)
+            .real_pipeline(weights, verify, None)?;
+        let (events, end) = drive_real(&mut pipe, |_| Ok(()))?;
         let reads = std::mem::take(&mut pipe.backend_mut().reads);
         pipe.backend_mut().shutdown()?;
         let (stats, _) = pipe.finish(events, end)?;
@@ -183,20 +207,10 @@ impl Prepared {
     /// weights in this point's layout ([`crate::real::model_image`]); needs the checkpoint
     /// (a trace recorded from a model flashsim can run).
     pub fn check_real_logits(&mut self, weights: &std::path::Path) -> anyhow::Result<Vec<f32>> {
-        use crate::executor::Pipeline;
         use std::os::unix::fs::FileExt;
         let reference = self.quality.clone().ok_or_else(|| {
             anyhow::anyhow!("checking logits needs the checkpoint the trace was recorded from")
         })?;
-        let c = &self.point.config;
-        let cfg = ExecConfig {
-            io_queue_depth: c.io_queue_depth,
-            record_activity: false,
-        };
-        let tokens = c.tokens;
-        let ids: Vec<u32> = (0..tokens).map(|i| self.token_id(i)).collect();
-        let units = self.device.units.iter().map(|u| u.name.clone()).collect();
-        let mut backend = crate::real::Real::new(weights, c.io_queue_depth, units, true)?;
         let file = std::fs::File::open(weights)?;
         let mut image = vec![0u8; file.metadata()?.len() as usize];
         for t in self
@@ -208,37 +222,19 @@ impl Prepared {
             let r = t.offset as usize..(t.offset + t.bytes) as usize;
             file.read_exact_at(&mut image[r], t.offset)?;
         }
-        backend.image = Some(image);
-        let ctx = context(
-            &self.shape,
-            &self.layout,
-            self.dram_budget_bytes,
-            self.kv_cache_bytes,
-            &self.point,
-            self.trace.as_deref(),
-            true,
-        );
-        let id_of = |i: u32| ids[i as usize];
-        let mut pipe = Pipeline::new(
-            self.policy.as_mut(),
-            self.setup,
-            ctx,
-            backend,
-            self.device.dram_bus_bytes_per_s,
-            cfg,
-            tokens,
-            &id_of,
-        )?;
+        let r = self.run_parts(false, true);
+        let (layout, shape, ids) = (r.ctx.layout, r.ctx.shape, r.ids.clone());
+        let mut pipe = r.real_pipeline(weights, true, Some(image))?;
         let mut reference_model = flashsim_workloads::model::Model::new((*reference).clone());
         let mut real_model = flashsim_workloads::model::Model::new((*reference).clone());
         let mut diffs = Vec::new();
-        drive_real(&mut pipe, tokens, |pipe| {
+        drive_real(&mut pipe, |pipe| {
             while diffs.len() < pipe.tokens_done() {
                 let k = diffs.len();
                 let masks = &pipe.masks()[k];
                 let image = pipe.backend().image.as_ref().expect("image");
                 real_model.weights =
-                    crate::real::weights_from_image(&self.layout, &self.shape, image, &reference)?;
+                    crate::real::weights_from_image(layout, shape, image, &reference)?;
                 let mut m = RecordedMasks {
                     by_pos: (0..=k)
                         .map(|p| (p == k).then_some(masks.as_slice()))
@@ -264,19 +260,18 @@ impl Prepared {
     }
 }
 
-/// Drives `pipe` on the real backend until its `tokens` are done: events are handled as the
+/// Drives `pipe` on the real backend until its tokens are done: events are handled as the
 /// backend reports them (what they schedule at the same instant, at once), and `after` sees the
 /// pipeline after each. Returns the number of events and the time of the last.
 fn drive_real(
     pipe: &mut crate::executor::Pipeline<'_, crate::real::Real>,
-    tokens: u32,
     mut after: impl FnMut(&crate::executor::Pipeline<'_, crate::real::Real>) -> anyhow::Result<()>,
 ) -> anyhow::Result<(u64, Ps)> {
     use crate::engine::Handler;
     use crate::executor::Ev;
     pipe.backend_mut().start_clock();
     let mut queue = std::collections::VecDeque::new();
-    if tokens > 0 {
+    if !pipe.done() {
         queue.push_back((Ps::ZERO, Ev::TokenStart));
     }
     let mut follow = Vec::new();

@@ -631,30 +631,34 @@ pub fn run_point_or_infeasible(
     cache: &mut Cache,
 ) -> anyhow::Result<PointResult> {
     match run_point(exp, point, cache) {
-        Err(e) => {
-            let why = match (
-                e.downcast_ref::<ConfigError>(),
-                e.downcast_ref::<crate::SimError>(),
-            ) {
-                (Some(ce @ ConfigError::Invalid { key: Some(k), .. }), _)
-                    if k == "dram_budget_gib" =>
-                {
-                    ce.to_string()
-                }
-                // The policy's plans outgrew the budget its setup accepted.
-                (_, Some(se @ crate::SimError::DramBudgetExceeded { .. })) => {
-                    format!("during the run: {se}")
-                }
-                _ => return Err(e),
-            };
-            Ok(PointResult {
+        Err(e) => match infeasible(&e) {
+            Some(why) => Ok(PointResult {
                 point: point.clone(),
                 metrics: Metrics::default(),
                 derived: String::new(),
                 infeasible: Some(why),
-            })
-        }
+            }),
+            None => Err(e),
+        },
         ok => ok,
+    }
+}
+
+/// Why `e` means the point's DRAM budget is too small for its policy (the budget refused when
+/// the point is set up, or outgrown by its plans during the run), or `None` for any other error.
+pub fn infeasible(e: &anyhow::Error) -> Option<String> {
+    match (
+        e.downcast_ref::<ConfigError>(),
+        e.downcast_ref::<crate::SimError>(),
+    ) {
+        (Some(ce @ ConfigError::Invalid { key: Some(k), .. }), _) if k == "dram_budget_gib" => {
+            Some(ce.to_string())
+        }
+        // The policy's plans outgrew the budget its setup accepted.
+        (_, Some(se @ crate::SimError::DramBudgetExceeded { .. })) => {
+            Some(format!("during the run: {se}"))
+        }
+        _ => None,
     }
 }
 

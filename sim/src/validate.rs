@@ -110,9 +110,12 @@ pub fn run(
     let mut cache = Cache::default();
     let mut file_bytes = 0;
     for point in &exp.points {
-        let p = runner::prepare(exp, point, &mut cache)
-            .with_context(|| format!("point {}", point.index))?;
-        file_bytes = file_bytes.max(p.layout.file_bytes);
+        match runner::prepare(exp, point, &mut cache).map_err(anyhow::Error::from) {
+            Ok(p) => file_bytes = file_bytes.max(p.layout.file_bytes),
+            // Skipped below, as sweeps record it.
+            Err(e) if runner::infeasible(&e).is_some() => {}
+            Err(e) => return Err(e.context(format!("point {}", point.index))),
+        }
     }
     if exp.points.is_empty() {
         bail!("the experiment has no points");
@@ -128,16 +131,12 @@ pub fn run(
     for point in &exp.points {
         let c = &point.config;
         // A point its policy cannot fit in the budget is skipped, as sweeps record it.
-        let infeasible = |e: &dyn std::fmt::Display| {
-            let e = e.to_string();
-            (e.contains("DRAM budget") || e.contains("dram_budget_gib")).then_some(e)
-        };
         let sim = runner::prepare(exp, point, &mut cache)
             .map_err(anyhow::Error::from)
             .and_then(|mut p| Ok(p.simulate(false)?.0));
         let sim = match sim {
             Ok(s) => s,
-            Err(e) => match infeasible(&e) {
+            Err(e) => match runner::infeasible(&e) {
                 Some(why) => {
                     progress(&format!(
                         "point {} {}: infeasible ({why})",

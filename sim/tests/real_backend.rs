@@ -55,7 +55,7 @@ fn real_reads_are_the_planned_extents_within_budget_and_match_the_simulation() {
             // Completions arrive in another order than simulated, so buffers can overlap more:
             // at the tight budget a point the simulation fits may not fit for real (an error,
             // never an overrun).
-            Err(e) if format!("{e:#}").contains("DRAM budget") => {
+            Err(e) if runner::infeasible(&e).is_some() => {
                 eprintln!("point {}: over the budget for real: {e:#}", point.index);
                 continue;
             }
@@ -118,8 +118,9 @@ fn validate_writes_simulated_against_measured() {
             r#"policy = ["dense-streaming", "llm-in-a-flash"]"#,
         )
         .replace(
+            // 0.0001 GiB holds neither policy's resident weights: refused when set up, skipped.
             "dram_budget_gib = [0.0008, 0.004]",
-            "dram_budget_gib = 0.002",
+            "dram_budget_gib = [0.0001, 0.002]",
         );
     let path = tmp.path().join("v.toml");
     std::fs::write(&path, text).unwrap();

@@ -260,12 +260,9 @@ pub fn measure_uring(
 ) -> Result<Cell> {
     use io_uring::{opcode, types, IoUring};
     use std::os::unix::io::AsRawFd;
-    if size == 0 || !size.is_multiple_of(ALIGN as u64) || size > file_bytes {
-        bail!("request size {size} must be a multiple of {ALIGN} no larger than the file");
-    }
+    let slots = slots(file_bytes, size)?;
     let mut ring = IoUring::new(qd.next_power_of_two())
         .map_err(|e| anyhow::anyhow!("io_uring is unavailable here ({e}); use --engine pread"))?;
-    let slots = file_bytes / size;
     let fd = types::Fd(file.as_raw_fd());
     let mut bufs: Vec<AlignedBuf> = (0..qd).map(|_| AlignedBuf::zeroed(size as usize)).collect();
     let mut issued = vec![Instant::now(); qd as usize];
@@ -320,10 +317,30 @@ pub fn measure_uring(
     Ok(cell_of(size, qd, elapsed, lat))
 }
 
+/// The `q` quantile of ascending `sorted` (nearest rank; not empty).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
+}
+
+/// How many `size`-byte slots a read may start at, checking that `size` suits O_DIRECT.
+fn slots(file_bytes: u64, size: u64) -> Result<u64> {
+    if size == 0 || !size.is_multiple_of(ALIGN as u64) || size > file_bytes {
+        bail!("request size {size} must be a multiple of {ALIGN} no larger than the file");
+    }
+    Ok(file_bytes / size)
+}
+
+/// The threads this machine runs at once.
+fn hardware_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 fn cell_of(size: u64, qd: u32, elapsed: f64, mut lat: Vec<f64>) -> Cell {
     lat.sort_by(f64::total_cmp);
     let n = lat.len();
-    let q = |p: f64| lat[((p * (n - 1) as f64).round() as usize).min(n - 1)];
+    let q = |p: f64| quantile(&lat, p);
     Cell {
         size_bytes: size,
         queue_depth: qd,
@@ -345,10 +362,7 @@ fn measure(
     seed: u64,
     sequential: bool,
 ) -> Result<Cell> {
-    if size == 0 || !size.is_multiple_of(ALIGN as u64) || size > file_bytes {
-        bail!("request size {size} must be a multiple of {ALIGN} no larger than the file");
-    }
-    let slots = file_bytes / size;
+    let slots = slots(file_bytes, size)?;
     let deadline = Duration::from_secs_f64(seconds);
     let next_chunk = std::sync::atomic::AtomicU64::new(0);
     let next_chunk = &next_chunk;
@@ -475,9 +489,7 @@ fn today() -> String {
 
 /// The measured environment, one `# key: value` comment line each.
 fn environment(o: &Options) -> Vec<(String, String)> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = hardware_threads();
     vec![
         ("date".into(), today()),
         (
@@ -704,9 +716,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     progress(&format!(
         "backend kernel (GEMV over 16-bit weights, all threads): {kernel_gb_per_s:.2} GB/s"
     ));
-    let max_threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let max_threads = hardware_threads();
     let mut counts: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2))
         .take_while(|&t| t < max_threads)
         .collect();

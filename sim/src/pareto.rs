@@ -81,9 +81,9 @@ impl std::fmt::Display for Objective {
     }
 }
 
-/// The default objectives for `t`: tokens/s up, DRAM peak down, KL down where present.
-pub fn default_objectives(t: &Table) -> Vec<Objective> {
-    let mut o = vec![
+/// Throughput up and DRAM peak down: the two objectives every front has.
+pub fn throughput_and_dram() -> [Objective; 2] {
+    [
         Objective {
             column: "tokens_per_s".into(),
             maximize: true,
@@ -92,7 +92,12 @@ pub fn default_objectives(t: &Table) -> Vec<Objective> {
             column: "dram_peak_bytes".into(),
             maximize: false,
         },
-    ];
+    ]
+}
+
+/// The default objectives for `t`: tokens/s up, DRAM peak down, KL down where present.
+pub fn default_objectives(t: &Table) -> Vec<Objective> {
+    let mut o = throughput_and_dram().to_vec();
     if let Some(c) = t.column("kl_divergence") {
         if (0..t.rows.len()).any(|r| t.num(r, c).is_some()) {
             o.push(Objective {

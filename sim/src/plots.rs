@@ -13,7 +13,7 @@
 use crate::device::Rates;
 use crate::executor::Activity;
 use crate::experiment::Experiment;
-use crate::pareto::{front, Objective, Standing, Table};
+use crate::pareto::{front, throughput_and_dram, Standing, Table};
 use crate::runner::{prepare, Cache};
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
@@ -149,16 +149,7 @@ fn pareto_data(exp: &Experiment, t: &Table) -> Result<ParetoData> {
     let mut policies: Vec<String> = t.rows.iter().map(|r| r[pc].clone()).collect();
     policies.sort();
     policies.dedup();
-    let objectives = [
-        Objective {
-            column: "tokens_per_s".into(),
-            maximize: true,
-        },
-        Objective {
-            column: "dram_peak_bytes".into(),
-            maximize: false,
-        },
-    ];
+    let objectives = throughput_and_dram();
     let mut series = Vec::new();
     for p in policies {
         let sub = Table {
@@ -293,26 +284,23 @@ fn draw_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Bars) -> Resu
     let compute = RGBColor(31, 119, 180);
     let stall = RGBColor(214, 39, 40);
     let flash = RGBColor(44, 160, 44);
-    chart
-        .draw_series(d.rows.iter().enumerate().map(|(i, r)| {
-            Rectangle::new(
-                [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, r.1)],
-                compute.filled(),
-            )
-        }))
-        .map_err(err)?
-        .label("compute")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], compute.filled()));
-    chart
-        .draw_series(d.rows.iter().enumerate().map(|(i, r)| {
-            Rectangle::new(
-                [(i as f64 + 0.15, r.1), (i as f64 + 0.85, r.1 + r.2)],
-                stall.filled(),
-            )
-        }))
-        .map_err(err)?
-        .label("stall (waiting for flash)")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], stall.filled()));
+    // Stacked: compute from 0, stall on top of it.
+    for (colour, label, on_top) in [
+        (compute, "compute", false),
+        (stall, "stall (waiting for flash)", true),
+    ] {
+        chart
+            .draw_series(d.rows.iter().enumerate().map(|(i, r)| {
+                let (lo, hi) = if on_top { (r.1, r.1 + r.2) } else { (0.0, r.1) };
+                Rectangle::new(
+                    [(i as f64 + 0.15, lo), (i as f64 + 0.85, hi)],
+                    colour.filled(),
+                )
+            }))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled()));
+    }
     chart
         .draw_series(d.rows.iter().enumerate().map(|(i, r)| {
             PathElement::new(

@@ -8,6 +8,7 @@
 //! token also at P50, P90 and P99 over the tokens after warm-up. Written to
 //! `results/<experiment>/validate.csv`, with a plot of simulated against measured ms per token.
 
+use crate::calibrate::quantile;
 use crate::executor::{RunStats, TokenStats};
 use crate::experiment::Experiment;
 use crate::runner::{self, Cache};
@@ -47,10 +48,6 @@ const METRICS: [(&str, Metric); 4] = [
     ("compute_ms", |t| t.compute_busy),
     ("stall_ms", |t| t.stall),
 ];
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
-}
 
 /// The tokens of `s` after `warmup` (at least one is kept).
 pub fn after_warmup(s: &RunStats, warmup: usize) -> &[TokenStats] {

@@ -9,9 +9,8 @@ use flashsim::runner::{self, Cache};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod common;
+use common::repo;
 
 fn experiment(dir: &Path) -> PathBuf {
     let r = repo().canonicalize().unwrap().display().to_string();

@@ -2,14 +2,11 @@
 
 mod common;
 
+use common::repo;
 use flashsim::experiment::Experiment;
 use flashsim::sweep::{merge, run_sweep, SweepOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// A sweep over every trace-driven policy on stories260K with its real trace, some budgets too
 /// small for some policies (recorded as infeasible), written to `dir/sweep.toml` with absolute
@@ -151,26 +148,29 @@ fn flashsim() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flashsim"))
 }
 
+/// `flashsim run --quiet --no-plots --threads 1 --out-dir OUT FILE`.
+fn run_one_thread(out: &Path, file: &Path) -> Command {
+    let mut c = flashsim();
+    c.args([
+        "run",
+        "--quiet",
+        "--no-plots",
+        "--threads",
+        "1",
+        "--out-dir",
+    ])
+    .arg(out)
+    .arg(file);
+    c
+}
+
 #[test]
 fn a_sweep_killed_mid_run_resumes_without_losing_or_duplicating_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let file = slow_sweep(tmp.path());
     let total = Experiment::load(&file).unwrap().points.len();
     let run = |out: &Path, extra: &[&str]| {
-        let o = flashsim()
-            .args([
-                "run",
-                "--quiet",
-                "--no-plots",
-                "--threads",
-                "1",
-                "--out-dir",
-            ])
-            .arg(out)
-            .arg(&file)
-            .args(extra)
-            .output()
-            .unwrap();
+        let o = run_one_thread(out, &file).args(extra).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap()
     };
@@ -179,19 +179,7 @@ fn a_sweep_killed_mid_run_resumes_without_losing_or_duplicating_rows() {
 
     let killed = tmp.path().join("killed");
     let journal = killed.join("slow/points.jsonl");
-    let mut child = flashsim()
-        .args([
-            "run",
-            "--quiet",
-            "--no-plots",
-            "--threads",
-            "1",
-            "--out-dir",
-        ])
-        .arg(&killed)
-        .arg(&file)
-        .spawn()
-        .unwrap();
+    let mut child = run_one_thread(&killed, &file).spawn().unwrap();
     let lines = |p: &Path| {
         std::fs::read_to_string(p)
             .map(|t| t.lines().count())

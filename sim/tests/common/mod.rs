@@ -6,9 +6,14 @@ use flashsim::runner::{run_experiment, PointResult};
 use flashsim_workloads::TomlSource;
 use std::path::PathBuf;
 
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// The repository's `configs/` folder.
 pub fn configs() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs")
+    repo().join("configs")
 }
 
 /// An experiment parsed from `text`, as if it were `configs/experiments/<file>`.

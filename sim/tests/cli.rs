@@ -1,13 +1,12 @@
 //! The `flashsim` binary as a user runs it.
 
+mod common;
+
+use common::repo;
 use std::process::Command;
 
 fn flashsim() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flashsim"))
-}
-
-fn repo() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 #[test]

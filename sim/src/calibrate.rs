@@ -403,11 +403,15 @@ fn measure(
     Ok(cell_of(size, qd, elapsed, lat))
 }
 
+/// The buffer DRAM bandwidth is read from: 256 MiB, 8x larger than any last-level cache here.
+pub fn rate_buffer() -> Vec<u64> {
+    (0..(256u64 << 20) / 8).collect()
+}
+
 /// DRAM read bandwidth and f32 GEMV rate with `threads` threads.
-pub fn measure_rates(threads: usize, seconds: f64) -> Rates {
-    // Memory: each thread sums its share of a buffer 8x larger than any last-level cache here.
-    let words = (256usize << 20) / 8;
-    let buf: Vec<u64> = (0..words as u64).collect();
+/// `buf` is the memory read (see [`rate_buffer`]), built once for every thread count.
+pub fn measure_rates(buf: &[u64], threads: usize, seconds: f64) -> Rates {
+    let words = buf.len();
     let chunk = words.div_ceil(threads);
     let run = |f: &(dyn Fn(usize) -> f64 + Sync)| -> f64 {
         let start = Instant::now();
@@ -721,10 +725,11 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         .take_while(|&t| t < max_threads)
         .collect();
     counts.push(max_threads);
+    let buf = rate_buffer();
     let rates: Vec<Rates> = counts
         .iter()
         .map(|&t| {
-            let r = measure_rates(t, o.seconds_per_point.max(0.05));
+            let r = measure_rates(&buf, t, o.seconds_per_point.max(0.05));
             progress(&format!(
                 "{t} thread(s): DRAM read {:.2} GB/s, f32 GEMV {:.2} GFLOP/s",
                 r.dram_read_gb_per_s, r.gemv_gflops

@@ -472,11 +472,6 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         &self.masks
     }
 
-    /// The plan of the token in progress.
-    pub fn plan(&self) -> &TokenPlan {
-        &self.plan
-    }
-
     /// The statistics, once the event loop has run dry after `events` events ending at `end`;
     /// a token left unfinished is a deadlock.
     pub fn finish(self, events: u64, end: Ps) -> Result<(RunStats, Vec<Activity>), SimError> {

@@ -16,6 +16,7 @@ use crate::experiment::Experiment;
 use crate::pareto::{front, throughput_and_dram, Standing, Table};
 use crate::runner::{prepare, Cache};
 use anyhow::{anyhow, Result};
+use plotters::coord::combinators::LogCoord;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,26 @@ fn tick(v: &f64) -> String {
     } else {
         s
     }
+}
+
+/// The mesh of a log-log chart: ticks without float noise, the axis descriptions, labels of
+/// `label_size` and descriptions two points larger.
+fn log_log_mesh<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<LogCoord<f64>, LogCoord<f64>>>,
+    x_desc: &str,
+    y_desc: &str,
+    label_size: u32,
+) -> Result<()> {
+    chart
+        .configure_mesh()
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", label_size))
+        .axis_desc_style(("sans-serif", label_size + 2))
+        .draw()
+        .map_err(err)
 }
 
 fn colour(i: usize) -> RGBColor {
@@ -190,16 +211,12 @@ fn draw_pareto<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &ParetoData)
         .y_label_area_size(70)
         .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_label_formatter(&tick)
-        .y_label_formatter(&tick)
-        .x_desc("peak DRAM (GiB, log scale)")
-        .y_desc("throughput (tokens/s, log scale)")
-        .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 16))
-        .draw()
-        .map_err(err)?;
+    log_log_mesh(
+        &mut chart,
+        "peak DRAM (GiB, log scale)",
+        "throughput (tokens/s, log scale)",
+        14,
+    )?;
     for (i, (name, pts, f)) in d.series.iter().enumerate() {
         let c = colour(i);
         chart
@@ -505,20 +522,12 @@ fn draw_curves<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Curves) -> 
             .y_label_area_size(60)
             .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
             .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_label_formatter(&tick)
-            .y_label_formatter(&tick)
-            .x_desc("request size (KiB)")
-            .y_desc(if is_lat {
-                "latency per request (µs)"
-            } else {
-                "throughput (GB/s)"
-            })
-            .label_style(("sans-serif", 12))
-            .axis_desc_style(("sans-serif", 14))
-            .draw()
-            .map_err(err)?;
+        let y_desc = if is_lat {
+            "latency per request (µs)"
+        } else {
+            "throughput (GB/s)"
+        };
+        log_log_mesh(&mut chart, "request size (KiB)", y_desc, 12)?;
         for (i, (qd, pts)) in d.series.iter().enumerate() {
             let c = colour(i);
             chart
@@ -560,16 +569,12 @@ fn draw_validation_on<DB: DrawingBackend>(
         .y_label_area_size(65)
         .build_cartesian_2d((lo..hi).log_scale(), (lo..hi).log_scale())
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_label_formatter(&tick)
-        .y_label_formatter(&tick)
-        .x_desc("measured (ms per token, log scale)")
-        .y_desc("simulated (ms per token, log scale)")
-        .label_style(("sans-serif", 12))
-        .axis_desc_style(("sans-serif", 14))
-        .draw()
-        .map_err(err)?;
+    log_log_mesh(
+        &mut chart,
+        "measured (ms per token, log scale)",
+        "simulated (ms per token, log scale)",
+        12,
+    )?;
     let grey = RGBColor(160, 160, 160).stroke_width(1);
     for (k, style, label) in [
         (1.0, BLACK.stroke_width(1), Some("simulated = measured")),

@@ -543,7 +543,7 @@ impl Policy for ActiveFlow {
                 });
                 if o == Oper::Down {
                     // `self.keys` holds the magnitudes of h this mask was chosen from.
-                    mass += kept_share(&self.keys, mask.iter().copied());
+                    mass += kept_share(&self.keys, &mask);
                 }
             }
         }

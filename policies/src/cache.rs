@@ -192,6 +192,7 @@ impl Lists {
         }
         self.link[u as usize].list = NIL;
     }
+    #[cfg(test)]
     fn next(&self, u: u32) -> u32 {
         self.link[u as usize].next
     }
@@ -258,83 +259,154 @@ impl UnitCache for Lru {
 
 /// Least frequently used with DIP's mask-first rule: the current set is always inserted (and
 /// may exceed the capacity when it alone is larger); victims are the least-used units outside
-/// it, ties to the least recently used. Use counts cover the whole run, cached or not.
+/// it, ties to the least recently used (then the lower unit id). Use counts cover the whole run,
+/// cached or not. `evicted` comes out in unit order.
+///
+/// A mask keeps a large share of all units (DIP keeps half), so one access touches a large share
+/// of the state anyway: instead of per-unit priority lists, the cache keeps a histogram of the
+/// use counts of the cached units and, when it must evict, finds the count at which the victims
+/// end from the histogram and takes them in one sequential pass (plus a selection among the units
+/// at exactly that count, by last use). The result is the same as walking count-ordered LRU
+/// lists (a test checks it against that implementation).
 #[derive(Debug, Clone)]
 pub struct Lfu {
     capacity: usize,
-    res: Resident,
-    count: Vec<u32>,
-    stamp: Vec<u64>,
-    lists: Lists,
-    min_count: u32,
+    n: usize,
+    /// Per unit: use count (with [`Lfu::RESIDENT`] set while cached) and last use.
+    unit: Vec<LfuUnit>,
+    /// The sum of `hist[c]`'s lanes: cached units with use count `c`.
+    hist: Vec<[u32; 4]>,
+    ties: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct LfuUnit {
+    count: u32,
+    stamp: u32,
 }
 
 impl Lfu {
+    const RESIDENT: u32 = 1 << 31;
+
     pub fn new(units: usize, capacity: usize) -> Self {
+        assert!(units <= u32::MAX as usize);
         Lfu {
             capacity,
-            res: Resident::new(units),
-            count: vec![0; units],
-            stamp: vec![u64::MAX; units],
-            lists: Lists::new(units),
-            min_count: 1,
+            n: 0,
+            unit: vec![LfuUnit::default(); units],
+            hist: vec![[0; 4]; 2],
+            ties: Vec::new(),
         }
     }
 }
 
 impl UnitCache for Lfu {
+    // The loops are written without data-dependent branches (a flag is summed into a cursor, a
+    // slot written whether it is kept or not): hits and victims are close to random. The
+    // histogram has four lanes, used in turn, so that runs of equal counts do not make a chain of
+    // stores and loads to one counter; a lane may wrap, only the sum of the four counts.
     fn access(&mut self, t: u64, units: &[u32]) -> Access {
-        let mut a = Access::default();
-        for &u in units {
-            if self.res.has(u) {
-                a.hits.push(u);
-                self.lists.remove(u);
-            } else {
-                a.misses.push(u);
-                self.res.insert(u);
-            }
-            self.count[u as usize] += 1;
-            self.stamp[u as usize] = t;
-            let c = self.count[u as usize];
-            self.lists.push_back(c, u);
-            self.min_count = self.min_count.min(c);
+        const RES: u32 = Lfu::RESIDENT;
+        let t = u32::try_from(t).expect("token index below 2^32");
+        let (mut hits, mut misses) = (vec![0; units.len()], vec![0; units.len()]);
+        let (mut nh, mut nm, mut top) = (0, 0, 0);
+        // The current set leaves the histogram while the victims are chosen: it is never evicted.
+        for (i, &u) in units.iter().enumerate() {
+            let x = &mut self.unit[u as usize];
+            let c = x.count & !RES;
+            let hit = x.count & RES != 0;
+            hits[nh] = u;
+            misses[nm] = u;
+            nh += hit as usize;
+            nm += !hit as usize;
+            let lane = &mut self.hist[c as usize][i & 3];
+            *lane = lane.wrapping_sub(hit as u32);
+            assert!(c + 1 < RES, "use count overflow");
+            top = top.max(c + 1);
+            *x = LfuUnit {
+                count: (c + 1) | RES,
+                stamp: t,
+            };
         }
-        // Victims: lowest count first, oldest first within a count, skipping this token's set.
-        let mut c = self.min_count;
-        let mut cursor = self.lists.first(c);
-        while self.res.n > self.capacity {
-            while cursor == NIL {
-                c += 1;
-                if c as usize >= self.lists.head.len() {
-                    break;
+        hits.truncate(nh);
+        misses.truncate(nm);
+        self.n += nm;
+        if top as usize >= self.hist.len() {
+            self.hist.resize(top as usize + 1, [0; 4]);
+        }
+        let mut evicted = Vec::new();
+        if self.n > self.capacity {
+            let candidates = self.n - units.len();
+            let need = (self.n - self.capacity).min(candidates);
+            // Victims: every candidate below count `cut`, and the `at_cut` least recent at it.
+            let count = |h: &[u32; 4]| h.iter().fold(0u32, |a, &b| a.wrapping_add(b)) as usize;
+            let (mut cut, mut below) = (0usize, 0usize);
+            while cut < self.hist.len() && below + count(&self.hist[cut]) <= need {
+                below += count(&self.hist[cut]);
+                self.hist[cut] = [0; 4];
+                cut += 1;
+            }
+            let at_cut = need - below;
+            // One pass: take the candidates below `cut`, gather those at `cut` by last use.
+            evicted.resize(need, 0);
+            self.ties.resize(self.unit.len(), 0);
+            let (mut n, mut m) = (0, 0);
+            let cut = cut as u32;
+            for (u, x) in self.unit.iter_mut().enumerate() {
+                let c = x.count & !RES;
+                let candidate = (x.count & RES != 0) & (x.stamp != t);
+                let go = candidate & (c < cut);
+                if n < need {
+                    evicted[n] = u as u32;
                 }
-                cursor = self.lists.first(c);
+                n += go as usize;
+                self.ties[m] = ((x.stamp as u64) << 32) | u as u64;
+                m += (candidate & (c == cut)) as usize;
+                x.count ^= RES * go as u32;
             }
-            if cursor == NIL {
-                break;
+            debug_assert_eq!(n, below);
+            if at_cut > 0 {
+                let ties = &mut self.ties[..m];
+                ties.select_nth_unstable(at_cut - 1);
+                let chosen = &mut ties[..at_cut];
+                chosen.iter_mut().for_each(|k| *k &= u32::MAX as u64);
+                chosen.sort_unstable();
+                for &k in chosen.iter() {
+                    self.unit[k as usize].count ^= RES;
+                }
+                // Both runs are in unit order: merge them from the back.
+                let (mut i, mut j) = (below, at_cut);
+                while j > 0 {
+                    let tie = chosen[j - 1] as u32;
+                    if i > 0 && evicted[i - 1] > tie {
+                        evicted[i + j - 1] = evicted[i - 1];
+                        i -= 1;
+                    } else {
+                        evicted[i + j - 1] = tie;
+                        j -= 1;
+                    }
+                }
+                let lane = &mut self.hist[cut as usize][0];
+                *lane = lane.wrapping_sub(at_cut as u32);
             }
-            let v = cursor;
-            cursor = self.lists.next(v);
-            if self.stamp[v as usize] == t {
-                continue;
-            }
-            self.lists.remove(v);
-            self.res.remove(v);
-            a.evicted.push(v);
+            self.n -= need;
         }
-        while (self.min_count as usize) < self.lists.head.len()
-            && self.lists.first(self.min_count) == NIL
-        {
-            self.min_count += 1;
+        for (i, &u) in units.iter().enumerate() {
+            let lane = &mut self.hist[(self.unit[u as usize].count & !RES) as usize][i & 3];
+            *lane = lane.wrapping_add(1);
         }
-        a.admitted = a.misses.clone();
-        a
+        Access {
+            hits,
+            admitted: misses.clone(),
+            misses,
+            evicted,
+        }
     }
     fn contains(&self, unit: u32) -> bool {
-        self.res.has(unit)
+        self.unit[unit as usize].count & Self::RESIDENT != 0
     }
     fn len(&self) -> usize {
-        self.res.n
+        self.n
     }
 }
 
@@ -491,6 +563,86 @@ impl UnitCache for Belady {
 mod tests {
     use super::*;
 
+    /// The list-walking LFU the histogram one replaced: the reference it is checked against.
+    #[derive(Debug, Clone)]
+    pub struct LfuLists {
+        capacity: usize,
+        res: Resident,
+        count: Vec<u32>,
+        stamp: Vec<u64>,
+        lists: Lists,
+        min_count: u32,
+    }
+
+    impl LfuLists {
+        fn new(units: usize, capacity: usize) -> Self {
+            LfuLists {
+                capacity,
+                res: Resident::new(units),
+                count: vec![0; units],
+                stamp: vec![u64::MAX; units],
+                lists: Lists::new(units),
+                min_count: 1,
+            }
+        }
+    }
+
+    impl UnitCache for LfuLists {
+        fn access(&mut self, t: u64, units: &[u32]) -> Access {
+            let mut a = Access::default();
+            for &u in units {
+                if self.res.has(u) {
+                    a.hits.push(u);
+                    self.lists.remove(u);
+                } else {
+                    a.misses.push(u);
+                    self.res.insert(u);
+                }
+                self.count[u as usize] += 1;
+                self.stamp[u as usize] = t;
+                let c = self.count[u as usize];
+                self.lists.push_back(c, u);
+                self.min_count = self.min_count.min(c);
+            }
+            // Victims: lowest count first, oldest first within a count, skipping this token's set.
+            let mut c = self.min_count;
+            let mut cursor = self.lists.first(c);
+            while self.res.n > self.capacity {
+                while cursor == NIL {
+                    c += 1;
+                    if c as usize >= self.lists.head.len() {
+                        break;
+                    }
+                    cursor = self.lists.first(c);
+                }
+                if cursor == NIL {
+                    break;
+                }
+                let v = cursor;
+                cursor = self.lists.next(v);
+                if self.stamp[v as usize] == t {
+                    continue;
+                }
+                self.lists.remove(v);
+                self.res.remove(v);
+                a.evicted.push(v);
+            }
+            while (self.min_count as usize) < self.lists.head.len()
+                && self.lists.first(self.min_count) == NIL
+            {
+                self.min_count += 1;
+            }
+            a.admitted = a.misses.clone();
+            a
+        }
+        fn contains(&self, unit: u32) -> bool {
+            self.res.has(unit)
+        }
+        fn len(&self) -> usize {
+            self.res.n
+        }
+    }
+
     fn run(c: &mut dyn UnitCache, sets: &[&[u32]]) -> Vec<Access> {
         sets.iter()
             .enumerate()
@@ -543,6 +695,39 @@ mod tests {
         let mut ev = a[3].evicted.clone();
         ev.sort();
         assert_eq!(ev, vec![0, 2]);
+    }
+
+    /// Random masks of varying size and skew, capacities from below one mask to above all units:
+    /// the histogram LFU gives the same hits, misses and victims as the list-walking one.
+    #[test]
+    fn lfu_equals_the_list_walking_reference() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..60 {
+            let units = 1 + (next() % 64) as usize;
+            let capacity = (next() % (units as u64 + 4)) as usize;
+            let (mut fast, mut slow) = (Lfu::new(units, capacity), LfuLists::new(units, capacity));
+            for t in 0..80u64 {
+                let p = next() % 100;
+                let skew = 1 + next() % 3;
+                let set: Vec<u32> = (0..units as u32)
+                    .filter(|&u| next() % 100 < p / (1 + u as u64 * skew / units as u64))
+                    .collect();
+                let (mut a, mut b) = (fast.access(t, &set), slow.access(t, &set));
+                b.evicted.sort_unstable();
+                assert_eq!(a, b, "case {case} token {t}");
+                a.evicted.clear();
+                assert_eq!(fast.len(), slow.len());
+                for u in 0..units as u32 {
+                    assert_eq!(fast.contains(u), slow.contains(u));
+                }
+            }
+        }
     }
 
     #[test]

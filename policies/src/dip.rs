@@ -478,7 +478,7 @@ impl Policy for Dip {
                     });
                 }
                 // Retained mass of this mask, from the magnitudes the mask was chosen from.
-                mass += kept_share(&keys, sel.iter().copied());
+                mass += kept_share(&keys, &sel);
                 self.keys = keys;
                 self.sel = sel;
                 self.scratch = scratch;

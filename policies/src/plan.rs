@@ -195,17 +195,17 @@ pub fn f16_quanta(key: u16) -> u64 {
 /// One f16 quantum, 2^-24.
 pub const F16_QUANTUM: f64 = 1.0 / 16_777_216.0;
 
-/// Share of the L1 mass of `v` held by the channels `keep` (1 when `v` is all zeros): the
-/// "retained activation mass" of a mask.
-pub fn kept_share<T: Magnitude>(v: &[T], keep: impl IntoIterator<Item = u32>) -> f64 {
-    let total: f64 = v.iter().map(|x| x.magnitude()).sum();
-    if total <= 0.0 {
+/// Share of the L1 mass of the f16 magnitude `keys` held by the channels `keep` (1 when all
+/// are zero): the "retained activation mass" of a mask. Summed exactly in f16 quanta (infinite
+/// keys count as the largest finite f16), so it does not depend on the order of `keep`.
+pub fn kept_share(keys: &[u16], keep: &[u32]) -> f64 {
+    let q = |k: u16| f16_quanta(k.min(0x7bff));
+    let total: u64 = keys.iter().map(|&k| q(k)).sum();
+    if total == 0 {
         return 1.0;
     }
-    keep.into_iter()
-        .map(|i| v[i as usize].magnitude())
-        .sum::<f64>()
-        / total
+    let kept: u64 = keep.iter().map(|&i| q(keys[i as usize])).sum();
+    kept as f64 / total as f64
 }
 
 /// Splits `extent` into reads of at most `max_bytes`, each needed by `needed_by`.

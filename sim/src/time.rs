@@ -17,16 +17,18 @@ impl Ps {
     pub const ZERO: Ps = Ps(0);
 
     pub fn checked_add(self, d: Ps) -> Result<Ps, SimError> {
-        self.0
-            .checked_add(d.0)
-            .map(Ps)
-            .ok_or(SimError::TimeOverflow)
+        // A match, not `ok_or`: that builds (and drops) the error on every call.
+        match self.0.checked_add(d.0) {
+            Some(t) => Ok(Ps(t)),
+            None => Err(SimError::TimeOverflow),
+        }
     }
     pub fn checked_sub(self, d: Ps) -> Result<Ps, SimError> {
-        self.0
-            .checked_sub(d.0)
-            .map(Ps)
-            .ok_or(SimError::TimeOverflow)
+        // A match, not `ok_or`: that builds (and drops) the error on every call.
+        match self.0.checked_sub(d.0) {
+            Some(t) => Ok(Ps(t)),
+            None => Err(SimError::TimeOverflow),
+        }
     }
     /// `self - d`, or zero when `d` is later.
     pub fn saturating_sub(self, d: Ps) -> Ps {

@@ -55,13 +55,15 @@ impl Dram {
     }
 
     pub fn free(&mut self, bytes: u64) -> Result<(), SimError> {
-        self.in_use_bytes =
-            self.in_use_bytes
-                .checked_sub(bytes)
-                .ok_or(SimError::DramUnderflow {
+        match self.in_use_bytes.checked_sub(bytes) {
+            Some(left) => self.in_use_bytes = left,
+            None => {
+                return Err(SimError::DramUnderflow {
                     bytes,
                     in_use_bytes: self.in_use_bytes,
-                })?;
+                })
+            }
+        }
         Ok(())
     }
 

@@ -266,9 +266,30 @@ fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
 }
 
 fn main() {
+    cpu_check();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// A binary built for x86-64-v3 (`.cargo/config.toml`) on a CPU without AVX2 would die of an
+/// illegal instruction somewhere: say why instead. (`is_x86_feature_detected!` is folded to
+/// `true` in such a build, so the CPU's own flags are read.)
+#[inline(never)]
+fn cpu_check() {
+    if cfg!(all(
+        target_arch = "x86_64",
+        target_os = "linux",
+        target_feature = "avx2"
+    )) {
+        if let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") {
+            let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+            if !flags.split_whitespace().any(|f| f == "avx2") {
+                eprintln!("error: this flashsim was built for x86-64-v3 (AVX2), which this CPU lacks; rebuild with RUSTFLAGS=\"-C target-cpu=x86-64\" cargo build --release");
+                std::process::exit(1);
+            }
+        }
     }
 }
 

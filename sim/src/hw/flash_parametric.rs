@@ -64,6 +64,8 @@ pub struct Parametric {
     units: u32,
     link_free: Ps,
     controller_free: Ps,
+    /// The last request size with its service time (`T0 + S/B`) and its time on the link.
+    last_size: (u64, Ps, Ps),
 }
 
 impl Parametric {
@@ -87,6 +89,7 @@ impl Parametric {
             units: parallel_units,
             link_free: Ps::ZERO,
             controller_free: Ps::ZERO,
+            last_size: (0, t0, Ps::ZERO),
         }
     }
 
@@ -145,10 +148,18 @@ impl Flash for Parametric {
             start = start.max(self.controller_free);
             self.controller_free = start.checked_add(ct)?;
         }
-        let service_done = start
-            .checked_add(self.t0)?
-            .checked_add(transfer_time(bytes, self.request_bytes_per_s)?)?;
-        let on_link = transfer_time(bytes, self.max_bytes_per_s)?;
+        // Requests mostly repeat one size (a readahead window, a column): reuse its two
+        // divisions.
+        if self.last_size.0 != bytes {
+            self.last_size = (
+                bytes,
+                self.t0
+                    .checked_add(transfer_time(bytes, self.request_bytes_per_s)?)?,
+                transfer_time(bytes, self.max_bytes_per_s)?,
+            );
+        }
+        let (_, service, on_link) = self.last_size;
+        let service_done = start.checked_add(service)?;
         let done = service_done.max(self.link_free.checked_add(on_link)?);
         self.link_free = done;
         debug_assert!(self.unit_free.iter().all(|&f| f <= done));

@@ -347,26 +347,38 @@ impl UnitCache for Lfu {
                 cut += 1;
             }
             let at_cut = need - below;
-            // One pass: take the candidates below `cut`, gather those at `cut` by last use.
-            evicted.resize(need, 0);
-            self.ties.resize(self.unit.len(), 0);
-            let (mut n, mut m) = (0, 0);
+            // One pass: take the candidates below `cut`, gather those at `cut` by last use. Per
+            // block of 64 units the flags become two bit masks (a loop that vectorizes), whose
+            // set bits are then listed.
+            evicted.reserve(need);
+            self.ties.clear();
             let cut = cut as u32;
-            for (u, x) in self.unit.iter_mut().enumerate() {
-                let c = x.count & !RES;
-                let candidate = (x.count & RES != 0) & (x.stamp != t);
-                let go = candidate & (c < cut);
-                if n < need {
-                    evicted[n] = u as u32;
+            for (b, block) in self.unit.chunks_mut(64).enumerate() {
+                let (mut go_bits, mut tie_bits) = (0u64, 0u64);
+                for (j, x) in block.iter_mut().enumerate() {
+                    let c = x.count & !RES;
+                    let candidate = (x.count & RES != 0) & (x.stamp != t);
+                    let go = candidate & (c < cut);
+                    go_bits |= (go as u64) << j;
+                    tie_bits |= ((candidate & (c == cut)) as u64) << j;
+                    x.count ^= RES * go as u32;
                 }
-                n += go as usize;
-                self.ties[m] = ((x.stamp as u64) << 32) | u as u64;
-                m += (candidate & (c == cut)) as usize;
-                x.count ^= RES * go as u32;
+                let base = b * 64;
+                while go_bits != 0 {
+                    evicted.push((base + go_bits.trailing_zeros() as usize) as u32);
+                    go_bits &= go_bits - 1;
+                }
+                while tie_bits != 0 {
+                    let j = tie_bits.trailing_zeros() as usize;
+                    self.ties
+                        .push(((block[j].stamp as u64) << 32) | (base + j) as u64);
+                    tie_bits &= tie_bits - 1;
+                }
             }
-            debug_assert_eq!(n, below);
+            debug_assert_eq!(evicted.len(), below);
+            evicted.resize(need, 0);
             if at_cut > 0 {
-                let ties = &mut self.ties[..m];
+                let ties = &mut self.ties[..];
                 ties.select_nth_unstable(at_cut - 1);
                 let chosen = &mut ties[..at_cut];
                 chosen.iter_mut().for_each(|k| *k &= u32::MAX as u64);

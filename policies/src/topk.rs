@@ -96,28 +96,20 @@ pub fn top_k_with(keys: &[u16], hist: &HighHist, k: usize, out: &mut Vec<u32>) {
         lo -= 1;
     }
     let threshold = ((hi as u16) << 8) | lo as u16;
-    // Every key at or above the threshold, branch-free (with half the channels kept, a branch
-    // per channel would mispredict half the time); one slot past the end takes the writes of
-    // the channels not kept.
-    let at_or_above = above as usize + lo_hist[lo] as usize;
-    out.resize(at_or_above + 1, 0);
+    // Every key above the threshold and the first `k - above` at it, branch-free (with half the
+    // channels kept, a branch per channel would mispredict half the time); one slot past the
+    // end takes the writes of the channels not kept.
+    out.resize(k + 1, 0);
     let mut len = 0usize;
+    let mut ties = k as u32 - above;
     for (i, &x) in keys.iter().enumerate() {
         out[len] = i as u32;
-        len += (x >= threshold) as usize;
+        let tie = x == threshold;
+        let take = (x > threshold) | (tie & (ties > 0));
+        ties -= (tie & take) as u32;
+        len += take as usize;
     }
-    debug_assert_eq!(len, at_or_above);
     out.truncate(len);
-    // Then drop the ties past the first `k - above`.
-    if len > k {
-        let mut ties = k as u32 - above;
-        out.retain(|&i| {
-            let x = keys[i as usize];
-            let keep = x > threshold || ties > 0;
-            ties -= (x == threshold && keep) as u32;
-            keep
-        });
-    }
     debug_assert_eq!(out.len(), k);
 }
 

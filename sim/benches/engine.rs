@@ -107,5 +107,11 @@ buffered_ops = 3
     g.finish();
 }
 
-criterion_group!(benches, engine, pipeline);
+// No plots: criterion's plotters backend needs system fonts, which a bare machine lacks (it
+// panics after the first comparison); the figures are what the benchmarks are for.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = engine, pipeline
+}
 criterion_main!(benches);

@@ -53,5 +53,11 @@ fn synth(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, record, synth);
+// No plots: criterion's plotters backend needs system fonts, which a bare machine lacks (it
+// panics after the first comparison); the figures are what the benchmarks are for.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = record, synth
+}
 criterion_main!(benches);

@@ -586,21 +586,51 @@ pub fn device_toml(
         ));
     }
     s.push('\n');
-    s.push_str("throughput_gb_per_s = [\n");
+    // The measured model rejects a cell faster than its queue depth allows (q / q0 times the
+    // first column: concurrency cannot make a request faster than alone); on a noisy disk a
+    // cell can measure so. Such a cell is lowered to the bound and the file says so.
+    let q0 = o.queue_depths[0] as f64;
+    let mut clamped = Vec::new();
+    let mut rows = Vec::new();
     for &kib in &o.sizes_kib {
+        let cell = |q: u32| {
+            cells
+                .iter()
+                .find(|c| c.size_bytes == kib * 1024 && c.queue_depth == q)
+                .expect("every cell measured")
+                .throughput_gb_per_s
+                .max(1e-6)
+        };
+        // In millionths of a GB/s, as printed, so that the bound holds as written.
+        let micro = |x: f64| (x * 1e6).round() as u64;
+        let first = micro(cell(o.queue_depths[0]));
         let row: Vec<String> = o
             .queue_depths
             .iter()
             .map(|&q| {
-                let c = cells
-                    .iter()
-                    .find(|c| c.size_bytes == kib * 1024 && c.queue_depth == q)
-                    .expect("every cell measured");
-                format!("{:.6}", c.throughput_gb_per_s.max(1e-6))
+                let x = micro(cell(q));
+                let bound = first * q as u64 / o.queue_depths[0] as u64;
+                let gb = |m: u64| m as f64 / 1e6;
+                if x > bound {
+                    clamped.push(format!(
+                        "{kib} KiB QD {q}: {:.3} GB/s measured, more than {:.0}x QD {} ({:.3}); set to {:.3}",
+                        gb(x),
+                        q as f64 / q0,
+                        o.queue_depths[0],
+                        gb(first),
+                        gb(bound)
+                    ));
+                }
+                format!("{:.6}", gb(x.min(bound)))
             })
             .collect();
-        s.push_str(&format!("  [{}],  # {kib} KiB\n", row.join(", ")));
+        rows.push(format!("  [{}],  # {kib} KiB\n", row.join(", ")));
     }
+    for c in &clamped {
+        s.push_str(&format!("# Clamped (noise): {c}\n"));
+    }
+    s.push_str("throughput_gb_per_s = [\n");
+    s.push_str(&rows.concat());
     s.push_str("]\n\n");
     let best = rates
         .iter()

@@ -118,3 +118,44 @@ fn memory_backed_directories_are_refused() {
         "nothing written"
     );
 }
+
+#[test]
+fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads() {
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tempfile::tempdir_in(root).unwrap();
+    let o = options(dir.path());
+    let cell = |kib: u64, q: u32, gb_s: f64| calibrate::Cell {
+        size_bytes: kib << 10,
+        queue_depth: q,
+        requests: 100,
+        seconds: 1.0,
+        throughput_gb_per_s: gb_s,
+        mean_latency_us: (kib << 10) as f64 * q as f64 / (gb_s * 1e3),
+        p50_latency_us: 1.0,
+        p99_latency_us: 1.0,
+    };
+    // 256 KiB at QD 4 measured 5x its QD 1 figure: physically at most 4x.
+    let cells = [
+        cell(4, 1, 0.04),
+        cell(4, 4, 0.12),
+        cell(64, 1, 0.4),
+        cell(64, 4, 1.2),
+        cell(256, 1, 0.5),
+        cell(256, 4, 2.5),
+    ];
+    let rates = [calibrate::Rates {
+        threads: 1,
+        dram_read_gb_per_s: 10.0,
+        gemv_gflops: 5.0,
+    }];
+    let text = calibrate::device_toml(&o, &cells, &[cell(1024, 1, 1.0)], &rates, 8.0);
+    assert!(
+        text.contains("# Clamped (noise): 256 KiB QD 4: 2.500 GB/s measured, more than 4x QD 1 (0.500); set to 2.000"),
+        "{text}"
+    );
+    assert!(text.contains("[0.500000, 2.000000],  # 256 KiB"), "{text}");
+    assert!(text.contains("[0.400000, 1.200000],  # 64 KiB"), "{text}");
+    let path = dir.path().join("noisy.toml");
+    std::fs::write(&path, text).unwrap();
+    Device::load(&path).unwrap();
+}

@@ -307,7 +307,10 @@ impl WeightLayout {
 /// `max_bytes`; a single extent larger than `max_bytes` is split.
 pub fn coalesce(mut extents: Vec<Extent>, max_bytes: u64) -> Vec<Extent> {
     assert!(max_bytes > 0);
-    extents.sort_unstable();
+    // Policies mostly list their extents in file order already.
+    if !extents.is_sorted() {
+        extents.sort_unstable();
+    }
     let mut out: Vec<Extent> = Vec::with_capacity(extents.len());
     for e in extents {
         if let Some(last) = out.last_mut() {

@@ -27,7 +27,7 @@ use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
     TokenInfo,
 };
-use crate::topk::{top_k_with, HighHist};
+use crate::topk::{range_mask64, top_k_under};
 use flashsim_workloads::model::Site;
 use flashsim_workloads::shape::{ModelShape, TensorKind};
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
@@ -134,11 +134,9 @@ fn build(
 pub struct LlmInAFlash {
     p: LlmInAFlashParams,
     windows: Vec<SlidingWindow>,
-    /// Scratch of `predict`: magnitude keys of h, their L1 mass, shifted below-threshold
-    /// keys, and the false positives picked.
+    /// Scratch of `predict`: magnitude keys of h, their L1 mass, and the false positives picked.
     keys: Vec<u16>,
     total_mass: f64,
-    below: Vec<u16>,
     picked: Vec<u32>,
 }
 
@@ -149,7 +147,6 @@ impl LlmInAFlash {
             windows: Vec::new(),
             keys: Vec::new(),
             total_mass: 0.0,
-            below: Vec::new(),
             picked: Vec::new(),
         }
     }
@@ -217,24 +214,15 @@ impl LlmInAFlash {
             }
         }
         let kmin = lo;
-        // One pass: the active set, and (for the false positives) the keys below the threshold
-        // shifted up by one so that every other neuron (key 0) ranks after them, with their
-        // histogram.
-        let n = keys.len();
-        let mut active = vec![0u32; n + 1];
-        let mut len = 0usize;
-        self.below.resize(n, 0);
-        let mut hist = HighHist::default();
-        let mut below = 0usize;
-        for (i, (&k, b)) in keys.iter().zip(self.below.iter_mut()).enumerate() {
-            active[len] = i as u32;
-            len += (kmin <= k && k <= INF) as usize;
-            let is_below = k < kmin;
-            *b = (k + 1) * is_below as u16;
-            below += is_below as usize;
-            hist.add(i, *b);
+        // The active set, 64 keys at a time as a bit mask (a loop that vectorizes).
+        let mut active = Vec::new();
+        for (b, block) in keys.chunks(64).enumerate() {
+            let mut bits = range_mask64(block, kmin, INF);
+            while bits != 0 {
+                active.push((b * 64) as u32 + bits.trailing_zeros());
+                bits &= bits - 1;
+            }
         }
-        active.truncate(len);
         if self.p.predictor == Predictor::Oracle {
             return active;
         }
@@ -248,7 +236,7 @@ impl LlmInAFlash {
         if extra > 0 {
             // False positives: the neurons just below the threshold, the largest first, ties to
             // the lower index.
-            top_k_with(&self.below, &hist, extra.min(below), &mut self.picked);
+            top_k_under(keys, kmin, extra, &mut self.picked);
             // Both lists are ascending and disjoint: merge them.
             let mut merged = Vec::with_capacity(p.len() + self.picked.len());
             let (mut a, mut b) = (p.iter().peekable(), self.picked.iter().peekable());

@@ -257,6 +257,114 @@ impl UnitCache for Lru {
     }
 }
 
+/// The same cache as [`Lru`], kept as runs of consecutive units that share a last use: for sets
+/// made of long ranges (the readahead windows of whole matrices that `mmap` touches), an access
+/// costs a few map operations per range instead of list operations per unit. The LRU order is
+/// (last use, unit), as in [`Lru`]; a test checks the two give the same answers.
+#[derive(Debug, Clone)]
+pub struct RunLru {
+    capacity: usize,
+    n: usize,
+    /// Cached runs: first unit -> (last unit, last use).
+    runs: std::collections::BTreeMap<u32, (u32, u64)>,
+    /// The runs in LRU order: (last use, first unit).
+    order: BTreeSet<(u64, u32)>,
+}
+
+impl RunLru {
+    pub fn new(_units: usize, capacity: usize) -> Self {
+        RunLru {
+            capacity,
+            n: 0,
+            runs: Default::default(),
+            order: BTreeSet::new(),
+        }
+    }
+
+    fn insert(&mut self, start: u32, end: u32, stamp: u64) {
+        self.runs.insert(start, (end, stamp));
+        self.order.insert((stamp, start));
+    }
+
+    fn remove(&mut self, start: u32) -> (u32, u64) {
+        let (end, stamp) = self.runs.remove(&start).expect("a cached run");
+        self.order.remove(&(stamp, start));
+        (end, stamp)
+    }
+}
+
+impl UnitCache for RunLru {
+    fn access(&mut self, t: u64, units: &[u32]) -> Access {
+        let mut a = Access::default();
+        let mut i = 0;
+        let mut overlapping = Vec::new();
+        while i < units.len() {
+            // The next range of consecutive units, [lo, hi].
+            let lo = units[i];
+            let mut hi = lo;
+            while i + 1 < units.len() && units[i + 1] == hi + 1 {
+                i += 1;
+                hi += 1;
+            }
+            i += 1;
+            // Cached runs that overlap it: the one holding `lo`, and those starting inside.
+            overlapping.clear();
+            if let Some((&s, &(e, _))) = self.runs.range(..lo).next_back() {
+                if e >= lo {
+                    overlapping.push(s);
+                }
+            }
+            overlapping.extend(self.runs.range(lo..=hi).map(|(&s, _)| s));
+            let mut next = lo;
+            for &s in &overlapping {
+                let (e, stamp) = self.remove(s);
+                let (from, to) = (s.max(lo), e.min(hi));
+                a.misses.extend(next..from);
+                a.hits.extend(from..=to);
+                next = to + 1;
+                // The parts outside the range stay where they were in the LRU order.
+                if s < from {
+                    self.insert(s, from - 1, stamp);
+                }
+                if to < e {
+                    self.insert(to + 1, e, stamp);
+                }
+                self.n -= (to - from + 1) as usize;
+            }
+            a.misses.extend(next..=hi);
+            self.n += (hi - lo + 1) as usize;
+            self.insert(lo, hi, t);
+        }
+        // The oldest first, never from this access's set.
+        while self.n > self.capacity {
+            let Some(&(stamp, s)) = self.order.first() else {
+                break;
+            };
+            if stamp == t {
+                break;
+            }
+            let (e, _) = self.remove(s);
+            let take = ((e - s + 1) as usize).min(self.n - self.capacity) as u32;
+            a.evicted.extend(s..s + take);
+            if s + take <= e {
+                self.insert(s + take, e, stamp);
+            }
+            self.n -= take as usize;
+        }
+        a.admitted = a.misses.clone();
+        a
+    }
+    fn contains(&self, unit: u32) -> bool {
+        self.runs
+            .range(..=unit)
+            .next_back()
+            .is_some_and(|(_, &(e, _))| e >= unit)
+    }
+    fn len(&self) -> usize {
+        self.n
+    }
+}
+
 /// Least frequently used with DIP's mask-first rule: the current set is always inserted (and
 /// may exceed the capacity when it alone is larger); victims are the least-used units outside
 /// it, ties to the least recently used (then the lower unit id). Use counts cover the whole run,
@@ -737,6 +845,39 @@ mod tests {
                 assert_eq!(fast.len(), slow.len());
                 for u in 0..units as u32 {
                     assert_eq!(fast.contains(u), slow.contains(u));
+                }
+            }
+        }
+    }
+
+    /// Random sets made of runs of varying length: the run-keeping LRU gives the same hits,
+    /// misses, admissions and victims (in the same order) as the list one.
+    #[test]
+    fn run_lru_equals_the_list_lru() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..80 {
+            let units = 1 + (next() % 200) as usize;
+            let capacity = (next() % (units as u64 + 8)) as usize;
+            let (mut fast, mut slow) = (RunLru::new(units, capacity), Lru::new(units, capacity));
+            for t in 0..60u64 {
+                let mut set = Vec::new();
+                let mut u = (next() % 8) as u32;
+                while (u as usize) < units {
+                    let len = 1 + (next() % [2, 10, 60][case % 3]) as u32;
+                    set.extend(u..(u + len).min(units as u32));
+                    u += len + (next() % 20) as u32;
+                }
+                let (a, b) = (fast.access(t, &set), slow.access(t, &set));
+                assert_eq!(a, b, "case {case} token {t}");
+                assert_eq!(fast.len(), slow.len());
+                for v in 0..units as u32 {
+                    assert_eq!(fast.contains(v), slow.contains(v), "unit {v}");
                 }
             }
         }

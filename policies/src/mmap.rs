@@ -9,7 +9,7 @@
 //! starts (after the previous op), as many at once as there are threads faulting
 //! (`io_queue_depth` of the experiment, e.g. llama.cpp's compute threads).
 
-use crate::cache::{Lru, UnitCache};
+use crate::cache::{RunLru, UnitCache};
 use crate::decode;
 use crate::plan::{Extent, IssueAfter, Read, TokenPlan};
 use crate::policy::{
@@ -71,7 +71,7 @@ fn build(
 
 pub struct Mmap {
     p: MmapParams,
-    cache: Option<Lru>,
+    cache: Option<RunLru>,
     window_bytes: u64,
     windows: u64,
     step: u64,
@@ -114,7 +114,7 @@ impl Policy for Mmap {
                 what: "the KV cache and the page cache for the largest matrix".into(),
             });
         }
-        self.cache = Some(Lru::new(self.windows as usize, capacity));
+        self.cache = Some(RunLru::new(self.windows as usize, capacity));
         // The page cache fills as pages are read (retained reads) and shrinks by evictions.
         Ok(PolicySetup {
             resident_weight_bytes: 0,

@@ -213,7 +213,9 @@ impl<B: Backend> Pipeline<'_, B> {
         self.buffers = vec![0; n];
         self.started = vec![false; n];
         self.finished = vec![false; n];
-        self.read_issued = vec![Ps::ZERO; plan.reads.len()];
+        if self.cfg.record_activity {
+            self.read_issued = vec![Ps::ZERO; plan.reads.len()];
+        }
         self.demand = (0..plan.reads.len() as u32)
             .filter(|&i| !plan.reads[i as usize].prefetch)
             .collect();
@@ -291,7 +293,9 @@ impl<B: Backend> Pipeline<'_, B> {
             self.in_flight += 1;
             self.cur.read_bytes += r.extent.bytes;
             self.cur.reads += 1;
-            self.read_issued[idx as usize] = now;
+            if self.cfg.record_activity {
+                self.read_issued[idx as usize] = now;
+            }
             if let Some(done) = done {
                 follow.push((done, Ev::IoDone { read: idx }));
             }
@@ -339,7 +343,7 @@ impl<B: Backend> Handler for Pipeline<'_, B> {
                     let busy = now.checked_sub(self.busy_since)?;
                     self.cur.flash_busy = self.cur.flash_busy.checked_add(busy)?;
                 }
-                let r = self.plan.reads[read as usize];
+                let r = &self.plan.reads[read as usize];
                 self.pending[r.needed_by as usize] -= 1;
                 if self.cfg.record_activity {
                     self.activity.push(Activity::Read {

@@ -821,13 +821,7 @@ mod tests {
     /// the histogram LFU gives the same hits, misses and victims as the list-walking one.
     #[test]
     fn lfu_equals_the_list_walking_reference() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15u64);
         for case in 0..60 {
             let units = 1 + (next() % 64) as usize;
             let capacity = (next() % (units as u64 + 4)) as usize;
@@ -838,14 +832,10 @@ mod tests {
                 let set: Vec<u32> = (0..units as u32)
                     .filter(|&u| next() % 100 < p / (1 + u as u64 * skew / units as u64))
                     .collect();
-                let (mut a, mut b) = (fast.access(t, &set), slow.access(t, &set));
+                let (a, mut b) = (fast.access(t, &set), slow.access(t, &set));
                 b.evicted.sort_unstable();
                 assert_eq!(a, b, "case {case} token {t}");
-                a.evicted.clear();
-                assert_eq!(fast.len(), slow.len());
-                for u in 0..units as u32 {
-                    assert_eq!(fast.contains(u), slow.contains(u));
-                }
+                crate::testing::assert_same_contents(&fast, &slow, units);
             }
         }
     }
@@ -854,13 +844,7 @@ mod tests {
     /// misses, admissions and victims (in the same order) as the list one.
     #[test]
     fn run_lru_equals_the_list_lru() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::testing::xorshift(0x2545_f491_4f6c_dd1du64);
         for case in 0..80 {
             let units = 1 + (next() % 200) as usize;
             let capacity = (next() % (units as u64 + 8)) as usize;
@@ -875,10 +859,7 @@ mod tests {
                 }
                 let (a, b) = (fast.access(t, &set), slow.access(t, &set));
                 assert_eq!(a, b, "case {case} token {t}");
-                assert_eq!(fast.len(), slow.len());
-                for v in 0..units as u32 {
-                    assert_eq!(fast.contains(v), slow.contains(v), "unit {v}");
-                }
+                crate::testing::assert_same_contents(&fast, &slow, units);
             }
         }
     }

@@ -272,17 +272,12 @@ mod tests {
 
     #[test]
     fn top_k_under_a_limit_matches_a_sort() {
-        let mut x = 12345u64;
+        let mut next = crate::testing::xorshift(12345);
         for case in 0..200 {
             let n = 1 + case * 7 % 300;
             let spread = [3u64, 40, 0x4000][case % 3];
             let keys: Vec<u16> = (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (x % spread) as u16 + if case % 5 == 0 { 0x3000 } else { 0 }
-                })
+                .map(|_| (next() % spread) as u16 + if case % 5 == 0 { 0x3000 } else { 0 })
                 .collect();
             let limit = keys[case % n].saturating_add((case % 4) as u16);
             let mut idx: Vec<u32> = (0..n as u32)

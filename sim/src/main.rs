@@ -456,7 +456,14 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let exp = Experiment::load(&experiment)?;
             let dir = sweep::results_dir(&exp, &out_dir, None);
-            for p in plots::draw_results(&exp, &dir)? {
+            let mut drawn = plots::draw_results(&exp, &dir)?;
+            // A validated experiment's figure too, from its table.
+            let validated = dir.join("validate.csv");
+            if validated.exists() {
+                let rows = flashsim::validate::read_csv(&validated)?;
+                drawn.extend(plots::draw_validation(&rows, &dir.join("validate"))?);
+            }
+            for p in drawn {
                 println!("{}", p.display());
             }
             Ok(())

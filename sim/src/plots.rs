@@ -16,7 +16,7 @@ use crate::experiment::Experiment;
 use crate::pareto::{front, throughput_and_dram, Standing, Table};
 use crate::runner::{prepare, Cache};
 use anyhow::{anyhow, Result};
-use plotters::coord::combinators::LogCoord;
+use plotters::coord::combinators::{LogCoord, WithKeyPoints};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -103,10 +103,33 @@ fn tick(v: &f64) -> String {
     }
 }
 
+type LogAxis = WithKeyPoints<LogCoord<f64>>;
+
+/// A log axis over `lo..hi` with labelled ticks where a reader wants them: 1, 2 and 5 × 10^k
+/// when the range holds at least four of them, otherwise every 1..9 × 10^k in it (plotters' own
+/// choice labels every 1..10 × 10^k, whose top labels overlap, and nothing below the range's
+/// first power of ten).
+fn log_axis(lo: f64, hi: f64) -> LogAxis {
+    let ticks = |digits: &[f64]| -> Vec<f64> {
+        let (k0, k1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        (k0..=k1)
+            .flat_map(|k| digits.iter().map(move |d| d * 10f64.powi(k)))
+            .filter(|v| (lo..=hi).contains(v))
+            .collect()
+    };
+    let coarse = ticks(&[1.0, 2.0, 5.0]);
+    let points = if coarse.len() >= 4 {
+        coarse
+    } else {
+        ticks(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    };
+    (lo..hi).log_scale().with_key_points(points)
+}
+
 /// The mesh of a log-log chart: ticks without float noise, the axis descriptions, labels of
 /// `label_size` and descriptions two points larger.
 fn log_log_mesh<DB: DrawingBackend>(
-    chart: &mut ChartContext<'_, DB, Cartesian2d<LogCoord<f64>, LogCoord<f64>>>,
+    chart: &mut ChartContext<'_, DB, Cartesian2d<LogAxis, LogAxis>>,
     x_desc: &str,
     y_desc: &str,
     label_size: u32,
@@ -209,7 +232,7 @@ fn draw_pareto<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &ParetoData)
         .margin(15)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .build_cartesian_2d(log_axis(x0, x1), log_axis(y0, y1))
         .map_err(err)?;
     log_log_mesh(
         &mut chart,
@@ -520,7 +543,7 @@ fn draw_curves<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Curves) -> 
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(60)
-            .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+            .build_cartesian_2d(log_axis(x0, x1), log_axis(y0, y1))
             .map_err(err)?;
         let y_desc = if is_lat {
             "latency per request (µs)"
@@ -567,7 +590,7 @@ fn draw_validation_on<DB: DrawingBackend>(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(65)
-        .build_cartesian_2d((lo..hi).log_scale(), (lo..hi).log_scale())
+        .build_cartesian_2d(log_axis(lo, hi), log_axis(lo, hi))
         .map_err(err)?;
     log_log_mesh(
         &mut chart,

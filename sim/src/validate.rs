@@ -190,12 +190,18 @@ pub fn run(
     let dir = crate::sweep::results_dir(exp, out_dir, None);
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("validate.csv");
-    let mut f = std::fs::File::create(&path)?;
+    write_csv(&path, &rows)?;
+    Ok((rows, path))
+}
+
+/// Writes `rows` as `validate.csv` (simulated and measured to the nanosecond).
+pub fn write_csv(path: &Path, rows: &[Row]) -> Result<()> {
+    let mut f = std::fs::File::create(path)?;
     writeln!(
         f,
         "point,policy,dram_budget_gib,metric,stat,simulated_ms,measured_ms,diff_pct"
     )?;
-    for r in &rows {
+    for r in rows {
         writeln!(
             f,
             "{},{},{},{},{},{:.6},{:.6},{:.3}",
@@ -209,5 +215,73 @@ pub fn run(
             r.diff_pct()
         )?;
     }
-    Ok((rows, path))
+    Ok(())
+}
+
+/// The rows of a `validate.csv` this module wrote (to redraw its plot).
+pub fn read_csv(path: &Path) -> Result<Vec<Row>> {
+    let text = std::fs::read_to_string(path)?;
+    let known = |name: &str, names: &[&'static str]| {
+        names
+            .iter()
+            .copied()
+            .find(|n| *n == name)
+            .ok_or_else(|| anyhow::anyhow!("{}: unknown name `{name}`", path.display()))
+    };
+    let metrics: Vec<&'static str> = METRICS.iter().map(|m| m.0).collect();
+    text.lines()
+        .skip(1)
+        .enumerate()
+        .map(|(i, line)| {
+            let f: Vec<&str> = line.split(',').collect();
+            let bad = || anyhow::anyhow!("{}:{}: not a validate.csv row", path.display(), i + 2);
+            if f.len() != 8 {
+                return Err(bad());
+            }
+            let num = |s: &str| s.parse::<f64>().map_err(|_| bad());
+            Ok(Row {
+                point: f[0].parse().map_err(|_| bad())?,
+                policy: f[1].to_string(),
+                dram_budget_gib: num(f[2])?,
+                metric: known(f[3], &metrics)?,
+                stat: known(f[4], &["mean", "p50", "p90", "p99"])?,
+                simulated_ms: num(f[5])?,
+                measured_ms: num(f[6])?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_table_reads_back_and_a_bad_row_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("validate.csv");
+        let rows = vec![Row {
+            point: 3,
+            policy: "dip".into(),
+            dram_budget_gib: 1.25,
+            metric: "flash_busy_ms",
+            stat: "p90",
+            simulated_ms: 12.5,
+            measured_ms: 10.0,
+        }];
+        write_csv(&path, &rows).unwrap();
+        let back = read_csv(&path).unwrap();
+        assert_eq!(
+            (
+                back[0].point,
+                back[0].metric,
+                back[0].stat,
+                back[0].diff_pct()
+            ),
+            (3, "flash_busy_ms", "p90", 25.0)
+        );
+        std::fs::write(&path, "header\n1,dip,1,no_such_metric,mean,1,1,0\n").unwrap();
+        let e = read_csv(&path).unwrap_err().to_string();
+        assert!(e.contains("unknown name `no_such_metric`"), "{e}");
+    }
 }

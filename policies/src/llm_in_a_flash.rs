@@ -27,7 +27,7 @@ use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
     TokenInfo,
 };
-use crate::topk::{range_mask64, top_k_under};
+use crate::topk::{indices_in_range, top_k_under};
 use flashsim_workloads::model::Site;
 use flashsim_workloads::shape::{ModelShape, TensorKind};
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
@@ -214,15 +214,9 @@ impl LlmInAFlash {
             }
         }
         let kmin = lo;
-        // The active set, 64 keys at a time as a bit mask (a loop that vectorizes).
+        // The active set: the keys from `kmin` up to infinity.
         let mut active = Vec::new();
-        for (b, block) in keys.chunks(64).enumerate() {
-            let mut bits = range_mask64(block, kmin, INF);
-            while bits != 0 {
-                active.push((b * 64) as u32 + bits.trailing_zeros());
-                bits &= bits - 1;
-            }
-        }
+        indices_in_range(keys, kmin, INF, &mut active);
         if self.p.predictor == Predictor::Oracle {
             return active;
         }

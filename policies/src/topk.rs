@@ -13,19 +13,12 @@ pub fn keys_of(values: &[f32], out: &mut Vec<u16>) {
 
 /// Histogram of the high bytes of a key vector, kept as four partial counts: neighbouring keys
 /// often share a bin, and one histogram would make each increment wait for the last.
-#[derive(Clone)]
-pub struct HighHist([[u32; 256]; 4]);
-
-impl Default for HighHist {
-    fn default() -> Self {
-        HighHist([[0; 256]; 4])
-    }
-}
+struct HighHist([[u32; 256]; 4]);
 
 impl HighHist {
     /// Counts the keys of `keys`.
-    pub fn of(keys: &[u16]) -> Self {
-        let mut h = HighHist::default();
+    fn of(keys: &[u16]) -> Self {
+        let mut h = HighHist([[0; 256]; 4]);
         let quads = keys.chunks_exact(4);
         for &x in quads.remainder() {
             h.0[0][(x >> 8) as usize] += 1;
@@ -38,12 +31,6 @@ impl HighHist {
         h
     }
 
-    /// Counts `key`, the `i`-th of the vector (a caller filling the keys in one pass).
-    #[inline(always)]
-    pub fn add(&mut self, i: usize, key: u16) {
-        self.0[i & 3][(key >> 8) as usize] += 1;
-    }
-
     fn total(&self, bin: usize) -> u32 {
         self.0[0][bin] + self.0[1][bin] + self.0[2][bin] + self.0[3][bin]
     }
@@ -53,7 +40,7 @@ impl HighHist {
 /// magnitudes). Built with AVX2 where the build has it (16 compares per instruction, a byte
 /// mask per 32 keys), else one key at a time; the same bits either way.
 #[inline(always)]
-pub fn range_mask64(block: &[u16], lo: u16, hi: u16) -> u64 {
+fn range_mask64(block: &[u16], lo: u16, hi: u16) -> u64 {
     debug_assert!(block.len() <= 64 && lo < 0x8000 && hi < 0x8000);
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     if block.len() == 64 {
@@ -101,29 +88,23 @@ fn push_bits(mut bits: u64, base: u32, out: &mut Vec<u32>) {
     }
 }
 
+/// Appends the indices of the keys in `lo ..= hi`, ascending.
+pub fn indices_in_range(keys: &[u16], lo: u16, hi: u16, out: &mut Vec<u32>) {
+    for (b, block) in keys.chunks(64).enumerate() {
+        push_bits(range_mask64(block, lo, hi), (b * 64) as u32, out);
+    }
+}
+
 /// Indices of the `k` largest keys (f16 magnitudes, below 0x8000), ties to the lower index;
 /// sorted ascending.
 pub fn top_k(keys: &[u16], k: usize, out: &mut Vec<u32>) {
+    out.clear();
     if k == 0 || k >= keys.len() {
-        out.clear();
         out.extend(0..k.min(keys.len()) as u32);
         return;
     }
-    top_k_with(keys, &HighHist::of(keys), k, out)
-}
-
-/// [`top_k`] given the keys' [`HighHist`].
-pub fn top_k_with(keys: &[u16], hist: &HighHist, k: usize, out: &mut Vec<u32>) {
-    out.clear();
-    let n = keys.len();
-    if k >= n {
-        out.extend(0..n as u32);
-        return;
-    }
-    if k == 0 {
-        return;
-    }
     // From the top, the high byte holding the k-th largest key.
+    let hist = HighHist::of(keys);
     let mut above = 0u32;
     let mut hi = 255usize;
     loop {
@@ -135,7 +116,6 @@ pub fn top_k_with(keys: &[u16], hist: &HighHist, k: usize, out: &mut Vec<u32>) {
         hi -= 1;
     }
     finish_top_k(keys, 0x7fff, hi, above as usize, k, out);
-    debug_assert_eq!(out.len(), k);
 }
 
 /// Indices of the `k` largest keys below `limit` (ties to the lower index; sorted ascending),
@@ -161,9 +141,7 @@ pub fn top_k_under(keys: &[u16], limit: u16, k: usize, out: &mut Vec<u32>) {
         above += c;
         if hi == 0 {
             // Fewer than `k` keys below `limit`: all of them.
-            for (b, block) in keys.chunks(64).enumerate() {
-                push_bits(range_mask64(block, 0, max_key), (b * 64) as u32, out);
-            }
+            indices_in_range(keys, 0, max_key, out);
             return;
         }
         hi -= 1;
@@ -295,25 +273,19 @@ mod tests {
     }
 
     #[test]
-    fn heavy_ties_go_to_the_lower_index_and_a_filled_histogram_agrees() {
+    fn heavy_ties_go_to_the_lower_index() {
         // Seven distinct keys over 1001 channels, spread over two high bytes.
         let keys: Vec<u16> = (0..1001u32)
             .map(|i| [0u16, 3, 0x100, 0x1ff, 0x200, 0x7bff, 0x3c00][(i * 31 % 7) as usize])
             .collect();
-        let mut filled = HighHist::default();
-        for (i, &x) in keys.iter().enumerate() {
-            filled.add(i, x);
-        }
         let mut idx: Vec<u32> = (0..1001).collect();
         idx.sort_by_key(|&i| (std::cmp::Reverse(keys[i as usize]), i));
         for k in [1, 2, 142, 143, 144, 500, 857, 858, 1000] {
             let mut want: Vec<u32> = idx[..k].to_vec();
             want.sort();
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            top_k(&keys, k, &mut a);
-            top_k_with(&keys, &filled, k, &mut b);
-            assert_eq!(a, want, "k = {k}");
-            assert_eq!(b, want, "k = {k}");
+            let mut got = Vec::new();
+            top_k(&keys, k, &mut got);
+            assert_eq!(got, want, "k = {k}");
         }
     }
 }

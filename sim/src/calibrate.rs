@@ -558,15 +558,18 @@ pub fn device_toml(
         o.dir.display()
     ));
     s.push_str("[flash]\nmodel = \"measured\"\n");
+    let cell_at = |kib: u64, q: u32| {
+        cells
+            .iter()
+            .find(|c| c.size_bytes == kib * 1024 && c.queue_depth == q)
+    };
     s.push_str("# Mean latency per request (µs), rows = chunk sizes, columns = queue depths:\n");
     for &kib in &o.sizes_kib {
         let row: Vec<String> = o
             .queue_depths
             .iter()
             .map(|&q| {
-                cells
-                    .iter()
-                    .find(|c| c.size_bytes == kib * 1024 && c.queue_depth == q)
+                cell_at(kib, q)
                     .map(|c| format!("{:.1}", c.mean_latency_us))
                     .unwrap_or_default()
             })
@@ -589,34 +592,29 @@ pub fn device_toml(
     // The measured model rejects a cell faster than its queue depth allows (q / q0 times the
     // first column: concurrency cannot make a request faster than alone); on a noisy disk a
     // cell can measure so. Such a cell is lowered to the bound and the file says so.
-    let q0 = o.queue_depths[0] as f64;
+    let q0 = o.queue_depths[0];
     let mut clamped = Vec::new();
     let mut rows = Vec::new();
     for &kib in &o.sizes_kib {
-        let cell = |q: u32| {
-            cells
-                .iter()
-                .find(|c| c.size_bytes == kib * 1024 && c.queue_depth == q)
-                .expect("every cell measured")
-                .throughput_gb_per_s
-                .max(1e-6)
-        };
         // In millionths of a GB/s, as printed, so that the bound holds as written.
-        let micro = |x: f64| (x * 1e6).round() as u64;
-        let first = micro(cell(o.queue_depths[0]));
+        let micro = |q: u32| {
+            let c = cell_at(kib, q).expect("every cell measured");
+            (c.throughput_gb_per_s.max(1e-6) * 1e6).round() as u64
+        };
+        let first = micro(q0);
         let row: Vec<String> = o
             .queue_depths
             .iter()
             .map(|&q| {
-                let x = micro(cell(q));
-                let bound = first * q as u64 / o.queue_depths[0] as u64;
+                let x = micro(q);
+                let bound = first * q as u64 / q0 as u64;
                 let gb = |m: u64| m as f64 / 1e6;
                 if x > bound {
                     clamped.push(format!(
                         "{kib} KiB QD {q}: {:.3} GB/s measured, more than {:.0}x QD {} ({:.3}); set to {:.3}",
                         gb(x),
-                        q as f64 / q0,
-                        o.queue_depths[0],
+                        q as f64 / q0 as f64,
+                        q0,
                         gb(first),
                         gb(bound)
                     ));

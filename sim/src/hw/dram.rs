@@ -55,15 +55,14 @@ impl Dram {
     }
 
     pub fn free(&mut self, bytes: u64) -> Result<(), SimError> {
-        match self.in_use_bytes.checked_sub(bytes) {
-            Some(left) => self.in_use_bytes = left,
-            None => {
-                return Err(SimError::DramUnderflow {
-                    bytes,
-                    in_use_bytes: self.in_use_bytes,
-                })
-            }
-        }
+        // `let else`, not `ok_or`: that builds (and drops) the error on every call.
+        let Some(left) = self.in_use_bytes.checked_sub(bytes) else {
+            return Err(SimError::DramUnderflow {
+                bytes,
+                in_use_bytes: self.in_use_bytes,
+            });
+        };
+        self.in_use_bytes = left;
         Ok(())
     }
 

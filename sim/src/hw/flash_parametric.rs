@@ -153,8 +153,7 @@ impl Flash for Parametric {
         if self.last_size.0 != bytes {
             self.last_size = (
                 bytes,
-                self.t0
-                    .checked_add(transfer_time(bytes, self.request_bytes_per_s)?)?,
+                self.min_latency(bytes)?,
                 transfer_time(bytes, self.max_bytes_per_s)?,
             );
         }

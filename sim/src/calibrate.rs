@@ -153,14 +153,9 @@ pub struct Options {
     pub seed: u64,
 }
 
-/// How calibration keeps `qd` reads in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Engine {
-    /// `qd` threads, each with one blocking `pread` in flight.
-    Pread,
-    /// One thread with an io_uring of `qd` entries kept full.
-    IoUring,
-}
+/// How calibration keeps `qd` reads in flight (and how the real backend reads on the device
+/// file it writes: see [`ReadEngine`]).
+pub use crate::device::ReadEngine as Engine;
 
 /// One (size, queue depth) measurement.
 #[derive(Debug, Clone, Copy)]
@@ -535,13 +530,59 @@ fn dram_gib() -> f64 {
         .unwrap_or(8.0)
 }
 
+/// The real backend's ops as measured: mean seconds per op of each size, and the fit
+/// `seconds = overhead + bytes / rate` that the device file carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpTimes {
+    /// (op bytes, mean seconds), ascending in bytes.
+    pub points: Vec<(u64, f64)>,
+    pub overhead_us: f64,
+    pub gb_per_s: f64,
+}
+
+impl OpTimes {
+    /// Fits `seconds = overhead + bytes / rate` to `points` by least squares on the relative
+    /// error (each point weighted by 1 / seconds², so a 1 MiB op counts as much as a 256 MiB
+    /// one). A negative intercept (small ops that run from the CPU's caches, faster per byte)
+    /// is not an overhead: the fit is then redone through the origin.
+    pub fn fit(points: Vec<(u64, f64)>) -> Result<OpTimes> {
+        if points.is_empty() || points.iter().any(|&(b, t)| b == 0 || t.is_nan() || t <= 0.0) {
+            bail!("op timings must be positive: {points:?}");
+        }
+        let w = |t: f64| 1.0 / (t * t);
+        let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for &(b, t) in &points {
+            let (x, k) = (b as f64, w(t));
+            sw += k;
+            sx += k * x;
+            sy += k * t;
+            sxx += k * x * x;
+            sxy += k * x * t;
+        }
+        let det = sw * sxx - sx * sx;
+        let (mut a, mut slope) = if points.len() > 1 && det > 0.0 {
+            ((sy * sxx - sx * sxy) / det, (sw * sxy - sx * sy) / det)
+        } else {
+            (0.0, sxy / sxx)
+        };
+        if a < 0.0 || slope <= 0.0 {
+            (a, slope) = (0.0, sxy / sxx);
+        }
+        Ok(OpTimes {
+            points,
+            overhead_us: a * 1e6,
+            gb_per_s: 1.0 / slope / 1e9,
+        })
+    }
+}
+
 /// The device file for these measurements.
 pub fn device_toml(
     o: &Options,
     cells: &[Cell],
     sequential: &[Cell],
     rates: &[Rates],
-    kernel_gb_per_s: f64,
+    ops: &OpTimes,
 ) -> String {
     let mut s = String::new();
     s.push_str(
@@ -556,6 +597,11 @@ pub fn device_toml(
         "description = \"Calibrated: {} under {}\"\n\n",
         filesystem(&o.dir),
         o.dir.display()
+    ));
+    s.push_str(&format!(
+        "# The table below was measured with this engine; the real backend reads the same way.\n\
+         read_engine = \"{}\"\n\n",
+        o.engine.key()
     ));
     s.push_str("[flash]\nmodel = \"measured\"\n");
     let cell_at = |kib: u64, q: u32| {
@@ -662,20 +708,30 @@ pub fn device_toml(
     s.push_str(&format!("peak_gflops = {:.3}\n", best.gemv_gflops));
     s.push_str("flops_efficiency = 1.0\n");
     s.push_str(
-        "# The real backend's op kernel streaming 16-bit weights (one multiply-add each) on all\n\
-         # threads: the rate at which an op's weights move through this unit.\n",
+        "# The real backend's ops (its kernel streaming 16-bit weights, one multiply-add each, on\n\
+         # all threads), timed on the backend's own path from hand-off to reported end, mean of\n\
+         # repeats, by op size:",
     );
+    for &(b, t) in &ops.points {
+        s.push_str(&format!(
+            " {} MiB -> {:.1} us ({:.2} GB/s);",
+            b >> 20,
+            t * 1e6,
+            b as f64 / t / 1e9
+        ));
+    }
     s.push_str(&format!(
-        "# ({:.0}% of the DRAM read bandwidth above.)\n",
-        100.0 * kernel_gb_per_s
+        "\n# Fitted: time = dispatch_overhead_us + bytes / mem_bandwidth ({:.0}% of the DRAM read\n\
+         # bandwidth above).\n",
+        100.0 * ops.gb_per_s
             / rates
                 .iter()
                 .map(|r| r.dram_read_gb_per_s)
                 .fold(0.0, f64::max)
     ));
-    s.push_str(&format!("mem_bandwidth_gb_per_s = {kernel_gb_per_s:.3}\n"));
+    s.push_str(&format!("mem_bandwidth_gb_per_s = {:.3}\n", ops.gb_per_s));
     s.push_str("mem_efficiency = 1.0\n");
-    s.push_str("dispatch_overhead_us = 0.0\n");
+    s.push_str(&format!("dispatch_overhead_us = {:.1}\n", ops.overhead_us));
     s
 }
 
@@ -743,10 +799,22 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     if !o.keep_file {
         std::fs::remove_file(&path).ok();
     }
-    // The real backend's op kernel, streaming 256 MiB of 16-bit weights on all threads.
-    let kernel_gb_per_s = crate::real::kernel_bytes_per_s(256 << 20, 5) / 1e9;
+    // The real backend's ops, 1 to 256 MiB of 16-bit weights (a sparse slice of a 7B matrix up
+    // to an LM head), on the backend's own path.
+    let mut points = Vec::new();
+    for mib in [1u64, 4, 16, 64, 256] {
+        let t = crate::real::op_seconds(mib << 20, o.seconds_per_point)?;
+        progress(&format!(
+            "backend op of {mib:>3} MiB (GEMV over 16-bit weights, all threads): {:>9.1} µs, {:.2} GB/s",
+            t * 1e6,
+            (mib << 20) as f64 / t / 1e9
+        ));
+        points.push((mib << 20, t));
+    }
+    let ops = OpTimes::fit(points)?;
     progress(&format!(
-        "backend kernel (GEMV over 16-bit weights, all threads): {kernel_gb_per_s:.2} GB/s"
+        "backend ops fitted: {:.1} µs + bytes / {:.2} GB/s",
+        ops.overhead_us, ops.gb_per_s
     ));
     let max_threads = hardware_threads();
     let mut counts: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2))
@@ -767,10 +835,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         .collect();
     std::fs::create_dir_all(&o.out_dir)?;
     let out = o.out_dir.join(format!("{}.toml", o.name));
-    std::fs::write(
-        &out,
-        device_toml(o, &cells, &sequential, &rates, kernel_gb_per_s),
-    )?;
+    std::fs::write(&out, device_toml(o, &cells, &sequential, &rates, &ops))?;
     std::fs::create_dir_all(&o.plots_dir)?;
     let mut csv = File::create(o.plots_dir.join(format!("{}.csv", o.name)))?;
     writeln!(

@@ -23,6 +23,32 @@ struct DeviceFile {
     #[serde(default)]
     #[allow(dead_code)]
     environment: Option<toml::Table>,
+    #[serde(default)]
+    read_engine: ReadEngine,
+}
+
+/// How reads are kept in flight on real hardware: by `calibrate` when it measures a device, and
+/// by the real backend when it runs on one. A calibrated device file names the engine its table
+/// was measured with (`read_engine = "io_uring"`), so that validation reads the same way; the
+/// presets, measured by others, keep the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadEngine {
+    /// `qd` threads, each with one blocking `pread` in flight.
+    #[default]
+    Pread,
+    /// One thread with an io_uring of `qd` entries kept full.
+    IoUring,
+}
+
+impl ReadEngine {
+    /// The name a device file uses.
+    pub fn key(self) -> &'static str {
+        match self {
+            ReadEngine::Pread => "pread",
+            ReadEngine::IoUring => "io_uring",
+        }
+    }
 }
 
 /// A loaded device: its models are idle at time zero.
@@ -35,6 +61,8 @@ pub struct Device {
     pub dram_bus_bytes_per_s: u64,
     /// Compute units, sorted by name.
     pub units: Vec<ComputeUnit>,
+    /// How the real backend reads on this device.
+    pub read_engine: ReadEngine,
 }
 
 impl Clone for Device {
@@ -45,6 +73,7 @@ impl Clone for Device {
             flash: self.flash.fresh(),
             dram_capacity_bytes: self.dram_capacity_bytes,
             dram_bus_bytes_per_s: self.dram_bus_bytes_per_s,
+            read_engine: self.read_engine,
             units: self
                 .units
                 .iter()
@@ -112,6 +141,7 @@ impl Device {
             dram_capacity_bytes: (cap * GIB).round() as u64,
             dram_bus_bytes_per_s: gb_per_s_to_bytes(bus),
             units,
+            read_engine: f.read_engine,
         })
     }
 

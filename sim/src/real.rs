@@ -5,7 +5,9 @@
 //! run as the same chain, DRAM is accounted the same way against the same budget, and the
 //! metrics (wall, flash busy, compute, stall) come from the same code — only the clock is the
 //! wall clock and the work is real:
-//! - **reads**: `io_queue_depth` threads, each with one O_DIRECT `pread` in flight, from the
+//! - **reads**: `io_queue_depth` O_DIRECT reads in flight, issued the way the device file says
+//!   its table was measured (`read_engine`): a pool of threads each with one `pread` in flight,
+//!   or one loader thread with an io_uring (ActiveFlow's loader), from the
 //!   weight file written in the policy's layout ([`write_weight_file`]); an extent that is not
 //!   4 KiB-aligned is widened to the aligned range around it (both sizes are recorded); the
 //!   bytes land in aligned buffers;
@@ -24,7 +26,7 @@
 //! policy that used a row it had evicted would go unnoticed); the DRAM figures are the
 //! pipeline's accounting, the same as the simulator's.
 
-use crate::calibrate::{open_direct, AlignedBuf, ALIGN};
+use crate::calibrate::{open_direct, AlignedBuf, Engine, ALIGN};
 use crate::error::SimError;
 use crate::executor::{Backend, Ev};
 use crate::hw::dram::Dram;
@@ -32,6 +34,7 @@ use crate::time::Ps;
 use anyhow::{Context, Result};
 use flashsim_policies::{Extent, Op};
 use rayon::prelude::*;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -128,6 +131,8 @@ type Done = (Ev, Instant, Option<(usize, Vec<u8>)>);
 pub struct Real {
     units: Vec<String>,
     jobs_io: Option<Sender<Job>>,
+    /// With io_uring, the loader's wake-up: written after each read job is queued.
+    wake: Option<Arc<EventFd>>,
     jobs_op: Option<Sender<Job>>,
     done: Receiver<Done>,
     verify: bool,
@@ -144,65 +149,48 @@ impl Real {
     /// Opens `weights` (O_DIRECT) with `io_threads` reader threads and one compute thread that
     /// runs kernels on rayon's pool; `units` are the device's compute unit names. With `verify`,
     /// each read's planned bytes are checksummed (a pass over the data: for tests, not timing).
-    pub fn new(weights: &Path, io_threads: u32, units: Vec<String>, verify: bool) -> Result<Self> {
+    pub fn new(
+        weights: &Path,
+        io_threads: u32,
+        engine: Engine,
+        units: Vec<String>,
+        verify: bool,
+    ) -> Result<Self> {
         let file = Arc::new(open_direct(weights, false)?);
         let file_bytes = file.metadata()?.len();
         let (done_tx, done) = channel();
         let (io_tx, io_rx) = channel::<Job>();
-        let io_rx = Arc::new(Mutex::new(io_rx));
         let mut workers = Vec::new();
-        for _ in 0..io_threads.max(1) {
-            let (file, rx, tx) = (file.clone(), io_rx.clone(), done_tx.clone());
-            workers.push(std::thread::spawn(move || -> Result<()> {
-                let mut buf = AlignedBuf::zeroed(ALIGN);
-                loop {
-                    let job = rx.lock().expect("job queue").recv();
-                    let Ok(Job::Read {
-                        read,
-                        extent,
-                        record,
-                        verify,
-                    }) = job
-                    else {
-                        return Ok(());
-                    };
-                    if extent.offset + extent.bytes > file_bytes {
-                        anyhow::bail!("read {extent:?} beyond the weight file ({file_bytes} B)");
-                    }
-                    if buf.as_slice().len() < extent.bytes as usize {
-                        buf = AlignedBuf::zeroed(extent.bytes as usize);
-                    }
-                    file.read_exact_at(
-                        &mut buf.as_mut_slice()[..extent.bytes as usize],
-                        extent.offset,
-                    )
-                    .with_context(|| format!("O_DIRECT read {extent:?}"))?;
-                    let at = Instant::now();
-                    let data = verify
-                        .map(|(skip, len)| (record, buf.as_slice()[skip..skip + len].to_vec()));
-                    if tx.send((Ev::IoDone { read }, at, data)).is_err() {
-                        return Ok(());
-                    }
-                }
-            }));
-        }
-        let (op_tx, op_rx) = channel::<Job>();
-        workers.push(std::thread::spawn(move || -> Result<()> {
-            let mut arena: Vec<i16> = Vec::new();
-            while let Ok(Job::Op { j, flops, bytes }) = op_rx.recv() {
-                kernel(&mut arena, flops, bytes);
-                if done_tx
-                    .send((Ev::OpDone { op: j }, Instant::now(), None))
-                    .is_err()
-                {
-                    break;
+        let mut wake = None;
+        match engine {
+            Engine::Pread => {
+                let io_rx = Arc::new(Mutex::new(io_rx));
+                for _ in 0..io_threads.max(1) {
+                    let (file, rx, tx) = (file.clone(), io_rx.clone(), done_tx.clone());
+                    workers.push(std::thread::spawn(move || {
+                        pread_worker(&file, file_bytes, &rx, &tx)
+                    }));
                 }
             }
-            Ok(())
-        }));
+            Engine::IoUring => {
+                let w = Arc::new(EventFd::new()?);
+                workers.push(spawn_uring_loader(
+                    file,
+                    file_bytes,
+                    io_threads.max(1),
+                    io_rx,
+                    done_tx.clone(),
+                    w.clone(),
+                )?);
+                wake = Some(w);
+            }
+        }
+        let (op_tx, op_rx) = channel::<Job>();
+        workers.push(spawn_op_worker(op_rx, done_tx));
         Ok(Real {
             units,
             jobs_io: Some(io_tx),
+            wake,
             jobs_op: Some(op_tx),
             done,
             verify,
@@ -247,6 +235,9 @@ impl Real {
     pub fn shutdown(&mut self) -> Result<()> {
         self.jobs_io = None;
         self.jobs_op = None;
+        if let Some(w) = &self.wake {
+            w.notify();
+        }
         for w in self.workers.drain(..) {
             w.join()
                 .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
@@ -258,6 +249,228 @@ impl Real {
 impl Drop for Real {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+/// A pread reader: takes read jobs from the shared queue, one blocking O_DIRECT `pread` at a
+/// time, until the queue closes.
+fn pread_worker(
+    file: &File,
+    file_bytes: u64,
+    jobs: &Mutex<Receiver<Job>>,
+    done: &Sender<Done>,
+) -> Result<()> {
+    let mut buf = AlignedBuf::zeroed(ALIGN);
+    loop {
+        let job = jobs.lock().expect("job queue").recv();
+        let Ok(Job::Read {
+            read,
+            extent,
+            record,
+            verify,
+        }) = job
+        else {
+            return Ok(());
+        };
+        check_within(extent, file_bytes)?;
+        if buf.as_slice().len() < extent.bytes as usize {
+            buf = AlignedBuf::zeroed(extent.bytes as usize);
+        }
+        file.read_exact_at(
+            &mut buf.as_mut_slice()[..extent.bytes as usize],
+            extent.offset,
+        )
+        .with_context(|| format!("O_DIRECT read {extent:?}"))?;
+        let at = Instant::now();
+        let data = verify.map(|(skip, len)| (record, buf.as_slice()[skip..skip + len].to_vec()));
+        if done.send((Ev::IoDone { read }, at, data)).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+fn check_within(extent: Extent, file_bytes: u64) -> Result<()> {
+    if extent.offset + extent.bytes > file_bytes {
+        anyhow::bail!("read {extent:?} beyond the weight file ({file_bytes} B)");
+    }
+    Ok(())
+}
+
+/// A Linux eventfd: how the pipeline wakes the io_uring loader when it queues a read (the
+/// loader keeps a poll on it in its ring, so one wait covers both completions and new work).
+struct EventFd(std::os::fd::OwnedFd);
+
+impl EventFd {
+    fn new() -> Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("eventfd");
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nothing else.
+        Ok(EventFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+    fn notify(&self) {
+        use std::os::fd::AsRawFd;
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer; a failed write (counter saturated) still
+        // leaves the eventfd readable, which is all the loader needs.
+        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+    fn drain(&self) {
+        use std::os::fd::AsRawFd;
+        let mut v = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer; EAGAIN (nothing pending) is fine.
+        unsafe { libc::read(self.0.as_raw_fd(), v.as_mut_ptr().cast(), 8) };
+    }
+}
+
+/// A read in one of the io_uring loader's slots.
+#[derive(Clone, Copy)]
+struct InFlight {
+    read: u32,
+    extent: Extent,
+    record: usize,
+    verify: Option<(usize, usize)>,
+}
+
+/// The io_uring loader (ActiveFlow's "one io_uring loader thread"): one thread, one ring with
+/// `qd` read slots and a poll on `wake`. It submits every queued read at once, waits for any
+/// completion or new work, and reports each completion as the pread pool does.
+fn spawn_uring_loader(
+    file: Arc<File>,
+    file_bytes: u64,
+    qd: u32,
+    jobs: Receiver<Job>,
+    done: Sender<Done>,
+    wake: Arc<EventFd>,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let ring = io_uring::IoUring::new((qd + 1).next_power_of_two()).map_err(|e| {
+        anyhow::anyhow!(
+            "io_uring is unavailable here ({e}); set read_engine = \"pread\" in the device file"
+        )
+    })?;
+    Ok(std::thread::spawn(move || -> Result<()> {
+        let mut bufs: Vec<AlignedBuf> = (0..qd).map(|_| AlignedBuf::zeroed(ALIGN)).collect();
+        let mut slots: Vec<Option<InFlight>> = vec![None; qd as usize];
+        let mut ring = ring;
+        let result = uring_loop(
+            &mut ring, &file, file_bytes, &jobs, &done, &wake, &mut bufs, &mut slots,
+        );
+        // The kernel may still be writing into `bufs`: wait for every read in flight before
+        // they are freed, whatever ended the loop.
+        while slots.iter().any(Option::is_some) {
+            if ring.submit_and_wait(1).is_err() {
+                break;
+            }
+            for c in ring.completion() {
+                if let Some(s) = slots.get_mut(c.user_data() as usize) {
+                    *s = None;
+                }
+            }
+        }
+        result
+    }))
+}
+
+const WAKE: u64 = u64::MAX;
+
+#[allow(clippy::too_many_arguments)]
+fn uring_loop(
+    ring: &mut io_uring::IoUring,
+    file: &File,
+    file_bytes: u64,
+    jobs: &Receiver<Job>,
+    done: &Sender<Done>,
+    wake: &EventFd,
+    bufs: &mut [AlignedBuf],
+    slots: &mut [Option<InFlight>],
+) -> Result<()> {
+    use io_uring::{opcode, types};
+    use std::os::fd::AsRawFd;
+    use std::sync::mpsc::TryRecvError;
+    let fd = types::Fd(file.as_raw_fd());
+    let (mut armed, mut open) = (false, true);
+    let mut pending = std::collections::VecDeque::new();
+    loop {
+        if open && !armed {
+            let poll = opcode::PollAdd::new(types::Fd(wake.0.as_raw_fd()), libc::POLLIN as u32)
+                .build()
+                .user_data(WAKE);
+            // SAFETY: the poll names no buffer.
+            unsafe { ring.submission().push(&poll) }
+                .map_err(|_| anyhow::anyhow!("io_uring submission queue full"))?;
+            armed = true;
+        }
+        while open {
+            match jobs.try_recv() {
+                Ok(Job::Read {
+                    read,
+                    extent,
+                    record,
+                    verify,
+                }) => pending.push_back(InFlight {
+                    read,
+                    extent,
+                    record,
+                    verify,
+                }),
+                Ok(Job::Op { .. }) => anyhow::bail!("an op reached the reader"),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        while let Some(slot) = slots.iter().position(Option::is_none) {
+            let Some(r) = pending.pop_front() else { break };
+            check_within(r.extent, file_bytes)?;
+            let n = r.extent.bytes as usize;
+            if bufs[slot].as_slice().len() < n {
+                bufs[slot] = AlignedBuf::zeroed(n);
+            }
+            let e = opcode::Read::new(fd, bufs[slot].as_mut_slice().as_mut_ptr(), n as u32)
+                .offset(r.extent.offset)
+                .build()
+                .user_data(slot as u64);
+            // SAFETY: the buffer stays in `bufs[slot]`, untouched, until this read's completion
+            // is reaped (the slot is busy until then; the caller drains before freeing).
+            unsafe { ring.submission().push(&e) }
+                .map_err(|_| anyhow::anyhow!("io_uring submission queue full"))?;
+            slots[slot] = Some(r);
+        }
+        if !open && pending.is_empty() && slots.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        ring.submit_and_wait(1)?;
+        let at = Instant::now();
+        let cqes: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (user, res) in cqes {
+            if user == WAKE {
+                wake.drain();
+                armed = false;
+                continue;
+            }
+            let slot = user as usize;
+            let r = slots[slot]
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("io_uring completion for an empty slot"))?;
+            if res < 0 {
+                return Err(std::io::Error::from_raw_os_error(-res))
+                    .with_context(|| format!("O_DIRECT read {:?} (io_uring)", r.extent));
+            }
+            if res as u64 != r.extent.bytes {
+                anyhow::bail!("io_uring read {:?} returned {res} bytes", r.extent);
+            }
+            let data = r
+                .verify
+                .map(|(skip, len)| (r.record, bufs[slot].as_slice()[skip..skip + len].to_vec()));
+            if done.send((Ev::IoDone { read: r.read }, at, data)).is_err() {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -293,20 +506,66 @@ fn kernel(arena: &mut Vec<i16>, flops: u64, bytes: u64) {
     std::hint::black_box(s);
 }
 
-/// The rate (bytes/s) at which [`kernel`] streams a GEMV-shaped op of `bytes` (one
-/// multiply-add per 16-bit weight) on rayon's pool: what `calibrate` writes as the compute
-/// unit's memory rate, so that simulated ops cost what the real backend's ops cost. The best of
-/// `repeats` runs after a warm-up.
-pub fn kernel_bytes_per_s(bytes: u64, repeats: usize) -> f64 {
-    let mut arena = Vec::new();
-    kernel(&mut arena, bytes, bytes);
-    (0..repeats.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            kernel(&mut arena, bytes, bytes);
-            bytes as f64 / t.elapsed().as_secs_f64()
-        })
-        .fold(0.0, f64::max)
+/// The weights the op kernel streams, kept for the whole process, so that each new backend
+/// (a validation runs dozens) does not fault in a fresh arena again: on this project's VM that
+/// cost 80-110 ms in the first token of every run for a 256 MiB arena.
+static ARENA: Mutex<Vec<i16>> = Mutex::new(Vec::new());
+
+/// The backend's compute thread: runs each op's [`kernel`] and reports its end on `done`.
+fn spawn_op_worker(ops: Receiver<Job>, done: Sender<Done>) -> std::thread::JoinHandle<Result<()>> {
+    std::thread::spawn(move || -> Result<()> {
+        while let Ok(Job::Op { j, flops, bytes }) = ops.recv() {
+            kernel(
+                &mut ARENA.lock().unwrap_or_else(|e| e.into_inner()),
+                flops,
+                bytes,
+            );
+            if done
+                .send((Ev::OpDone { op: j }, Instant::now(), None))
+                .is_err()
+            {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The mean time (s) an op of `bytes` (one multiply-add per 16-bit weight) takes in the real
+/// backend, measured on the backend's own path: handed to the compute thread, run by
+/// [`kernel`] on rayon's pool, its end reported back, one op at a time as the pipeline's chain
+/// runs them. After a warm-up op, ops repeat until `seconds` have passed (at least 5). The mean,
+/// not the best run, since the simulator is checked against the backend's mean ms/token;
+/// `calibrate` fits the unit's dispatch overhead and memory rate to these times.
+pub fn op_seconds(bytes: u64, seconds: f64) -> Result<f64> {
+    let (op_tx, op_rx) = channel::<Job>();
+    let (done_tx, done_rx) = channel();
+    let worker = spawn_op_worker(op_rx, done_tx);
+    let run = |j: u32| -> Result<f64> {
+        let t = Instant::now();
+        op_tx
+            .send(Job::Op {
+                j,
+                flops: bytes,
+                bytes,
+            })
+            .map_err(|_| anyhow::anyhow!("the compute thread stopped"))?;
+        let (_, at, _) = done_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the compute thread stopped"))?;
+        Ok(at.saturating_duration_since(t).as_secs_f64())
+    };
+    run(0)?;
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < 5 || start.elapsed().as_secs_f64() < seconds {
+        times.push(run(times.len() as u32 + 1)?);
+    }
+    drop(op_tx);
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the compute thread panicked"))??;
+    Ok(times.iter().sum::<f64>() / times.len() as f64)
 }
 
 fn stopped() -> SimError {
@@ -338,6 +597,9 @@ impl Backend for Real {
                 verify,
             })
             .map_err(|_| stopped())?;
+        if let Some(w) = &self.wake {
+            w.notify();
+        }
         Ok(None)
     }
     fn start_op(

@@ -162,7 +162,13 @@ impl<'a> RunParts<'a> {
         image: Option<Vec<u8>>,
     ) -> anyhow::Result<crate::executor::Pipeline<'a, crate::real::Real>> {
         let units = self.device.units.iter().map(|u| u.name.clone()).collect();
-        let mut backend = crate::real::Real::new(weights, self.cfg.io_queue_depth, units, verify)?;
+        let mut backend = crate::real::Real::new(
+            weights,
+            self.cfg.io_queue_depth,
+            self.device.read_engine,
+            units,
+            verify,
+        )?;
         backend.image = image;
         Ok(crate::executor::Pipeline::new(
             self.policy,

@@ -148,7 +148,8 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
         dram_read_gb_per_s: 10.0,
         gemv_gflops: 5.0,
     }];
-    let text = calibrate::device_toml(&o, &cells, &[cell(1024, 1, 1.0)], &rates, 8.0);
+    let ops = calibrate::OpTimes::fit(vec![(1 << 20, 200e-6), (16 << 20, 2.2e-3)]).unwrap();
+    let text = calibrate::device_toml(&o, &cells, &[cell(1024, 1, 1.0)], &rates, &ops);
     assert!(
         text.contains("# Clamped (noise): 256 KiB QD 4: 2.500 GB/s measured, more than 4x QD 1 (0.500); set to 2.000"),
         "{text}"
@@ -158,4 +159,26 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     let path = dir.path().join("noisy.toml");
     std::fs::write(&path, text).unwrap();
     Device::load(&path).unwrap();
+}
+
+#[test]
+fn op_times_fit_an_overhead_and_a_rate_and_never_a_negative_overhead() {
+    let mib = |m: u64| m << 20;
+    // 50 µs + bytes / 10 GB/s, exactly.
+    let t = |b: u64| 50e-6 + b as f64 / 10e9;
+    let exact =
+        calibrate::OpTimes::fit([1, 4, 16, 64].map(|m| (mib(m), t(mib(m)))).to_vec()).unwrap();
+    assert!((exact.overhead_us - 50.0).abs() < 1e-6, "{exact:?}");
+    assert!((exact.gb_per_s - 10.0).abs() < 1e-9, "{exact:?}");
+    // Small ops faster per byte (from the CPU's caches): no negative overhead, the rate through
+    // the origin lies between the two per-byte rates.
+    let cached = calibrate::OpTimes::fit(vec![(mib(1), 40e-6), (mib(64), 5e-3)]).unwrap();
+    assert_eq!(cached.overhead_us, 0.0);
+    let (fast, slow) = (mib(1) as f64 / 40e-6 / 1e9, mib(64) as f64 / 5e-3 / 1e9);
+    assert!(
+        cached.gb_per_s > slow && cached.gb_per_s < fast,
+        "{cached:?}"
+    );
+    assert!(calibrate::OpTimes::fit(vec![]).is_err());
+    assert!(calibrate::OpTimes::fit(vec![(mib(1), 0.0)]).is_err());
 }

@@ -12,12 +12,34 @@ use std::path::{Path, PathBuf};
 mod common;
 use common::repo;
 
-fn experiment(dir: &Path) -> PathBuf {
+/// The UFS 4.0 preset, as it is (`pread`: reads from a thread pool) or copied into `dir` with
+/// `read_engine = "io_uring"` (one loader thread with a ring).
+fn device(dir: &Path, engine: &str) -> String {
+    let preset = repo()
+        .canonicalize()
+        .unwrap()
+        .join("configs/devices/ufs40-phone.toml");
+    if engine == "pread" {
+        return preset.display().to_string();
+    }
+    let text = std::fs::read_to_string(&preset).unwrap();
+    let (head, rest) = text.split_once("[flash]").unwrap();
+    let p = dir.join(format!("ufs40-{engine}.toml"));
+    std::fs::write(
+        &p,
+        format!("{head}read_engine = \"{engine}\"\n\n[flash]{rest}"),
+    )
+    .unwrap();
+    p.display().to_string()
+}
+
+fn experiment(dir: &Path, engine: &str) -> PathBuf {
     let r = repo().canonicalize().unwrap().display().to_string();
+    let d = device(dir, engine);
     let text = format!(
         r#"
 name = "real-test"
-device = "{r}/configs/devices/ufs40-phone.toml"
+device = "{d}"
 model = "{r}/configs/models/stories260K.toml"
 trace = "{r}/workloads/traces/stories260K.safetensors"
 policy = ["dense-streaming", "llm-in-a-flash", "dip", "activeflow", "mmap"]
@@ -36,9 +58,20 @@ seed = 3
 
 #[test]
 fn real_reads_are_the_planned_extents_within_budget_and_match_the_simulation() {
+    check_reads("pread");
+}
+
+#[test]
+fn io_uring_reads_are_the_planned_extents_within_budget_and_match_the_simulation() {
+    check_reads("io_uring");
+}
+
+fn check_reads(engine: &str) {
     // Under the target dir: a real disk (O_DIRECT), not a tmpfs.
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let exp = Experiment::load(experiment(tmp.path())).unwrap();
+    let exp = Experiment::load(experiment(tmp.path(), engine)).unwrap();
+    let dev = flashsim::device::Device::load(device(tmp.path(), engine)).unwrap();
+    assert_eq!(dev.read_engine.key(), engine);
     runner::materialize_traces(&exp).unwrap();
     let mut cache = Cache::default();
     let weights = tmp.path().join("weights.bin");
@@ -110,7 +143,7 @@ fn real_reads_are_the_planned_extents_within_budget_and_match_the_simulation() {
 #[test]
 fn validate_writes_simulated_against_measured() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let text = std::fs::read_to_string(experiment(tmp.path()))
+    let text = std::fs::read_to_string(experiment(tmp.path(), "pread"))
         .unwrap()
         .replace(
             r#"policy = ["dense-streaming", "llm-in-a-flash", "dip", "activeflow", "mmap"]"#,
@@ -145,18 +178,32 @@ fn validate_writes_simulated_against_measured() {
 
 #[test]
 fn the_real_backend_computes_the_reference_logits_under_the_same_masks() {
+    check_logits(
+        "pread",
+        r#"["dense-streaming", "llm-in-a-flash", "dip", "mmap"]"#,
+        6,
+    );
+}
+
+#[test]
+fn io_uring_reads_give_the_reference_logits_too() {
+    check_logits("io_uring", r#"["llm-in-a-flash", "dip"]"#, 4);
+}
+
+fn check_logits(engine: &str, policies: &str, points: usize) {
     if flashsim_workloads::shared_models_for_test().is_none() {
         return;
     }
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let r = repo().canonicalize().unwrap().display().to_string();
+    let d = device(tmp.path(), engine);
     let text = format!(
         r#"
 name = "real-logits"
-device = "{r}/configs/devices/ufs40-phone.toml"
+device = "{d}"
 model = "{r}/configs/models/stories260K.toml"
 trace = "{r}/workloads/traces/stories260K.safetensors"
-policy = ["dense-streaming", "llm-in-a-flash", "dip", "mmap"]
+policy = {policies}
 dram_budget_gib = 0.004
 tokens = 8
 prompt_tokens = 0
@@ -173,7 +220,9 @@ cache_aware = [false, true]
     let exp = Experiment::load(&path).unwrap();
     let mut cache = Cache::default();
     let weights = tmp.path().join("model.bin");
-    assert_eq!(exp.points.len(), 6);
+    assert_eq!(exp.points.len(), points);
+    let dev = flashsim::device::Device::load(&d).unwrap();
+    assert_eq!(dev.read_engine.key(), engine);
     for point in &exp.points {
         let mut p = runner::prepare(&exp, point, &mut cache).unwrap();
         let reference = p.quality.clone().expect("the checkpoint loads");

@@ -158,7 +158,12 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     assert!(text.contains("[0.400000, 1.200000],  # 64 KiB"), "{text}");
     let path = dir.path().join("noisy.toml");
     std::fs::write(&path, text).unwrap();
-    Device::load(&path).unwrap();
+    let dev = Device::load(&path).unwrap();
+    // The GEMV measured 5 GFLOP/s, the backend's ops 7.6 (as many FLOPs as bytes): the unit's
+    // arithmetic rate is raised to the ops', so an op costs its memory time, as measured.
+    let unit = &dev.units[0];
+    let b = 16u64 << 20;
+    assert_eq!(unit.op_time(b, b).unwrap(), unit.op_time(0, b).unwrap());
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! `flashsim calibrate`: measures the machine into a device file.
 //!
 //! Storage: O_DIRECT reads of every request size (4 KiB … 4 MiB by default) at every queue depth
-//! (1 … 64), from a pool of threads each keeping one `pread` in flight (or one io_uring kept
-//! full, `Engine::IoUring`), at seeded random aligned
+//! (1 … 64) through the real backend's own readers ([`crate::real::measure_reads`]: a pool of
+//! threads each keeping one `pread` in flight, or one io_uring loader thread,
+//! `Engine::IoUring`; each completion reported to the issuing thread, which issues the next, as
+//! the pipeline does, so the table carries the backend's per-read cost), at seeded random aligned
 //! offsets of a file written first with random bytes. O_DIRECT keeps the page cache out; where a
 //! filesystem refuses it (tmpfs, some overlays) calibration stops with an error instead of
 //! measuring memory. The file should be larger than any cache below the filesystem (the drive's
@@ -179,7 +181,7 @@ pub struct Rates {
 }
 
 /// The next number of a seeded stream (SplitMix64 of a counter).
-fn splitmix(x: &mut u64) -> u64 {
+pub(crate) fn splitmix(x: &mut u64) -> u64 {
     *x = x.wrapping_add(1);
     crate::runner::splitmix64(*x)
 }
@@ -217,21 +219,9 @@ pub fn prepare_file(path: &Path, bytes: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Reads `size` bytes at random `size`-aligned offsets of `file` from `qd` threads, each with
-/// one read in flight, for `seconds` (and at least 4 reads per thread).
-pub fn measure_cell(
-    file: &File,
-    file_bytes: u64,
-    size: u64,
-    qd: u32,
-    seconds: f64,
-    seed: u64,
-) -> Result<Cell> {
-    measure(file, file_bytes, size, qd, seconds, seed, false)
-}
-
-/// As [`measure_cell`], but the threads take consecutive `size` chunks of the file in turn (a
-/// streaming reader with `qd` reads in flight): the sequential throughput.
+/// Reads from `qd` threads, each with one `pread` in flight, taking consecutive `size` chunks
+/// of the file in turn (a streaming reader with `qd` reads in flight), for `seconds` (and at
+/// least 4 reads per thread): the sequential throughput.
 pub fn measure_sequential(
     file: &File,
     file_bytes: u64,
@@ -239,77 +229,7 @@ pub fn measure_sequential(
     qd: u32,
     seconds: f64,
 ) -> Result<Cell> {
-    measure(file, file_bytes, size, qd, seconds, 0, true)
-}
-
-/// As [`measure_cell`] with one io_uring of `qd` entries on one thread, kept full: each
-/// completion is replaced by a new read at a random aligned offset until `seconds` have passed
-/// (and at least 4 reads per slot have completed).
-pub fn measure_uring(
-    file: &File,
-    file_bytes: u64,
-    size: u64,
-    qd: u32,
-    seconds: f64,
-    seed: u64,
-) -> Result<Cell> {
-    use io_uring::{opcode, types, IoUring};
-    use std::os::unix::io::AsRawFd;
-    let slots = slots(file_bytes, size)?;
-    let mut ring = IoUring::new(qd.next_power_of_two())
-        .map_err(|e| anyhow::anyhow!("io_uring is unavailable here ({e}); use --engine pread"))?;
-    let fd = types::Fd(file.as_raw_fd());
-    let mut bufs: Vec<AlignedBuf> = (0..qd).map(|_| AlignedBuf::zeroed(size as usize)).collect();
-    let mut issued = vec![Instant::now(); qd as usize];
-    let mut done_per_slot = vec![0u32; qd as usize];
-    let mut state = seed ^ size ^ 0x1216;
-    let deadline = Duration::from_secs_f64(seconds);
-    let start = Instant::now();
-    let mut lat = Vec::new();
-    let mut in_flight = 0u32;
-    let push = |ring: &mut IoUring, slot: usize, bufs: &mut [AlignedBuf], state: &mut u64| {
-        let off = (splitmix(state) % slots) * size;
-        let e = opcode::Read::new(fd, bufs[slot].as_mut_slice().as_mut_ptr(), size as u32)
-            .offset(off)
-            .build()
-            .user_data(slot as u64);
-        // SAFETY: the buffer lives in `bufs` until its completion is reaped below.
-        unsafe { ring.submission().push(&e) }.map_err(|_| anyhow::anyhow!("submission queue full"))
-    };
-    for (slot, at) in issued.iter_mut().enumerate() {
-        *at = Instant::now();
-        push(&mut ring, slot, &mut bufs, &mut state)?;
-        in_flight += 1;
-    }
-    while in_flight > 0 {
-        ring.submit_and_wait(1)?;
-        let done: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (slot, res) in done {
-            let slot = slot as usize;
-            in_flight -= 1;
-            if res < 0 {
-                return Err(refused(
-                    Path::new("io_uring read"),
-                    std::io::Error::from_raw_os_error(-res),
-                ));
-            }
-            if res as u64 != size {
-                bail!("io_uring read returned {res} of {size} bytes");
-            }
-            lat.push(issued[slot].elapsed().as_secs_f64() * 1e6);
-            done_per_slot[slot] += 1;
-            if start.elapsed() < deadline || done_per_slot[slot] < 4 {
-                issued[slot] = Instant::now();
-                push(&mut ring, slot, &mut bufs, &mut state)?;
-                in_flight += 1;
-            }
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok(cell_of(size, qd, elapsed, lat))
+    measure(file, file_bytes, size, qd, seconds)
 }
 
 /// The `q` quantile of ascending `sorted` (nearest rank; not empty).
@@ -318,7 +238,7 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// How many `size`-byte slots a read may start at, checking that `size` suits O_DIRECT.
-fn slots(file_bytes: u64, size: u64) -> Result<u64> {
+pub(crate) fn slots(file_bytes: u64, size: u64) -> Result<u64> {
     if size == 0 || !size.is_multiple_of(ALIGN as u64) || size > file_bytes {
         bail!("request size {size} must be a multiple of {ALIGN} no larger than the file");
     }
@@ -332,7 +252,7 @@ fn hardware_threads() -> usize {
         .unwrap_or(1)
 }
 
-fn cell_of(size: u64, qd: u32, elapsed: f64, mut lat: Vec<f64>) -> Cell {
+pub(crate) fn cell_of(size: u64, qd: u32, elapsed: f64, mut lat: Vec<f64>) -> Cell {
     lat.sort_by(f64::total_cmp);
     let n = lat.len();
     let q = |p: f64| quantile(&lat, p);
@@ -348,15 +268,7 @@ fn cell_of(size: u64, qd: u32, elapsed: f64, mut lat: Vec<f64>) -> Cell {
     }
 }
 
-fn measure(
-    file: &File,
-    file_bytes: u64,
-    size: u64,
-    qd: u32,
-    seconds: f64,
-    seed: u64,
-    sequential: bool,
-) -> Result<Cell> {
+fn measure(file: &File, file_bytes: u64, size: u64, qd: u32, seconds: f64) -> Result<Cell> {
     let slots = slots(file_bytes, size)?;
     let deadline = Duration::from_secs_f64(seconds);
     let next_chunk = std::sync::atomic::AtomicU64::new(0);
@@ -364,17 +276,13 @@ fn measure(
     let start = Instant::now();
     let per_thread: Vec<Result<Vec<f64>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..qd)
-            .map(|t| {
+            .map(|_| {
                 s.spawn(move || -> Result<Vec<f64>> {
                     let mut buf = AlignedBuf::zeroed(size as usize);
-                    let mut state = seed ^ ((t as u64) << 32) ^ size;
                     let mut lat = Vec::new();
                     while lat.len() < 4 || start.elapsed() < deadline {
-                        let slot = if sequential {
-                            next_chunk.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % slots
-                        } else {
-                            splitmix(&mut state) % slots
-                        };
+                        let slot =
+                            next_chunk.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % slots;
                         let off = slot * size;
                         let t0 = Instant::now();
                         file.read_exact_at(buf.as_mut_slice(), off)
@@ -514,10 +422,14 @@ fn environment(o: &Options) -> Vec<(String, String)> {
         ("seconds per point".into(), o.seconds_per_point.to_string()),
         (
             "method".into(),
-            match o.engine {
-                Engine::Pread => "pread thread pool, one read in flight per thread".into(),
-                Engine::IoUring => "io_uring on one thread, queue kept full".into(),
-            },
+            format!(
+                "the real backend's readers ({}); each completion handed to the issuing thread, \
+                 which issues the next",
+                match o.engine {
+                    Engine::Pread => "pread threads, one read in flight each",
+                    Engine::IoUring => "one io_uring loader thread",
+                }
+            ),
         ),
     ]
 }
@@ -540,11 +452,16 @@ pub struct OpTimes {
     pub gb_per_s: f64,
 }
 
+/// Ops at least this large stream from DRAM on any CPU (beyond its last-level cache), as a
+/// decode step's weight matrices do.
+pub const STREAMING_OP_BYTES: u64 = 64 << 20;
+
 impl OpTimes {
-    /// Fits `seconds = overhead + bytes / rate` to `points` by least squares on the relative
-    /// error (each point weighted by 1 / seconds², so a 1 MiB op counts as much as a 256 MiB
-    /// one). A negative intercept (small ops that run from the CPU's caches, faster per byte)
-    /// is not an overhead: the fit is then redone through the origin.
+    /// The rate: bytes over time summed over the ops of at least [`STREAMING_OP_BYTES`] (all
+    /// ops when none is that large), the rate at which decode's large matrices stream. The
+    /// overhead: what the smallest op took beyond its bytes at that rate, or 0 when it took
+    /// less (an op small enough to run from the CPU's caches is faster per byte; a line fitted
+    /// through both regimes overstated the rate of large ops by 10-15% on this project's VM).
     pub fn fit(points: Vec<(u64, f64)>) -> Result<OpTimes> {
         if points.is_empty()
             || points
@@ -553,29 +470,22 @@ impl OpTimes {
         {
             bail!("op timings must be positive: {points:?}");
         }
-        let w = |t: f64| 1.0 / (t * t);
-        let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        for &(b, t) in &points {
-            let (x, k) = (b as f64, w(t));
-            sw += k;
-            sx += k * x;
-            sy += k * t;
-            sxx += k * x * x;
-            sxy += k * x * t;
-        }
-        let det = sw * sxx - sx * sx;
-        let (mut a, mut slope) = if points.len() > 1 && det > 0.0 {
-            ((sy * sxx - sx * sxy) / det, (sw * sxy - sx * sy) / det)
+        let large: Vec<&(u64, f64)> = points
+            .iter()
+            .filter(|p| p.0 >= STREAMING_OP_BYTES)
+            .collect();
+        let pool = if large.is_empty() {
+            points.iter().collect()
         } else {
-            (0.0, sxy / sxx)
+            large
         };
-        if a < 0.0 || slope <= 0.0 {
-            (a, slope) = (0.0, sxy / sxx);
-        }
+        let bytes_per_s =
+            pool.iter().map(|p| p.0 as f64).sum::<f64>() / pool.iter().map(|p| p.1).sum::<f64>();
+        let &(b0, t0) = points.iter().min_by_key(|p| p.0).expect("not empty");
         Ok(OpTimes {
+            overhead_us: (t0 - b0 as f64 / bytes_per_s).max(0.0) * 1e6,
+            gb_per_s: bytes_per_s / 1e9,
             points,
-            overhead_us: a * 1e6,
-            gb_per_s: 1.0 / slope / 1e9,
         })
     }
 }
@@ -779,24 +689,14 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let mut cells = Vec::new();
     for &kib in &o.sizes_kib {
         for &qd in &o.queue_depths {
-            let c = match o.engine {
-                Engine::Pread => measure_cell(
-                    &file,
-                    o.file_bytes,
-                    kib * 1024,
-                    qd,
-                    o.seconds_per_point,
-                    o.seed,
-                )?,
-                Engine::IoUring => measure_uring(
-                    &file,
-                    o.file_bytes,
-                    kib * 1024,
-                    qd,
-                    o.seconds_per_point,
-                    o.seed,
-                )?,
-            };
+            let c = crate::real::measure_reads(
+                &path,
+                o.engine,
+                kib * 1024,
+                qd,
+                o.seconds_per_point,
+                o.seed,
+            )?;
             progress(&format!(
                 "{kib:>5} KiB  QD {qd:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads)",
                 c.throughput_gb_per_s, c.mean_latency_us, c.p99_latency_us, c.requests
@@ -821,7 +721,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     // The real backend's ops, 1 to 256 MiB of 16-bit weights (a sparse slice of a 7B matrix up
     // to an LM head), on the backend's own path.
     let mut points = Vec::new();
-    for mib in [1u64, 4, 16, 64, 256] {
+    for mib in [1u64, 4, 16, 64, 128, 256] {
         let t = crate::real::op_seconds(mib << 20, o.seconds_per_point)?;
         progress(&format!(
             "backend op of {mib:>3} MiB (GEMV over 16-bit weights, all threads): {:>9.1} µs, {:.2} GB/s",

@@ -568,6 +568,65 @@ pub fn op_seconds(bytes: u64, seconds: f64) -> Result<f64> {
     Ok(times.iter().sum::<f64>() / times.len() as f64)
 }
 
+/// Reads of `size` bytes at random `size`-aligned offsets of `path`, `qd` in flight, through
+/// the real backend's own path: each read handed to its readers (`engine`) and its completion
+/// reported back to this thread, which then issues the next, as the pipeline does, until
+/// `seconds` have passed (and at least 4 reads per slot). What `calibrate` measures, so that the
+/// table carries the backend's per-read cost along with the disk's.
+pub fn measure_reads(
+    path: &Path,
+    engine: Engine,
+    size: u64,
+    qd: u32,
+    seconds: f64,
+    seed: u64,
+) -> Result<crate::calibrate::Cell> {
+    let file_bytes = std::fs::metadata(path)?.len();
+    let slots = crate::calibrate::slots(file_bytes, size)?;
+    let mut real = Real::new(path, qd, engine, Vec::new(), false)?;
+    let mut state = seed ^ size ^ 0x7ead;
+    let mut issued = vec![Ps::ZERO; qd as usize];
+    let mut done_per_slot = vec![0u32; qd as usize];
+    let mut lat = Vec::new();
+    let deadline = std::time::Duration::from_secs_f64(seconds);
+    real.start_clock();
+    let start = Instant::now();
+    let mut submit = |real: &mut Real, slot: u32, issued: &mut [Ps]| -> Result<()> {
+        let offset = (crate::calibrate::splitmix(&mut state) % slots) * size;
+        issued[slot as usize] = real.now_of(Instant::now());
+        real.submit(
+            Ps::ZERO,
+            slot,
+            Extent {
+                offset,
+                bytes: size,
+            },
+        )?;
+        real.reads.clear();
+        Ok(())
+    };
+    for slot in 0..qd {
+        submit(&mut real, slot, &mut issued)?;
+    }
+    let mut in_flight = qd;
+    while in_flight > 0 {
+        let (at, ev) = real.next_completion()?;
+        let Ev::IoDone { read: slot } = ev else {
+            anyhow::bail!("an op completed in a read measurement");
+        };
+        in_flight -= 1;
+        lat.push(at.checked_sub(issued[slot as usize])?.as_us());
+        done_per_slot[slot as usize] += 1;
+        if start.elapsed() < deadline || done_per_slot[slot as usize] < 4 {
+            submit(&mut real, slot, &mut issued)?;
+            in_flight += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    real.shutdown()?;
+    Ok(crate::calibrate::cell_of(size, qd, elapsed, lat))
+}
+
 fn stopped() -> SimError {
     SimError::Plan("the real backend's workers stopped".into())
 }

@@ -2,7 +2,8 @@
 //!
 //! Every point of the experiment runs from a fresh policy simulated on the experiment's device
 //! (a calibrated device file, for the comparison to mean anything) and `repeats` times on the
-//! real backend (its tokens pooled: storage is noisy from run to run), reading with O_DIRECT a weight file written under `--weights-dir` in the largest
+//! real backend (its tokens pooled: storage is noisy from run to run; the runs go in rounds,
+//! every point once per round, so that the machine's drift spreads over all points), reading with O_DIRECT a weight file written under `--weights-dir` in the largest
 //! layout of the experiment. Per point and metric (ms per token, flash busy, compute, stall) the
 //! table gives simulated, measured and the difference in percent at the mean, and for ms per
 //! token also at P50, P90 and P99 over the tokens after warm-up. Written to
@@ -124,63 +125,90 @@ pub fn run(
         weights.display()
     ));
     crate::real::write_weight_file(&weights, file_bytes, 7)?;
-    let mut rows = Vec::new();
+    // Simulated first; then the real runs in rounds, every point once per round, so that a slow
+    // or fast stretch of the machine (its disk and memory drift by tens of percent over
+    // minutes) spreads over all points instead of landing on one.
+    struct Pending<'p> {
+        point: &'p crate::experiment::Point,
+        sim: RunStats,
+        pooled: Vec<TokenStats>,
+        run_means: Vec<f64>,
+        reads: usize,
+        bytes: u64,
+        busy: u64,
+    }
+    let mut pending = Vec::new();
     for point in &exp.points {
         let c = &point.config;
         // A point its policy cannot fit in the budget is skipped, as sweeps record it.
         let sim = runner::prepare(exp, point, &mut cache)
             .map_err(anyhow::Error::from)
             .and_then(|mut p| Ok(p.simulate(false)?.0));
-        let sim = match sim {
-            Ok(s) => s,
+        match sim {
+            Ok(sim) => pending.push(Pending {
+                point,
+                sim,
+                pooled: Vec::new(),
+                run_means: Vec::new(),
+                reads: 0,
+                bytes: 0,
+                busy: 0,
+            }),
             Err(e) => match runner::infeasible(&e) {
-                Some(why) => {
-                    progress(&format!(
-                        "point {} {}: infeasible ({why})",
-                        point.index, c.policy
-                    ));
-                    continue;
-                }
+                Some(why) => progress(&format!(
+                    "point {} {}: infeasible ({why})",
+                    point.index, c.policy
+                )),
                 None => return Err(e.context(format!("point {}", point.index))),
             },
-        };
-        // The real backend `repeats` times from a fresh policy; tokens pooled.
-        let warmup = c.warmup_tokens as usize;
-        let (mut pooled, mut run_means, mut reads, mut bytes, mut busy) =
-            (Vec::new(), Vec::new(), 0, 0u64, 0u64);
-        for _ in 0..repeats.max(1) {
-            let mut real_p = runner::prepare(exp, point, &mut cache)?;
+        }
+    }
+    for round in 0..repeats.max(1) {
+        progress(&format!(
+            "round {} of {}: {} points on the real backend",
+            round + 1,
+            repeats.max(1),
+            pending.len()
+        ));
+        for p in &mut pending {
+            // Each run from a fresh policy; tokens pooled over the rounds.
+            let mut real_p = runner::prepare(exp, p.point, &mut cache)?;
             let (real, r) = real_p
                 .execute_real(&weights, false)
-                .with_context(|| format!("point {} on the real backend", point.index))?;
-            let toks = after_warmup(&real, warmup);
-            run_means.push(toks.iter().map(|t| ms(t.wall)).sum::<f64>() / toks.len() as f64);
-            bytes += toks.iter().map(|t| t.read_bytes).sum::<u64>();
-            busy += toks.iter().map(|t| t.flash_busy.0).sum::<u64>();
-            reads = r.len();
-            pooled.extend_from_slice(toks);
+                .with_context(|| format!("point {} on the real backend", p.point.index))?;
+            let toks = after_warmup(&real, p.point.config.warmup_tokens as usize);
+            p.run_means
+                .push(toks.iter().map(|t| ms(t.wall)).sum::<f64>() / toks.len() as f64);
+            p.bytes += toks.iter().map(|t| t.read_bytes).sum::<u64>();
+            p.busy += toks.iter().map(|t| t.flash_busy.0).sum::<u64>();
+            p.reads = r.len();
+            p.pooled.extend_from_slice(toks);
         }
+    }
+    let mut rows = Vec::new();
+    for p in &pending {
+        let c = &p.point.config;
         let r = compare(
-            point.index,
+            p.point.index,
             &c.policy,
             c.dram_budget_gib,
-            after_warmup(&sim, warmup),
-            &pooled,
+            after_warmup(&p.sim, c.warmup_tokens as usize),
+            &p.pooled,
         );
         let head = &r[0];
-        let runs: Vec<String> = run_means.iter().map(|m| format!("{m:.0}")).collect();
+        let runs: Vec<String> = p.run_means.iter().map(|m| format!("{m:.0}")).collect();
         progress(&format!(
             "point {} {} {} GiB: ms/token simulated {:.2}, measured {:.2} ({:+.1}%; runs {} ms), \
              {} reads per run, {:.3} GB/s while reading",
-            point.index,
+            p.point.index,
             c.policy,
             c.dram_budget_gib,
             head.simulated_ms,
             head.measured_ms,
             head.diff_pct(),
             runs.join(" / "),
-            reads,
-            bytes as f64 / (busy.max(1) as f64 * 1e-12) / 1e9
+            p.reads,
+            p.bytes as f64 / (p.busy.max(1) as f64 * 1e-12) / 1e9
         ));
         rows.extend(r);
     }

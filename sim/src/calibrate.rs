@@ -148,6 +148,10 @@ pub struct Options {
     pub sizes_kib: Vec<u64>,
     pub queue_depths: Vec<u32>,
     pub seconds_per_point: f64,
+    /// Each cell's time is split over this many passes over the table (ascending, then
+    /// descending, …), so that the disk's drift over minutes spreads over all cells instead of
+    /// bending one region of the curve. At least 1.
+    pub passes: u32,
     /// Keep the test file for a later run (it is reused when its size matches).
     pub keep_file: bool,
     /// How the table's reads are issued.
@@ -419,7 +423,14 @@ fn environment(o: &Options) -> Vec<(String, String)> {
                 o.file_bytes >> 20
             ),
         ),
-        ("seconds per point".into(), o.seconds_per_point.to_string()),
+        (
+            "seconds per point".into(),
+            format!(
+                "{} (in {} passes over the table, ascending then descending)",
+                o.seconds_per_point,
+                o.passes.max(1)
+            ),
+        ),
         (
             "method".into(),
             format!(
@@ -686,24 +697,47 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     ));
     prepare_file(&path, o.file_bytes, o.seed)?;
     let file = open_direct(&path, false)?;
-    let mut cells = Vec::new();
-    for &kib in &o.sizes_kib {
-        for &qd in &o.queue_depths {
-            let c = crate::real::measure_reads(
+    let grid: Vec<(u64, u32)> = o
+        .sizes_kib
+        .iter()
+        .flat_map(|&kib| o.queue_depths.iter().map(move |&qd| (kib * 1024, qd)))
+        .collect();
+    let passes = o.passes.max(1);
+    let mut pooled: Vec<(f64, Vec<f64>)> = vec![(0.0, Vec::new()); grid.len()];
+    let mut cells: Vec<Option<Cell>> = vec![None; grid.len()];
+    for pass in 0..passes {
+        let order: Vec<usize> = if pass % 2 == 0 {
+            (0..grid.len()).collect()
+        } else {
+            (0..grid.len()).rev().collect()
+        };
+        for i in order {
+            let (size, qd) = grid[i];
+            let (secs, lat) = crate::real::read_latencies(
                 &path,
                 o.engine,
-                kib * 1024,
+                size,
                 qd,
-                o.seconds_per_point,
-                o.seed,
+                o.seconds_per_point / passes as f64,
+                o.seed ^ pass as u64,
             )?;
-            progress(&format!(
-                "{kib:>5} KiB  QD {qd:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads)",
-                c.throughput_gb_per_s, c.mean_latency_us, c.p99_latency_us, c.requests
-            ));
-            cells.push(c);
+            pooled[i].0 += secs;
+            pooled[i].1.extend(lat);
+            if pass + 1 == passes {
+                let c = cell_of(size, qd, pooled[i].0, std::mem::take(&mut pooled[i].1));
+                progress(&format!(
+                    "{:>5} KiB  QD {qd:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads)",
+                    size / 1024,
+                    c.throughput_gb_per_s,
+                    c.mean_latency_us,
+                    c.p99_latency_us,
+                    c.requests
+                ));
+                cells[i] = Some(c);
+            }
         }
     }
+    let cells: Vec<Cell> = cells.into_iter().flatten().collect();
     // Sequential streaming (what dense streaming does): 1 MiB chunks at QD 1 and 8.
     let mut sequential = Vec::new();
     for qd in [1, 8] {

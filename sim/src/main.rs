@@ -133,11 +133,15 @@ enum Cmd {
         /// Seconds of reading per (size, queue depth).
         #[arg(long, default_value_t = 0.3)]
         seconds_per_point: f64,
+        /// Passes over the table, each cell's seconds split among them (ascending, then
+        /// descending order), so that the disk's drift spreads over all cells.
+        #[arg(long, default_value_t = 2)]
+        passes: u32,
         /// Keep the test file (a later run with the same size reuses it).
         #[arg(long)]
         keep_file: bool,
-        /// How reads are kept in flight: a pread thread per slot (as the real backend reads)
-        /// or one io_uring.
+        /// How reads are kept in flight, through the real backend's readers: a pread thread
+        /// per slot, or one io_uring loader thread (the device file records which).
         #[arg(long, value_enum, default_value = "pread")]
         engine: flashsim::calibrate::Engine,
     },
@@ -380,6 +384,7 @@ fn run(cli: Cli) -> Result<()> {
             sizes_kib,
             queue_depths,
             seconds_per_point,
+            passes,
             keep_file,
             engine,
         } => {
@@ -396,6 +401,7 @@ fn run(cli: Cli) -> Result<()> {
                 sizes_kib,
                 queue_depths,
                 seconds_per_point,
+                passes,
                 keep_file,
                 engine,
                 seed: 1,

@@ -581,6 +581,19 @@ pub fn measure_reads(
     seconds: f64,
     seed: u64,
 ) -> Result<crate::calibrate::Cell> {
+    let (elapsed, lat) = read_latencies(path, engine, size, qd, seconds, seed)?;
+    Ok(crate::calibrate::cell_of(size, qd, elapsed, lat))
+}
+
+/// As [`measure_reads`]: the seconds taken and each read's latency (µs).
+pub fn read_latencies(
+    path: &Path,
+    engine: Engine,
+    size: u64,
+    qd: u32,
+    seconds: f64,
+    seed: u64,
+) -> Result<(f64, Vec<f64>)> {
     let file_bytes = std::fs::metadata(path)?.len();
     let slots = crate::calibrate::slots(file_bytes, size)?;
     let mut real = Real::new(path, qd, engine, Vec::new(), false)?;
@@ -624,7 +637,7 @@ pub fn measure_reads(
     }
     let elapsed = start.elapsed().as_secs_f64();
     real.shutdown()?;
-    Ok(crate::calibrate::cell_of(size, qd, elapsed, lat))
+    Ok((elapsed, lat))
 }
 
 fn stopped() -> SimError {

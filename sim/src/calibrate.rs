@@ -661,8 +661,9 @@ pub fn device_toml(
         ));
     }
     s.push_str(&format!(
-        "\n# Fitted: time = dispatch_overhead_us + bytes / mem_bandwidth ({:.0}% of the DRAM read\n\
-         # bandwidth above).\n",
+        "\n# Fitted: time = dispatch_overhead_us + bytes / mem_bandwidth, the rate from the ops of\n\
+         # 64 MiB and more (beyond the CPU's caches; {:.0}% of the DRAM read bandwidth above), the\n\
+         # overhead what the smallest op took beyond its bytes at that rate.\n",
         100.0 * ops.gb_per_s
             / rates
                 .iter()

@@ -1,7 +1,7 @@
 //! `flashsim calibrate`: measures the machine into a device file.
 //!
 //! Storage: O_DIRECT reads of every request size (4 KiB … 4 MiB by default) at every queue depth
-//! (1 … 64) through the real backend's own readers ([`crate::real::measure_reads`]: a pool of
+//! (1 … 64) through the real backend's own readers ([`crate::real::read_latencies`]: a pool of
 //! threads each keeping one `pread` in flight, or one io_uring loader thread,
 //! `Engine::IoUring`; each completion reported to the issuing thread, which issues the next, as
 //! the pipeline does, so the table carries the backend's per-read cost), at seeded random aligned
@@ -160,7 +160,7 @@ pub struct Options {
 }
 
 /// How calibration keeps `qd` reads in flight (and how the real backend reads on the device
-/// file it writes: see [`ReadEngine`]).
+/// file it writes: see [`crate::device::ReadEngine`]).
 pub use crate::device::ReadEngine as Engine;
 
 /// One (size, queue depth) measurement.

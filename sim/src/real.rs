@@ -533,7 +533,7 @@ fn spawn_op_worker(ops: Receiver<Job>, done: Sender<Done>) -> std::thread::JoinH
 
 /// The mean time (s) an op of `bytes` (one multiply-add per 16-bit weight) takes in the real
 /// backend, measured on the backend's own path: handed to the compute thread, run by
-/// [`kernel`] on rayon's pool, its end reported back, one op at a time as the pipeline's chain
+/// the kernel on rayon's pool, its end reported back, one op at a time as the pipeline's chain
 /// runs them. After a warm-up op, ops repeat until `seconds` have passed (at least 5). The mean,
 /// not the best run, since the simulator is checked against the backend's mean ms/token;
 /// `calibrate` fits the unit's dispatch overhead and memory rate to these times.
@@ -572,20 +572,8 @@ pub fn op_seconds(bytes: u64, seconds: f64) -> Result<f64> {
 /// the real backend's own path: each read handed to its readers (`engine`) and its completion
 /// reported back to this thread, which then issues the next, as the pipeline does, until
 /// `seconds` have passed (and at least 4 reads per slot). What `calibrate` measures, so that the
-/// table carries the backend's per-read cost along with the disk's.
-pub fn measure_reads(
-    path: &Path,
-    engine: Engine,
-    size: u64,
-    qd: u32,
-    seconds: f64,
-    seed: u64,
-) -> Result<crate::calibrate::Cell> {
-    let (elapsed, lat) = read_latencies(path, engine, size, qd, seconds, seed)?;
-    Ok(crate::calibrate::cell_of(size, qd, elapsed, lat))
-}
-
-/// As [`measure_reads`]: the seconds taken and each read's latency (µs).
+/// table carries the backend's per-read cost along with the disk's. Returns the seconds taken
+/// and each read's latency (µs).
 pub fn read_latencies(
     path: &Path,
     engine: Engine,

@@ -223,19 +223,6 @@ pub fn prepare_file(path: &Path, bytes: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Reads from `qd` threads, each with one `pread` in flight, taking consecutive `size` chunks
-/// of the file in turn (a streaming reader with `qd` reads in flight), for `seconds` (and at
-/// least 4 reads per thread): the sequential throughput.
-pub fn measure_sequential(
-    file: &File,
-    file_bytes: u64,
-    size: u64,
-    qd: u32,
-    seconds: f64,
-) -> Result<Cell> {
-    measure(file, file_bytes, size, qd, seconds)
-}
-
 /// The `q` quantile of ascending `sorted` (nearest rank; not empty).
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
@@ -272,7 +259,16 @@ pub(crate) fn cell_of(size: u64, qd: u32, elapsed: f64, mut lat: Vec<f64>) -> Ce
     }
 }
 
-fn measure(file: &File, file_bytes: u64, size: u64, qd: u32, seconds: f64) -> Result<Cell> {
+/// Reads from `qd` threads, each with one `pread` in flight, taking consecutive `size` chunks
+/// of the file in turn (a streaming reader with `qd` reads in flight), for `seconds` (and at
+/// least 4 reads per thread): the sequential throughput.
+pub fn measure_sequential(
+    file: &File,
+    file_bytes: u64,
+    size: u64,
+    qd: u32,
+    seconds: f64,
+) -> Result<Cell> {
     let slots = slots(file_bytes, size)?;
     let deadline = Duration::from_secs_f64(seconds);
     let next_chunk = std::sync::atomic::AtomicU64::new(0);
@@ -705,8 +701,8 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         .collect();
     let passes = o.passes.max(1);
     let mut pooled: Vec<(f64, Vec<f64>)> = vec![(0.0, Vec::new()); grid.len()];
-    let mut cells: Vec<Option<Cell>> = vec![None; grid.len()];
     for pass in 0..passes {
+        progress(&format!("pass {} of {passes} over the table ...", pass + 1));
         let order: Vec<usize> = if pass % 2 == 0 {
             (0..grid.len()).collect()
         } else {
@@ -724,21 +720,24 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             )?;
             pooled[i].0 += secs;
             pooled[i].1.extend(lat);
-            if pass + 1 == passes {
-                let c = cell_of(size, qd, pooled[i].0, std::mem::take(&mut pooled[i].1));
-                progress(&format!(
-                    "{:>5} KiB  QD {qd:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads)",
-                    size / 1024,
-                    c.throughput_gb_per_s,
-                    c.mean_latency_us,
-                    c.p99_latency_us,
-                    c.requests
-                ));
-                cells[i] = Some(c);
-            }
         }
     }
-    let cells: Vec<Cell> = cells.into_iter().flatten().collect();
+    let cells: Vec<Cell> = grid
+        .iter()
+        .zip(pooled)
+        .map(|(&(size, qd), (secs, lat))| {
+            let c = cell_of(size, qd, secs, lat);
+            progress(&format!(
+                "{:>5} KiB  QD {qd:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads)",
+                size / 1024,
+                c.throughput_gb_per_s,
+                c.mean_latency_us,
+                c.p99_latency_us,
+                c.requests
+            ));
+            c
+        })
+        .collect();
     // Sequential streaming (what dense streaming does): 1 MiB chunks at QD 1 and 8.
     let mut sequential = Vec::new();
     for qd in [1, 8] {

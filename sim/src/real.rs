@@ -108,19 +108,29 @@ pub fn checksum(bytes: &[u8]) -> u64 {
     s ^ bytes.len() as u64
 }
 
+/// A read handed to the readers.
+#[derive(Clone, Copy)]
+struct ReadJob {
+    read: u32,
+    extent: Extent,
+    record: usize,
+    /// The planned bytes within the aligned read, when verifying.
+    verify: Option<(usize, usize)>,
+}
+
+impl ReadJob {
+    /// The completion to report once `buf` holds the read's bytes.
+    fn done(&self, buf: &[u8], at: Instant) -> Done {
+        let data = self
+            .verify
+            .map(|(skip, len)| (self.record, buf[skip..skip + len].to_vec()));
+        (Ev::IoDone { read: self.read }, at, data)
+    }
+}
+
 enum Job {
-    Read {
-        read: u32,
-        extent: Extent,
-        record: usize,
-        /// The planned bytes within the aligned read, when verifying.
-        verify: Option<(usize, usize)>,
-    },
-    Op {
-        j: u32,
-        flops: u64,
-        bytes: u64,
-    },
+    Read(ReadJob),
+    Op { j: u32, flops: u64, bytes: u64 },
 }
 
 /// A completion: the event, when it happened, and (when verifying) the read's record and the
@@ -263,15 +273,10 @@ fn pread_worker(
     let mut buf = AlignedBuf::zeroed(ALIGN);
     loop {
         let job = jobs.lock().expect("job queue").recv();
-        let Ok(Job::Read {
-            read,
-            extent,
-            record,
-            verify,
-        }) = job
-        else {
+        let Ok(Job::Read(r)) = job else {
             return Ok(());
         };
+        let extent = r.extent;
         check_within(extent, file_bytes)?;
         if buf.as_slice().len() < extent.bytes as usize {
             buf = AlignedBuf::zeroed(extent.bytes as usize);
@@ -281,9 +286,7 @@ fn pread_worker(
             extent.offset,
         )
         .with_context(|| format!("O_DIRECT read {extent:?}"))?;
-        let at = Instant::now();
-        let data = verify.map(|(skip, len)| (record, buf.as_slice()[skip..skip + len].to_vec()));
-        if done.send((Ev::IoDone { read }, at, data)).is_err() {
+        if done.send(r.done(buf.as_slice(), Instant::now())).is_err() {
             return Ok(());
         }
     }
@@ -326,15 +329,6 @@ impl EventFd {
     }
 }
 
-/// A read in one of the io_uring loader's slots.
-#[derive(Clone, Copy)]
-struct InFlight {
-    read: u32,
-    extent: Extent,
-    record: usize,
-    verify: Option<(usize, usize)>,
-}
-
 /// The io_uring loader (ActiveFlow's "one io_uring loader thread"): one thread, one ring with
 /// `qd` read slots and a poll on `wake`. It submits every queued read at once, waits for any
 /// completion or new work, and reports each completion as the pread pool does.
@@ -353,7 +347,7 @@ fn spawn_uring_loader(
     })?;
     Ok(std::thread::spawn(move || -> Result<()> {
         let mut bufs: Vec<AlignedBuf> = (0..qd).map(|_| AlignedBuf::zeroed(ALIGN)).collect();
-        let mut slots: Vec<Option<InFlight>> = vec![None; qd as usize];
+        let mut slots: Vec<Option<ReadJob>> = vec![None; qd as usize];
         let mut ring = ring;
         let result = uring_loop(
             &mut ring, &file, file_bytes, &jobs, &done, &wake, &mut bufs, &mut slots,
@@ -385,7 +379,7 @@ fn uring_loop(
     done: &Sender<Done>,
     wake: &EventFd,
     bufs: &mut [AlignedBuf],
-    slots: &mut [Option<InFlight>],
+    slots: &mut [Option<ReadJob>],
 ) -> Result<()> {
     use io_uring::{opcode, types};
     use std::os::fd::AsRawFd;
@@ -405,17 +399,7 @@ fn uring_loop(
         }
         while open {
             match jobs.try_recv() {
-                Ok(Job::Read {
-                    read,
-                    extent,
-                    record,
-                    verify,
-                }) => pending.push_back(InFlight {
-                    read,
-                    extent,
-                    record,
-                    verify,
-                }),
+                Ok(Job::Read(r)) => pending.push_back(r),
                 Ok(Job::Op { .. }) => anyhow::bail!("an op reached the reader"),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
@@ -464,10 +448,7 @@ fn uring_loop(
             if res as u64 != r.extent.bytes {
                 anyhow::bail!("io_uring read {:?} returned {res} bytes", r.extent);
             }
-            let data = r
-                .verify
-                .map(|(skip, len)| (r.record, bufs[slot].as_slice()[skip..skip + len].to_vec()));
-            if done.send((Ev::IoDone { read: r.read }, at, data)).is_err() {
+            if done.send(r.done(bufs[slot].as_slice(), at)).is_err() {
                 return Ok(());
             }
         }
@@ -650,12 +631,12 @@ impl Backend for Real {
         self.jobs_io
             .as_ref()
             .ok_or_else(stopped)?
-            .send(Job::Read {
+            .send(Job::Read(ReadJob {
                 read,
                 extent: issued,
                 record,
                 verify,
-            })
+            }))
             .map_err(|_| stopped())?;
         if let Some(w) = &self.wake {
             w.notify();

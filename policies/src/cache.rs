@@ -43,6 +43,21 @@ struct Resident {
     n: usize,
 }
 
+impl Access {
+    /// Records `u` as a hit when `res` holds it, otherwise as a miss that `res` now holds;
+    /// true on a hit.
+    fn hit_or_insert(&mut self, res: &mut Resident, u: u32) -> bool {
+        let hit = res.has(u);
+        if hit {
+            self.hits.push(u);
+        } else {
+            self.misses.push(u);
+            res.insert(u);
+        }
+        hit
+    }
+}
+
 impl Resident {
     fn new(units: usize) -> Self {
         Resident {
@@ -225,12 +240,8 @@ impl UnitCache for Lru {
     fn access(&mut self, t: u64, units: &[u32]) -> Access {
         let mut a = Access::default();
         for &u in units {
-            if self.res.has(u) {
-                a.hits.push(u);
+            if a.hit_or_insert(&mut self.res, u) {
                 self.lists.remove(u);
-            } else {
-                a.misses.push(u);
-                self.res.insert(u);
             }
             self.stamp[u as usize] = t;
             self.lists.push_back(0, u);
@@ -642,12 +653,8 @@ impl UnitCache for Belady {
         );
         for &(u, next) in nexts {
             let k = &mut self.keys[u as usize];
-            if self.res.has(u) {
-                a.hits.push(u);
+            if a.hit_or_insert(&mut self.res, u) {
                 self.order.remove(&(k.0, k.1, u));
-            } else {
-                a.misses.push(u);
-                self.res.insert(u);
             }
             // Smallest key evicted first: farthest next use = smallest (MAX - next).
             *k = (u64::MAX - next, 0);
@@ -711,12 +718,8 @@ mod tests {
         fn access(&mut self, t: u64, units: &[u32]) -> Access {
             let mut a = Access::default();
             for &u in units {
-                if self.res.has(u) {
-                    a.hits.push(u);
+                if a.hit_or_insert(&mut self.res, u) {
                     self.lists.remove(u);
-                } else {
-                    a.misses.push(u);
-                    self.res.insert(u);
                 }
                 self.count[u as usize] += 1;
                 self.stamp[u as usize] = t;

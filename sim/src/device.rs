@@ -151,8 +151,9 @@ impl Device {
     }
 }
 
-/// The device's rates as a policy may see them when it sizes itself ([`flashsim_policies::DeviceRates`]): measured
-/// on fresh copies of its models, at the experiment's I/O queue depth.
+/// The device's rates as a policy may see them when it sizes itself
+/// ([`flashsim_policies::DeviceRates`]): measured on fresh copies of its models, at the
+/// experiment's I/O queue depth.
 pub struct Rates<'a> {
     pub device: &'a Device,
     pub io_queue_depth: u32,

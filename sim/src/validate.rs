@@ -3,8 +3,9 @@
 //! Every point of the experiment runs from a fresh policy simulated on the experiment's device
 //! (a calibrated device file, for the comparison to mean anything) and `repeats` times on the
 //! real backend (its tokens pooled: storage is noisy from run to run; the runs go in rounds,
-//! every point once per round, so that the machine's drift spreads over all points), reading with O_DIRECT a weight file written under `--weights-dir` in the largest
-//! layout of the experiment. Per point and metric (ms per token, flash busy, compute, stall) the
+//! every point once per round, so that the machine's drift spreads over all points), reading
+//! with O_DIRECT a weight file written under `--weights-dir` in the largest layout of the
+//! experiment. Per point and metric (ms per token, flash busy, compute, stall) the
 //! table gives simulated, measured and the difference in percent at the mean, and for ms per
 //! token also at P50, P90 and P99 over the tokens after warm-up. Written to
 //! `results/<experiment>/validate.csv`, with a plot of simulated against measured ms per token.

@@ -29,7 +29,9 @@
 use crate::cache::{LfuAdmit, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, InterleaveRegion, WeightLayout};
-use crate::plan::{kept_share, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+use crate::plan::{
+    kept_share, op_weights, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan,
+};
 use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
     SizingContext, TokenInfo,
@@ -534,12 +536,18 @@ impl Policy for ActiveFlow {
                     Oper::GateUp => (OpKind::Ffn, 2 * out_rows * k, k * ub),
                     Oper::Down => (OpKind::FfnDown, 2 * out_rows * k, k * ub),
                 };
+                let weights = if ctx.op_weights {
+                    op_weights(mask.iter().map(|&c| region.channel(l, c as u64)).collect())
+                } else {
+                    Vec::new()
+                };
                 plan.ops.push(Op {
                     kind,
                     layer: Some(l),
                     unit: self.p.compute_unit.clone(),
                     flops,
                     dram_bytes: bytes,
+                    weights,
                 });
                 if o == Oper::Down {
                     // `self.keys` holds the magnitudes of h this mask was chosen from.
@@ -608,6 +616,7 @@ mod tests {
             max_read_bytes: 1 << 20,
             trace: Some(&trace),
             record_masks: false,
+            op_weights: false,
         };
         p.setup(&ctx).unwrap();
         let plan = p

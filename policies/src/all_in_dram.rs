@@ -97,6 +97,7 @@ mod tests {
             max_read_bytes: 4096,
             trace: None,
             record_masks: false,
+            op_weights: false,
         };
         let mut p = AllInDram {
             params: AllInDramParams {

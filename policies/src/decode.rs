@@ -3,7 +3,7 @@
 //! the LM head. A policy starts from these and changes what it sparsifies.
 
 use crate::layout::{TensorExtent, WeightLayout};
-use crate::plan::{Op, OpKind};
+use crate::plan::{op_weights, Op, OpKind};
 use flashsim_workloads::shape::{ModelShape, TensorKind};
 
 /// Index of layer `l`'s attention op in [`dense_ops`].
@@ -22,13 +22,15 @@ pub fn kv_bytes_per_layer(shape: &ModelShape, context: u64, kv_bytes_per_value: 
 }
 
 /// The dense decode step for a token whose KV cache holds `context` earlier tokens:
-/// `[attn 0, ffn 0, attn 1, ffn 1, …, lm_head]`, all on `unit`.
+/// `[attn 0, ffn 0, attn 1, ffn 1, …, lm_head]`, all on `unit`; with `weights`, each op lists
+/// the whole matrices it multiplies by.
 pub fn dense_ops(
     shape: &ModelShape,
     layout: &WeightLayout,
     context: u64,
     kv_bytes_per_value: u64,
     unit: &str,
+    weights: bool,
 ) -> Vec<Op> {
     let mut ops = Vec::with_capacity(2 * shape.layers as usize + 1);
     let kv = kv_bytes_per_layer(shape, context, kv_bytes_per_value);
@@ -37,21 +39,26 @@ pub fn dense_ops(
     for l in 0..shape.layers {
         let (mut params, mut bytes) = (0, 0);
         let (mut ffn_params, mut ffn_bytes) = (0, 0);
+        let (mut attn_w, mut ffn_w) = (Vec::new(), Vec::new());
         for t in layout.layer(l) {
             if t.shape.kind.is_attention() {
                 params += t.shape.params();
                 bytes += t.bytes;
+                attn_w.push(t.whole());
             } else {
                 ffn_params += t.shape.params();
                 ffn_bytes += t.bytes;
+                ffn_w.push(t.whole());
             }
         }
+        let listed = |v: Vec<_>| if weights { op_weights(v) } else { Vec::new() };
         ops.push(Op {
             kind: OpKind::Attention,
             layer: Some(l),
             unit: unit.to_string(),
             flops: 2 * params + attn_flops,
             dram_bytes: bytes + kv,
+            weights: listed(attn_w),
         });
         ops.push(Op {
             kind: OpKind::Ffn,
@@ -59,6 +66,7 @@ pub fn dense_ops(
             unit: unit.to_string(),
             flops: 2 * ffn_params,
             dram_bytes: ffn_bytes,
+            weights: listed(ffn_w),
         });
     }
     let head = lm_head(layout);
@@ -68,6 +76,11 @@ pub fn dense_ops(
         unit: unit.to_string(),
         flops: 2 * head.shape.params(),
         dram_bytes: head.bytes,
+        weights: if weights {
+            vec![head.whole()]
+        } else {
+            Vec::new()
+        },
     });
     ops
 }

@@ -222,6 +222,7 @@ mod tests {
             max_read_bytes: 48,
             trace: None,
             record_masks: false,
+            op_weights: false,
         }
     }
 

@@ -18,7 +18,9 @@
 use crate::cache::{Belady, Lfu, Lru, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
-use crate::plan::{kept_share, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+use crate::plan::{
+    kept_share, op_weights, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan,
+};
 use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
     TokenInfo,
@@ -424,6 +426,30 @@ impl Policy for Dip {
                     (OpKind::FfnDown, IssueAfter::OpDone(attn + 1))
                 };
                 let op = plan.ops.len() as u32;
+                let kinds: &[TensorKind] = if act == Act::XMlp {
+                    if shape.gated {
+                        &[gate, up]
+                    } else {
+                        &[up]
+                    }
+                } else {
+                    &[down]
+                };
+                let tensor = |kind| {
+                    ctx.layout
+                        .tensor(kind, Some(l))
+                        .expect("layout has the FFN")
+                };
+                let weights = if ctx.op_weights {
+                    op_weights(
+                        kinds
+                            .iter()
+                            .flat_map(|&k| sel.iter().map(move |&c| tensor(k).unit(c as u64)))
+                            .collect(),
+                    )
+                } else {
+                    Vec::new()
+                };
                 let (flops, bytes) = if act == Act::XMlp {
                     let mats = if shape.gated { 2 } else { 1 };
                     (
@@ -442,22 +468,11 @@ impl Policy for Dip {
                     unit: self.p.compute_unit.clone(),
                     flops,
                     dram_bytes: bytes,
+                    weights,
                 });
                 extents.clear();
-                let kinds: &[TensorKind] = if act == Act::XMlp {
-                    if shape.gated {
-                        &[gate, up]
-                    } else {
-                        &[up]
-                    }
-                } else {
-                    &[down]
-                };
                 for &kind in kinds {
-                    let t = ctx
-                        .layout
-                        .tensor(kind, Some(l))
-                        .expect("layout has the FFN");
+                    let t = tensor(kind);
                     extents.extend(access.misses.iter().map(|&c| t.unit(c as u64)));
                 }
                 let admitted_all = access.admitted.len() == access.misses.len();
@@ -562,6 +577,7 @@ mod tests {
             max_read_bytes: 1024,
             trace: Some(&trace),
             record_masks: false,
+            op_weights: false,
         };
         p.setup(&ctx).unwrap();
         let plan = p

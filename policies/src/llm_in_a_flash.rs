@@ -20,8 +20,8 @@ use crate::cache::{SlidingWindow, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
 use crate::plan::{
-    f16_quanta, AppliedMask, Extent, IssueAfter, Magnitude, Op, OpKind, Read, TokenPlan,
-    F16_QUANTUM,
+    f16_quanta, op_weights, AppliedMask, Extent, IssueAfter, Magnitude, Op, OpKind, Read,
+    TokenPlan, F16_QUANTUM,
 };
 use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
@@ -339,6 +339,8 @@ impl Policy for LlmInAFlash {
                     unit: self.p.compute_unit.clone(),
                     flops: 0,
                     dram_bytes: 2 * access.evicted.len() as u64 * nb,
+                    // A copy within DRAM, not a product with the weights.
+                    weights: Vec::new(),
                 });
             }
             let ffn = plan.ops.len() as u32;
@@ -348,6 +350,19 @@ impl Policy for LlmInAFlash {
             } else {
                 predicted.len() as u64
             };
+            let mut weights = Vec::new();
+            if ctx.op_weights {
+                let n = self.keys.len() as u32;
+                let neurons: Vec<u32> = if windowed {
+                    (0..n).filter(|&i| window.contains(i)).collect()
+                } else {
+                    predicted.clone()
+                };
+                for i in neurons {
+                    self.neuron_extents(ctx.layout, l, i as u64, &mut weights);
+                }
+                weights = op_weights(weights);
+            }
             plan.ops.push(Op {
                 kind: OpKind::Ffn,
                 layer: Some(l),
@@ -355,6 +370,7 @@ impl Policy for LlmInAFlash {
                 // 2 FLOPs per weight over every neuron in the window.
                 flops: 2 * w * (if shape.gated { 3 } else { 2 }) * shape.hidden as u64,
                 dram_bytes: w * nb,
+                weights,
             });
             extents.clear();
             for &i in &access.misses {
@@ -469,6 +485,7 @@ mod tests {
             max_read_bytes: 1 << 20,
             trace: Some(&trace),
             record_masks: true,
+            op_weights: false,
         };
         assert_eq!(p.setup(&ctx).unwrap().resident_weight_bytes, 192);
         let plan = |p: &mut LlmInAFlash, i: u32| {

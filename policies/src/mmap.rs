@@ -221,6 +221,7 @@ mod tests {
             max_read_bytes: 1 << 20,
             trace: None,
             record_masks: false,
+            op_weights: false,
         };
         let mut p = Mmap {
             p: MmapParams {

@@ -87,6 +87,24 @@ pub struct Op {
     pub flops: u64,
     /// Bytes the op reads and writes in DRAM (weights, KV cache, activations).
     pub dram_bytes: u64,
+    /// The weight-file extents the op multiplies by (part of `dram_bytes`), listed only when
+    /// the context asks (`op_weights`: the real backend computes on these bytes); empty
+    /// otherwise, which costs the simulator nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<Extent>,
+}
+
+impl Op {
+    /// Bytes of the listed weights.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights.iter().map(|e| e.bytes).sum()
+    }
+}
+
+/// `extents` as an op's weight list: sorted, adjacent and overlapping ones merged (no size
+/// cap: this is what the op touches, not how it is read).
+pub fn op_weights(extents: Vec<Extent>) -> Vec<Extent> {
+    crate::layout::coalesce(extents, u64::MAX)
 }
 
 /// The plan for one generated token.
@@ -130,6 +148,15 @@ impl TokenPlan {
     /// issued after the op that needs it has started.
     pub fn check(&self) -> Result<(), String> {
         let n = self.ops.len() as u32;
+        for (j, op) in self.ops.iter().enumerate() {
+            if op.weight_bytes() > op.dram_bytes {
+                return Err(format!(
+                    "op {j} lists {} B of weights but touches {} B of DRAM",
+                    op.weight_bytes(),
+                    op.dram_bytes
+                ));
+            }
+        }
         for (i, r) in self.reads.iter().enumerate() {
             if r.needed_by >= n {
                 return Err(format!("read {i} is needed by op {} of {n}", r.needed_by));

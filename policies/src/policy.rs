@@ -29,6 +29,9 @@ pub struct PolicyContext<'a> {
     pub trace: Option<&'a dyn TraceView>,
     /// Put the applied masks in each plan (for quality scoring); off for speed otherwise.
     pub record_masks: bool,
+    /// List each op's weight extents ([`crate::plan::Op::weights`]) for a backend that computes
+    /// on them; off for speed otherwise.
+    pub op_weights: bool,
 }
 
 impl PolicyContext<'_> {
@@ -50,6 +53,7 @@ impl PolicyContext<'_> {
             token.context,
             self.kv_bytes_per_value,
             unit,
+            self.op_weights,
         )
     }
 
@@ -200,4 +204,107 @@ pub fn parse_params<P: serde::de::DeserializeOwned>(
     key: &[&str],
 ) -> Result<P, ConfigError> {
     src.parse_value(params, key)
+}
+
+#[cfg(test)]
+mod op_weight_tests {
+    use super::*;
+    use crate::plan::OpKind;
+    use crate::testing::FnTrace;
+    use flashsim_workloads::trace::Act;
+
+    /// Every registered policy, asked for op weights, plans exactly as without them, and each
+    /// op lists the weights its `dram_bytes` counts: all of them but the KV cache for
+    /// attention, none for DRAM bookkeeping, every byte otherwise.
+    #[test]
+    fn ops_list_the_weights_they_count() {
+        let shape = ModelShape {
+            name: "t".into(),
+            source: String::new(),
+            layers: 3,
+            hidden: 8,
+            intermediate: 24,
+            heads: 2,
+            kv_heads: 2,
+            vocab: 16,
+            bytes_per_weight: 2.0,
+            gated: true,
+            tied_embeddings: false,
+            head_dim: None,
+        };
+        let trace = FnTrace {
+            shape: shape.clone(),
+            tokens: 5,
+            f: |act: Act, t: usize, l: usize| {
+                let n = if act == Act::H { 24 } else { 8 };
+                (0..n)
+                    .map(|i| (((i * 7 + t * 5 + l * 3 + act as usize) % 11) as f32 - 5.0) / 4.0)
+                    .collect()
+            },
+        };
+        let params = |name: &str| -> toml::Value {
+            let text = match name {
+                "activeflow" => "preload_layers = 1\nsparsity = 0.5",
+                "llm-in-a-flash" => "bundling = false",
+                _ => "",
+            };
+            toml::Value::Table(text.parse().unwrap())
+        };
+        for entry in registry() {
+            let src = TomlSource::from_text("t.toml", "").unwrap();
+            let build = || (entry.build)(&src, params(entry.name), &["policies", entry.name]);
+            let (mut plain, mut listing) = (build().unwrap(), build().unwrap());
+            let layout = plain.layout(&shape, 2);
+            let ctx = PolicyContext {
+                shape: &shape,
+                layout: &layout,
+                // 70% of the file; mmap's page cache needs room for its pages and readahead.
+                dram_budget_bytes: if entry.name == "mmap" {
+                    1 << 20
+                } else {
+                    layout.file_bytes / 10 * 7 + 4096
+                },
+                kv_cache_bytes: 0,
+                kv_bytes_per_value: 2,
+                prompt_tokens: 2,
+                tokens: 5,
+                max_read_bytes: 64,
+                trace: Some(&trace),
+                record_masks: false,
+                op_weights: false,
+            };
+            let with = PolicyContext {
+                op_weights: true,
+                ..ctx
+            };
+            plain.setup(&ctx).unwrap();
+            listing.setup(&with).unwrap();
+            for index in 0..5 {
+                let info = TokenInfo {
+                    index,
+                    context: 2 + index as u64,
+                    token_id: index,
+                };
+                let a = plain.plan_token(&ctx, info).unwrap();
+                let mut b = listing.plan_token(&with, info).unwrap();
+                b.check().unwrap();
+                let kv = crate::decode::kv_bytes_per_layer(&shape, info.context, 2);
+                for (j, op) in b.ops.iter_mut().enumerate() {
+                    let what = format!("{} token {index} op {j} ({:?})", entry.name, op.kind);
+                    assert!(op.weights.is_sorted(), "{what}");
+                    assert!(op.weights.windows(2).all(|w| w[0].end() < w[1].offset));
+                    assert!(op.weights.iter().all(|e| e.end() <= layout.file_bytes));
+                    let want = match op.kind {
+                        OpKind::Attention => op.dram_bytes - kv,
+                        OpKind::DramManagement => 0,
+                        _ => op.dram_bytes,
+                    };
+                    assert_eq!(op.weight_bytes(), want, "{what}");
+                    assert!(op.weight_bytes() > 0 || op.kind == OpKind::DramManagement);
+                    op.weights.clear();
+                }
+                assert_eq!(a, b, "{} token {index}", entry.name);
+            }
+        }
+    }
 }

@@ -10,20 +10,25 @@
 //!   or one loader thread with an io_uring (ActiveFlow's loader), from the
 //!   weight file written in the policy's layout ([`write_weight_file`]); an extent that is not
 //!   4 KiB-aligned is widened to the aligned range around it (both sizes are recorded); the
-//!   bytes land in aligned buffers;
-//! - **ops**: a compute thread runs each op as a GEMV-shaped kernel (rayon over all cores) that
-//!   streams the op's `dram_bytes` of 16-bit weights from a DRAM arena and performs its
-//!   `flops`, so each op costs what its memory traffic and arithmetic cost on this machine.
+//!   bytes land in the backend's DRAM ([`Image`]) at their file offset, straight from the disk;
+//! - **ops**: a compute thread runs each op as a GEMV-shaped kernel (rayon over all cores) on
+//!   the weights the op lists ([`Op::weights`]: the rows, columns or channels its mask keeps),
+//!   read where the reads put them in DRAM, plus the rest of its `dram_bytes` (KV cache,
+//!   activations) from an arena, performing its `flops`: each op costs what its memory
+//!   traffic and arithmetic cost on this machine, on the bytes it really uses. A weight page no
+//!   read has brought in is one of the policy's resident weights: the compute thread loads it
+//!   the first time an op needs it (inside that op: the warm-up tokens pay for it).
 //!
-//! Correctness ([`crate::runner::Prepared::check_real_logits`]): with `verify`, what each read
-//! brings in lands in a DRAM image of the file; after every token the model is evaluated on the
-//! weights as they stand in that image (bytes never read are zero) under the token's masks and
-//! compared with the reference model: identical logits mean every weight the masks use was
-//! read (f32 checkpoints, per-matrix and bundled layouts).
+//! Correctness ([`crate::runner::Prepared::check_real_logits`]): with `verify`, the readers
+//! read into their own buffers and only the planned bytes are copied into DRAM (the rest stays
+//! zero, nothing is loaded on demand); after every token the model is evaluated on the weights
+//! as they stand there under the token's masks and compared with the reference model:
+//! identical logits mean every weight the masks use was read (f32 checkpoints, per-matrix and
+//! bundled layouts).
 //!
-//! What this backend does not do yet: time the compute on the weights the reads bring in (the
-//! timed kernel streams an arena of the same size), and drop evicted bytes from the image (so a
-//! policy that used a row it had evicted would go unnoticed); the DRAM figures are the
+//! What this backend does not do yet: drop evicted or freed bytes from DRAM (plans carry
+//! evicted byte counts, not extents, so a policy that used a row it had evicted would go
+//! unnoticed, and the mapping holds every byte read so far); the DRAM figures are the
 //! pipeline's accounting, the same as the simulator's.
 
 use crate::calibrate::{open_direct, AlignedBuf, Engine, ALIGN};
@@ -84,6 +89,172 @@ pub fn aligned(e: Extent) -> Extent {
     }
 }
 
+/// The backend's DRAM: one anonymous mapping the size of the weight file, in which every byte
+/// sits at its file offset. Reads land there straight from the disk (O_DIRECT into the slot, as
+/// a runtime reads into its buffers) and ops compute from there. The mapping is populated when
+/// created, as a runtime allocates its buffers before it runs, so that page faults are not
+/// timed. It is shared by the readers (which write it) and the compute thread (which reads
+/// it) through raw pointers: the pipeline orders them (an op starts only after its reads have
+/// completed), and the only bytes two of them may touch at once are the edges of 4 KiB pages
+/// that two widened reads share, which both fill with the same file bytes.
+pub struct Image {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    /// Per 4 KiB page, whether it holds the file's bytes (a read or a load brought them in).
+    valid: Vec<std::sync::atomic::AtomicU64>,
+}
+
+// The mapping is plain memory owned by this value; see the type's comment for who touches it.
+unsafe impl Send for Image {}
+unsafe impl Sync for Image {}
+
+impl Image {
+    /// A zeroed, populated mapping of at least `bytes` (rounded up to [`ALIGN`]).
+    pub fn new(bytes: u64) -> Result<Self> {
+        let len = (bytes.max(1).div_ceil(ALIGN as u64) * ALIGN as u64) as usize;
+        // SAFETY: an anonymous private mapping; no file, no address hint.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("mapping {len} B of DRAM for the weights"));
+        }
+        let pages = len / ALIGN;
+        Ok(Image {
+            ptr: std::ptr::NonNull::new(p.cast()).expect("mmap returned a non-null address"),
+            len,
+            valid: (0..pages.div_ceil(64))
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        })
+    }
+
+    fn check(&self, e: Extent) -> Result<()> {
+        if e.offset + e.bytes > self.len as u64 {
+            anyhow::bail!("{e:?} lies beyond DRAM's {} B", self.len);
+        }
+        Ok(())
+    }
+
+    /// Where byte `offset` of the file sits.
+    fn at(&self, offset: u64) -> *mut u8 {
+        debug_assert!(offset <= self.len as u64);
+        // SAFETY: within the mapping (checked by the callers).
+        unsafe { self.ptr.as_ptr().add(offset as usize) }
+    }
+
+    /// The pages `e` touches.
+    fn pages(e: Extent) -> std::ops::Range<usize> {
+        let a = aligned(e);
+        (a.offset / ALIGN as u64) as usize..(a.end() / ALIGN as u64) as usize
+    }
+
+    /// Marks the pages of `e` (an aligned extent) as holding the file's bytes.
+    fn mark(&self, e: Extent) {
+        use std::sync::atomic::Ordering;
+        for p in Self::pages(e) {
+            self.valid[p / 64].fetch_or(1 << (p % 64), Ordering::Release);
+        }
+    }
+
+    /// The aligned runs of pages of `e` that do not hold the file's bytes yet.
+    fn missing(&self, e: Extent) -> Vec<Extent> {
+        use std::sync::atomic::Ordering;
+        let mut out: Vec<Extent> = Vec::new();
+        for p in Self::pages(e) {
+            if self.valid[p / 64].load(Ordering::Acquire) & (1 << (p % 64)) != 0 {
+                continue;
+            }
+            let at = (p * ALIGN) as u64;
+            match out.last_mut() {
+                Some(last) if last.end() == at => last.bytes += ALIGN as u64,
+                _ => out.push(Extent {
+                    offset: at,
+                    bytes: ALIGN as u64,
+                }),
+            }
+        }
+        out
+    }
+
+    /// The bytes of `e` as they stand.
+    pub fn bytes(&self, e: Extent) -> Result<&[u8]> {
+        self.check(e)?;
+        // SAFETY: within the mapping, which lives as long as `self`; see the type's comment.
+        Ok(unsafe { std::slice::from_raw_parts(self.at(e.offset), e.bytes as usize) })
+    }
+
+    /// Copies `bytes` in at file offset `offset`.
+    fn write(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.check(Extent {
+            offset,
+            bytes: bytes.len() as u64,
+        })?;
+        // SAFETY: within the mapping; the source is a live buffer that cannot overlap it.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.at(offset), bytes.len()) };
+        Ok(())
+    }
+
+    /// Reads the aligned extent `e` of `file` (O_DIRECT) into its place and marks its pages.
+    fn read_from(&self, file: &File, e: Extent) -> Result<()> {
+        self.check(e)?;
+        pread_into(file, self.at(e.offset), e)?;
+        self.mark(e);
+        Ok(())
+    }
+
+    /// The whole mapping as bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the whole mapping; see the type's comment.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Reads the bytes of `e` from `file` to `dst` with `pread` (repeated on short reads); through
+/// a raw pointer, since the destination is DRAM that the compute thread may read beside it.
+fn pread_into(file: &File, dst: *mut u8, e: Extent) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut done = 0usize;
+    while done < e.bytes as usize {
+        // SAFETY: `dst` has `e.bytes` writable bytes (the caller's mapping or buffer).
+        let r = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                dst.add(done).cast(),
+                e.bytes as usize - done,
+                (e.offset + done as u64) as libc::off_t,
+            )
+        };
+        if r < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err).with_context(|| format!("O_DIRECT read {e:?}"));
+        }
+        if r == 0 {
+            anyhow::bail!("O_DIRECT read {e:?}: the file ends early");
+        }
+        done += r as usize;
+    }
+    Ok(())
+}
+
 /// One read, as issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadRecord {
@@ -130,7 +301,29 @@ impl ReadJob {
 
 enum Job {
     Read(ReadJob),
-    Op { j: u32, flops: u64, bytes: u64 },
+    Op {
+        j: u32,
+        flops: u64,
+        bytes: u64,
+        weights: Vec<Extent>,
+    },
+}
+
+/// What the compute thread has done with DRAM, in bytes: the op weights its kernels computed
+/// on (one pass each), and the resident weight pages it loaded because no read had.
+#[derive(Debug, Default)]
+pub struct KernelBytes {
+    pub computed: std::sync::atomic::AtomicU64,
+    pub loaded: std::sync::atomic::AtomicU64,
+}
+
+/// The DRAM the compute thread works in, the file it loads resident pages from (when `load`),
+/// and its counters.
+struct OpMemory {
+    image: Arc<Image>,
+    file: Arc<File>,
+    load: bool,
+    counters: Arc<KernelBytes>,
 }
 
 /// A completion: the event, when it happened, and (when verifying) the read's record and the
@@ -151,14 +344,18 @@ pub struct Real {
     workers: Vec<std::thread::JoinHandle<Result<()>>>,
     /// Every read issued, in issue order.
     pub reads: Vec<ReadRecord>,
-    /// With `verify`, a DRAM image of the weight file: what the reads have brought in so far.
-    pub image: Option<Vec<u8>>,
+    /// DRAM: what the reads (and resident loads) have brought in so far, at file offsets.
+    image: Arc<Image>,
+    file: Arc<File>,
+    counters: Arc<KernelBytes>,
 }
 
 impl Real {
     /// Opens `weights` (O_DIRECT) with `io_threads` reader threads and one compute thread that
-    /// runs kernels on rayon's pool; `units` are the device's compute unit names. With `verify`,
-    /// each read's planned bytes are checksummed (a pass over the data: for tests, not timing).
+    /// runs kernels on rayon's pool, in a DRAM mapping the size of the file; `units` are the
+    /// device's compute unit names. With `verify`, reads go through the readers' own buffers,
+    /// only each read's planned bytes reach DRAM and are checksummed (a pass over the data: for
+    /// tests, not timing), and no resident page is loaded on demand.
     pub fn new(
         weights: &Path,
         io_threads: u32,
@@ -168,6 +365,9 @@ impl Real {
     ) -> Result<Self> {
         let file = Arc::new(open_direct(weights, false)?);
         let file_bytes = file.metadata()?.len();
+        let image = Arc::new(Image::new(file_bytes)?);
+        // Without `verify`, reads land straight in DRAM.
+        let direct = (!verify).then(|| image.clone());
         let (done_tx, done) = channel();
         let (io_tx, io_rx) = channel::<Job>();
         let mut workers = Vec::new();
@@ -177,26 +377,38 @@ impl Real {
                 let io_rx = Arc::new(Mutex::new(io_rx));
                 for _ in 0..io_threads.max(1) {
                     let (file, rx, tx) = (file.clone(), io_rx.clone(), done_tx.clone());
+                    let direct = direct.clone();
                     workers.push(std::thread::spawn(move || {
-                        pread_worker(&file, file_bytes, &rx, &tx)
+                        pread_worker(&file, file_bytes, &rx, &tx, direct.as_deref())
                     }));
                 }
             }
             Engine::IoUring => {
                 let w = Arc::new(EventFd::new()?);
                 workers.push(spawn_uring_loader(
-                    file,
+                    file.clone(),
                     file_bytes,
                     io_threads.max(1),
                     io_rx,
                     done_tx.clone(),
                     w.clone(),
+                    direct,
                 )?);
                 wake = Some(w);
             }
         }
         let (op_tx, op_rx) = channel::<Job>();
-        workers.push(spawn_op_worker(op_rx, done_tx));
+        let counters = Arc::new(KernelBytes::default());
+        workers.push(spawn_op_worker(
+            op_rx,
+            done_tx,
+            Some(OpMemory {
+                image: image.clone(),
+                file: file.clone(),
+                load: !verify,
+                counters: counters.clone(),
+            }),
+        ));
         Ok(Real {
             units,
             jobs_io: Some(io_tx),
@@ -208,8 +420,31 @@ impl Real {
             last: Ps::ZERO,
             workers,
             reads: Vec::new(),
-            image: None,
+            image,
+            file,
+            counters,
         })
+    }
+
+    /// DRAM as it stands.
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    /// What the kernels have computed on and loaded so far.
+    pub fn kernel_bytes(&self) -> &KernelBytes {
+        &self.counters
+    }
+
+    /// Brings exactly the bytes of `e` into DRAM from the file, as a runtime loads its
+    /// resident weights before it runs (the logits check loads the non-FFN matrices so).
+    pub fn load(&self, e: Extent) -> Result<()> {
+        let a = aligned(e);
+        let mut buf = AlignedBuf::zeroed(a.bytes as usize);
+        pread_into(&self.file, buf.as_mut_slice().as_mut_ptr(), a)?;
+        let skip = (e.offset - a.offset) as usize;
+        self.image
+            .write(e.offset, &buf.as_slice()[skip..skip + e.bytes as usize])
     }
 
     fn now_of(&mut self, at: Instant) -> Ps {
@@ -233,10 +468,7 @@ impl Real {
         if let Some((record, bytes)) = data {
             let r = &mut self.reads[record];
             r.checksum = checksum(&bytes);
-            if let Some(img) = self.image.as_mut() {
-                let at = r.planned.offset as usize;
-                img[at..at + bytes.len()].copy_from_slice(&bytes);
-            }
+            self.image.write(r.planned.offset, &bytes)?;
         }
         Ok((self.now_of(at), ev))
     }
@@ -263,12 +495,13 @@ impl Drop for Real {
 }
 
 /// A pread reader: takes read jobs from the shared queue, one blocking O_DIRECT `pread` at a
-/// time, until the queue closes.
+/// time, until the queue closes; into DRAM (`direct`) or its own buffer.
 fn pread_worker(
     file: &File,
     file_bytes: u64,
     jobs: &Mutex<Receiver<Job>>,
     done: &Sender<Done>,
+    direct: Option<&Image>,
 ) -> Result<()> {
     let mut buf = AlignedBuf::zeroed(ALIGN);
     loop {
@@ -278,6 +511,13 @@ fn pread_worker(
         };
         let extent = r.extent;
         check_within(extent, file_bytes)?;
+        if let Some(image) = direct {
+            image.read_from(file, extent)?;
+            if done.send(r.done(&[], Instant::now())).is_err() {
+                return Ok(());
+            }
+            continue;
+        }
         if buf.as_slice().len() < extent.bytes as usize {
             buf = AlignedBuf::zeroed(extent.bytes as usize);
         }
@@ -331,7 +571,9 @@ impl EventFd {
 
 /// The io_uring loader (ActiveFlow's "one io_uring loader thread"): one thread, one ring with
 /// `qd` read slots and a poll on `wake`. It submits every queued read at once, waits for any
-/// completion or new work, and reports each completion as the pread pool does.
+/// completion or new work, and reports each completion as the pread pool does. Reads land in
+/// DRAM (`direct`, which the thread holds until every read in flight has completed) or in the
+/// slots' own buffers.
 fn spawn_uring_loader(
     file: Arc<File>,
     file_bytes: u64,
@@ -339,6 +581,7 @@ fn spawn_uring_loader(
     jobs: Receiver<Job>,
     done: Sender<Done>,
     wake: Arc<EventFd>,
+    direct: Option<Arc<Image>>,
 ) -> Result<std::thread::JoinHandle<Result<()>>> {
     let ring = io_uring::IoUring::new((qd + 1).next_power_of_two()).map_err(|e| {
         anyhow::anyhow!(
@@ -350,7 +593,13 @@ fn spawn_uring_loader(
         let mut slots: Vec<Option<ReadJob>> = vec![None; qd as usize];
         let mut ring = ring;
         let result = uring_loop(
-            &mut ring, &file, file_bytes, &jobs, &done, &wake, &mut bufs, &mut slots,
+            &mut ring,
+            &file,
+            file_bytes,
+            (&jobs, &done, &wake),
+            direct.as_deref(),
+            &mut bufs,
+            &mut slots,
         );
         // The kernel may still be writing into `bufs`: wait for every read in flight before
         // they are freed, whatever ended the loop.
@@ -370,14 +619,12 @@ fn spawn_uring_loader(
 
 const WAKE: u64 = u64::MAX;
 
-#[allow(clippy::too_many_arguments)]
 fn uring_loop(
     ring: &mut io_uring::IoUring,
     file: &File,
     file_bytes: u64,
-    jobs: &Receiver<Job>,
-    done: &Sender<Done>,
-    wake: &EventFd,
+    (jobs, done, wake): (&Receiver<Job>, &Sender<Done>, &EventFd),
+    direct: Option<&Image>,
     bufs: &mut [AlignedBuf],
     slots: &mut [Option<ReadJob>],
 ) -> Result<()> {
@@ -409,15 +656,25 @@ fn uring_loop(
             let Some(r) = pending.pop_front() else { break };
             check_within(r.extent, file_bytes)?;
             let n = r.extent.bytes as usize;
-            if bufs[slot].as_slice().len() < n {
-                bufs[slot] = AlignedBuf::zeroed(n);
-            }
-            let e = opcode::Read::new(fd, bufs[slot].as_mut_slice().as_mut_ptr(), n as u32)
+            let dst = match direct {
+                Some(image) => {
+                    image.check(r.extent)?;
+                    image.at(r.extent.offset)
+                }
+                None => {
+                    if bufs[slot].as_slice().len() < n {
+                        bufs[slot] = AlignedBuf::zeroed(n);
+                    }
+                    bufs[slot].as_mut_slice().as_mut_ptr()
+                }
+            };
+            let e = opcode::Read::new(fd, dst, n as u32)
                 .offset(r.extent.offset)
                 .build()
                 .user_data(slot as u64);
-            // SAFETY: the buffer stays in `bufs[slot]`, untouched, until this read's completion
-            // is reaped (the slot is busy until then; the caller drains before freeing).
+            // SAFETY: the destination (DRAM, or the buffer in `bufs[slot]`) stays allocated,
+            // and the buffer untouched, until this read's completion is reaped (the slot is busy
+            // until then; the caller drains before freeing either).
             unsafe { ring.submission().push(&e) }
                 .map_err(|_| anyhow::anyhow!("io_uring submission queue full"))?;
             slots[slot] = Some(r);
@@ -448,35 +705,80 @@ fn uring_loop(
             if res as u64 != r.extent.bytes {
                 anyhow::bail!("io_uring read {:?} returned {res} bytes", r.extent);
             }
-            if done.send(r.done(bufs[slot].as_slice(), at)).is_err() {
+            let buf = match direct {
+                Some(image) => {
+                    image.mark(r.extent);
+                    &[][..]
+                }
+                None => bufs[slot].as_slice(),
+            };
+            if done.send(r.done(buf, at)).is_err() {
                 return Ok(());
             }
         }
     }
 }
 
+/// A run of 16-bit weights in memory.
+#[derive(Clone, Copy)]
+struct Piece(*const i16, usize);
+
+// A piece points into DRAM or the arena, both alive and unchanged while a kernel runs.
+unsafe impl Send for Piece {}
+unsafe impl Sync for Piece {}
+
 /// An op's real work, shaped like a decode GEMV over 16-bit weights: one multiply-add per
-/// 2-byte weight streamed from the arena (`bytes / 2` of them), repeated until the op's `flops`
-/// are done, split over rayon's threads. The weights are read as i16 (converted to f32 in
-/// registers, as a dequantizing kernel does), so the pass runs at memory speed.
-fn kernel(arena: &mut Vec<i16>, flops: u64, bytes: u64) {
-    let n = (bytes / 2).max(1) as usize;
-    if arena.len() < n {
-        arena.resize(n, 3);
+/// 2-byte weight of `pieces` (the op's weights where they sit in DRAM, then the rest of its
+/// bytes), repeated until the op's `flops` are done, split over rayon's threads in tasks of
+/// about 64 Ki weights (many small columns make one task). The weights are read as i16
+/// (converted to f32 in registers, as a dequantizing kernel does), so the pass runs at memory
+/// speed.
+fn kernel(pieces: &[Piece], flops: u64) {
+    const TASK: usize = 1 << 16;
+    let mut split = Vec::with_capacity(pieces.len());
+    for &Piece(p, n) in pieces {
+        let mut at = 0;
+        while at < n {
+            let k = TASK.min(n - at);
+            // SAFETY: within the piece.
+            split.push(Piece(unsafe { p.add(at) }, k));
+            at += k;
+        }
     }
-    let passes = (flops / 2).div_ceil(n as u64).max(1);
-    let data = &arena[..n];
+    let mut tasks = Vec::new();
+    let (mut first, mut acc) = (0, 0);
+    for (i, p) in split.iter().enumerate() {
+        acc += p.1;
+        if acc >= TASK {
+            tasks.push(first..i + 1);
+            (first, acc) = (i + 1, 0);
+        }
+    }
+    if first < split.len() {
+        tasks.push(first..split.len());
+    }
+    let n = split.iter().map(|p| p.1 as u64).sum::<u64>().max(1);
+    let passes = (flops / 2).div_ceil(n).max(1);
     let s: f32 = (0..passes)
-        .map(|p| {
-            data.par_chunks(1 << 16)
-                .map(|c| {
+        .map(|pass| {
+            tasks
+                .par_iter()
+                .map(|r| {
                     // Plain multiply and add (not `mul_add`, which without an FMA target
                     // feature is a libm call per element), eight lanes so it vectorizes.
-                    let x = 1.0001 + p as f32 * 1e-9;
+                    let x = 1.0001 + pass as f32 * 1e-9;
                     let mut acc = [0f32; 8];
-                    for w in c.chunks_exact(8) {
-                        for k in 0..8 {
-                            acc[k] += w[k] as f32 * x;
+                    for &Piece(p, len) in &split[r.clone()] {
+                        // SAFETY: a piece is `len` live i16s (see `Piece`).
+                        let w = unsafe { std::slice::from_raw_parts(p, len) };
+                        let lanes = w.chunks_exact(8);
+                        for &v in lanes.remainder() {
+                            acc[0] += v as f32 * x;
+                        }
+                        for c in lanes {
+                            for k in 0..8 {
+                                acc[k] += c[k] as f32 * x;
+                            }
                         }
                     }
                     acc.iter().sum::<f32>()
@@ -492,15 +794,55 @@ fn kernel(arena: &mut Vec<i16>, flops: u64, bytes: u64) {
 /// cost 80-110 ms in the first token of every run for a 256 MiB arena.
 static ARENA: Mutex<Vec<i16>> = Mutex::new(Vec::new());
 
-/// The backend's compute thread: runs each op's [`kernel`] and reports its end on `done`.
-fn spawn_op_worker(ops: Receiver<Job>, done: Sender<Done>) -> std::thread::JoinHandle<Result<()>> {
+/// The backend's compute thread: runs each op's [`kernel`] on the op's weights in DRAM (`mem`;
+/// none when calibrating, where ops list no weights) and the rest of its bytes from the arena,
+/// and reports its end on `done`.
+fn spawn_op_worker(
+    ops: Receiver<Job>,
+    done: Sender<Done>,
+    mem: Option<OpMemory>,
+) -> std::thread::JoinHandle<Result<()>> {
+    use std::sync::atomic::Ordering;
     std::thread::spawn(move || -> Result<()> {
-        while let Ok(Job::Op { j, flops, bytes }) = ops.recv() {
-            kernel(
-                &mut ARENA.lock().unwrap_or_else(|e| e.into_inner()),
-                flops,
-                bytes,
-            );
+        while let Ok(Job::Op {
+            j,
+            flops,
+            bytes,
+            weights,
+        }) = ops.recv()
+        {
+            let mut pieces = Vec::with_capacity(weights.len() + 1);
+            let mut listed = 0u64;
+            if let Some(m) = &mem {
+                for &e in &weights {
+                    m.image.check(e)?;
+                    if m.load {
+                        for run in m.image.missing(e) {
+                            m.image.read_from(&m.file, run)?;
+                            m.counters.loaded.fetch_add(run.bytes, Ordering::Relaxed);
+                        }
+                    }
+                    // 16-bit weights start at even offsets; an odd byte is skipped.
+                    let start = e.offset.next_multiple_of(2);
+                    let n = (e.end().saturating_sub(start) / 2) as usize;
+                    pieces.push(Piece(m.image.at(start).cast::<i16>().cast_const(), n));
+                    listed += e.bytes;
+                }
+                m.counters.computed.fetch_add(listed, Ordering::Relaxed);
+            } else if !weights.is_empty() {
+                anyhow::bail!("an op lists weights but the compute thread has no DRAM");
+            }
+            let mut arena = ARENA.lock().unwrap_or_else(|e| e.into_inner());
+            let rest = (bytes.saturating_sub(listed) / 2) as usize;
+            if rest > 0 || pieces.is_empty() {
+                let rest = rest.max(1);
+                if arena.len() < rest {
+                    arena.resize(rest, 3);
+                }
+                pieces.push(Piece(arena.as_ptr(), rest));
+            }
+            kernel(&pieces, flops);
+            drop(arena);
             if done
                 .send((Ev::OpDone { op: j }, Instant::now(), None))
                 .is_err()
@@ -521,7 +863,7 @@ fn spawn_op_worker(ops: Receiver<Job>, done: Sender<Done>) -> std::thread::JoinH
 pub fn op_seconds(bytes: u64, seconds: f64) -> Result<f64> {
     let (op_tx, op_rx) = channel::<Job>();
     let (done_tx, done_rx) = channel();
-    let worker = spawn_op_worker(op_rx, done_tx);
+    let worker = spawn_op_worker(op_rx, done_tx, None);
     let run = |j: u32| -> Result<f64> {
         let t = Instant::now();
         op_tx
@@ -529,6 +871,7 @@ pub fn op_seconds(bytes: u64, seconds: f64) -> Result<f64> {
                 j,
                 flops: bytes,
                 bytes,
+                weights: Vec::new(),
             })
             .map_err(|_| anyhow::anyhow!("the compute thread stopped"))?;
         let (_, at, _) = done_rx
@@ -658,6 +1001,7 @@ impl Backend for Real {
                 j,
                 flops: op.flops,
                 bytes: op.dram_bytes,
+                weights: op.weights.clone(),
             })
             .map_err(|_| stopped())?;
         Ok((now, None))

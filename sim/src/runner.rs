@@ -97,13 +97,19 @@ impl Prepared {
         record: bool,
     ) -> Result<(RunStats, Vec<Activity>), crate::error::SimError> {
         let record_masks = self.quality.is_some();
-        let r = self.run_parts(record, record_masks);
+        let r = self.run_parts(record, record_masks, false);
         simulate(r.policy, r.setup, r.ctx, r.device, r.cfg, r.ids)
     }
 
     /// What every run of this point hands the pipeline, borrowed apart so that the policy can
-    /// be mutable while the rest is read.
-    fn run_parts(&mut self, record_activity: bool, record_masks: bool) -> RunParts<'_> {
+    /// be mutable while the rest is read (`op_weights`: plans list each op's weights, for the
+    /// real backend).
+    fn run_parts(
+        &mut self,
+        record_activity: bool,
+        record_masks: bool,
+        op_weights: bool,
+    ) -> RunParts<'_> {
         let ids = (0..self.point.config.tokens)
             .map(|i| self.token_id(i))
             .collect();
@@ -122,15 +128,18 @@ impl Prepared {
         RunParts {
             policy: policy.as_mut(),
             setup: *setup,
-            ctx: context(
-                shape,
-                layout,
-                *dram_budget_bytes,
-                *kv_cache_bytes,
-                point,
-                trace.as_deref(),
+            ctx: PolicyContext {
                 record_masks,
-            ),
+                op_weights,
+                ..context(
+                    shape,
+                    layout,
+                    *dram_budget_bytes,
+                    *kv_cache_bytes,
+                    point,
+                    trace.as_deref(),
+                )
+            },
             cfg: ExecConfig {
                 io_queue_depth: point.config.io_queue_depth,
                 record_activity,
@@ -153,23 +162,25 @@ struct RunParts<'a> {
 }
 
 impl<'a> RunParts<'a> {
-    /// The pipeline on the real backend reading `weights` (`verify`: checksum each read and
-    /// keep what it brought in the backend's image, when one is given).
+    /// The pipeline on the real backend reading `weights` (`verify`: only each read's planned
+    /// bytes reach DRAM, checksummed), with `resident` loaded before it starts.
     fn real_pipeline(
         self,
         weights: &std::path::Path,
         verify: bool,
-        image: Option<Vec<u8>>,
+        resident: &[flashsim_policies::Extent],
     ) -> anyhow::Result<crate::executor::Pipeline<'a, crate::real::Real>> {
         let units = self.device.units.iter().map(|u| u.name.clone()).collect();
-        let mut backend = crate::real::Real::new(
+        let backend = crate::real::Real::new(
             weights,
             self.cfg.io_queue_depth,
             self.device.read_engine,
             units,
             verify,
         )?;
-        backend.image = image;
+        for &e in resident {
+            backend.load(e)?;
+        }
         Ok(crate::executor::Pipeline::new(
             self.policy,
             self.setup,
@@ -182,24 +193,48 @@ impl<'a> RunParts<'a> {
     }
 }
 
+/// What a run on the real backend measured and did.
+#[derive(Debug)]
+pub struct RealRun {
+    pub stats: RunStats,
+    /// Every read issued, in issue order.
+    pub reads: Vec<crate::real::ReadRecord>,
+    /// Bytes of op weights the kernels computed on (one pass each), over the run.
+    pub computed_bytes: u64,
+    /// Bytes of weight pages the compute thread loaded because no read had brought them in
+    /// (the policy's resident weights, at their first use).
+    pub loaded_bytes: u64,
+}
+
 impl Prepared {
     /// Runs the point on the real backend: O_DIRECT reads of `weights` (a file at least
-    /// `layout.file_bytes` long) and real kernels, driven by the same pipeline as the simulator;
-    /// returns the measured statistics and every read issued (`verify`: with the checksum of
-    /// the bytes each read brought in).
+    /// `layout.file_bytes` long) and real kernels on the weights each op lists, driven by the
+    /// same pipeline as the simulator; returns the measured statistics and every read issued
+    /// (`verify`: with the checksum of the bytes each read brought in).
     pub fn execute_real(
         &mut self,
         weights: &std::path::Path,
         verify: bool,
-    ) -> anyhow::Result<(RunStats, Vec<crate::real::ReadRecord>)> {
+    ) -> anyhow::Result<RealRun> {
+        use std::sync::atomic::Ordering;
         let mut pipe = self
-            .run_parts(false, false)
-            .real_pipeline(weights, verify, None)?;
+            .run_parts(false, false, true)
+            .real_pipeline(weights, verify, &[])?;
         let (events, end) = drive_real(&mut pipe, |_| Ok(()))?;
         let reads = std::mem::take(&mut pipe.backend_mut().reads);
         pipe.backend_mut().shutdown()?;
+        let k = pipe.backend().kernel_bytes();
+        let (computed_bytes, loaded_bytes) = (
+            k.computed.load(Ordering::Relaxed),
+            k.loaded.load(Ordering::Relaxed),
+        );
         let (stats, _) = pipe.finish(events, end)?;
-        Ok((stats, reads))
+        Ok(RealRun {
+            stats,
+            reads,
+            computed_bytes,
+            loaded_bytes,
+        })
     }
 }
 
@@ -213,24 +248,19 @@ impl Prepared {
     /// weights in this point's layout ([`crate::real::model_image`]); needs the checkpoint
     /// (a trace recorded from a model flashsim can run).
     pub fn check_real_logits(&mut self, weights: &std::path::Path) -> anyhow::Result<Vec<f32>> {
-        use std::os::unix::fs::FileExt;
         let reference = self.quality.clone().ok_or_else(|| {
             anyhow::anyhow!("checking logits needs the checkpoint the trace was recorded from")
         })?;
-        let file = std::fs::File::open(weights)?;
-        let mut image = vec![0u8; file.metadata()?.len() as usize];
-        for t in self
+        let resident: Vec<_> = self
             .layout
             .tensors()
             .iter()
             .filter(|t| !t.shape.kind.is_ffn())
-        {
-            let r = t.offset as usize..(t.offset + t.bytes) as usize;
-            file.read_exact_at(&mut image[r], t.offset)?;
-        }
-        let r = self.run_parts(false, true);
+            .map(|t| t.whole())
+            .collect();
+        let r = self.run_parts(false, true, true);
         let (layout, shape, ids) = (r.ctx.layout, r.ctx.shape, r.ids.clone());
-        let mut pipe = r.real_pipeline(weights, true, Some(image))?;
+        let mut pipe = r.real_pipeline(weights, true, &resident)?;
         let mut reference_model = flashsim_workloads::model::Model::new((*reference).clone());
         let mut real_model = flashsim_workloads::model::Model::new((*reference).clone());
         let mut diffs = Vec::new();
@@ -238,7 +268,7 @@ impl Prepared {
             while diffs.len() < pipe.tokens_done() {
                 let k = diffs.len();
                 let masks = &pipe.masks()[k];
-                let image = pipe.backend().image.as_ref().expect("image");
+                let image = pipe.backend().image().as_slice();
                 real_model.weights =
                     crate::real::weights_from_image(layout, shape, image, &reference)?;
                 let mut m = RecordedMasks {
@@ -298,6 +328,7 @@ fn drive_real(
     Ok((events, end))
 }
 
+/// The policy context of `point` (masks and op weights not asked for).
 fn context<'a>(
     shape: &'a ModelShape,
     layout: &'a WeightLayout,
@@ -305,7 +336,6 @@ fn context<'a>(
     kv_cache_bytes: u64,
     point: &Point,
     trace: Option<&'a Trace>,
-    record_masks: bool,
 ) -> PolicyContext<'a> {
     let c = &point.config;
     PolicyContext {
@@ -318,7 +348,8 @@ fn context<'a>(
         tokens: c.tokens,
         max_read_bytes: c.max_read_kib * 1024,
         trace: trace.map(|t| t as &dyn TraceView),
-        record_masks,
+        record_masks: false,
+        op_weights: false,
     }
 }
 
@@ -473,7 +504,6 @@ pub fn prepare(
         kv_cache_bytes,
         point,
         trace.as_deref(),
-        false,
     );
     let setup = pol
         .setup(&ctx)

@@ -174,9 +174,10 @@ pub fn run(
         for p in &mut pending {
             // Each run from a fresh policy; tokens pooled over the rounds.
             let mut real_p = runner::prepare(exp, p.point, &mut cache)?;
-            let (real, r) = real_p
+            let run = real_p
                 .execute_real(&weights, false)
                 .with_context(|| format!("point {} on the real backend", p.point.index))?;
+            let (real, r) = (run.stats, run.reads);
             let toks = after_warmup(&real, p.point.config.warmup_tokens as usize);
             p.run_means
                 .push(toks.iter().map(|t| ms(t.wall)).sum::<f64>() / toks.len() as f64);

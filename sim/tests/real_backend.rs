@@ -82,8 +82,8 @@ fn check_reads(engine: &str) {
         };
         let file_bytes = write_weight_file(&weights, real_p.layout.file_bytes, 11).unwrap();
         let file = std::fs::File::open(&weights).unwrap();
-        let (real, reads) = match real_p.execute_real(&weights, true) {
-            Ok(r) => r,
+        let (real, reads, computed) = match real_p.execute_real(&weights, true) {
+            Ok(r) => (r.stats, r.reads, r.computed_bytes),
             // Completions arrive in another order than simulated, so buffers can overlap more:
             // at the tight budget a point the simulation fits may not fit for real (an error,
             // never an overrun).
@@ -133,6 +133,27 @@ fn check_reads(engine: &str) {
                 t.compute_busy.checked_add(t.stall).unwrap(),
                 "{what}"
             );
+        }
+        // The kernels computed on the weights the ops list. Without `verify`, reads land in
+        // DRAM directly and a weight page no read brought in is loaded at its first use: only
+        // the policy's resident weights may be (each tensor's run of pages, at most two pages
+        // beyond its bytes).
+        assert!(computed > 0, "{what}");
+        // A fresh policy: its cache starts empty, as in the run above.
+        let mut timed_p = runner::prepare(&exp, point, &mut cache).unwrap();
+        match timed_p.execute_real(&weights, false) {
+            Ok(timed) => {
+                assert_eq!(timed.computed_bytes, computed, "{what}");
+                let slop = 2 * 4096 * real_p.layout.tensors().len() as u64;
+                assert!(
+                    timed.loaded_bytes <= real.resident_weight_bytes + slop,
+                    "{what}: loaded {} B on demand, resident {} B",
+                    timed.loaded_bytes,
+                    real.resident_weight_bytes
+                );
+            }
+            Err(e) if runner::infeasible(&e).is_some() => {}
+            Err(e) => panic!("{what}: {e:#}"),
         }
         checked += 1;
     }

@@ -355,19 +355,22 @@ impl Real {
     /// runs kernels on rayon's pool, in a DRAM mapping the size of the file; `units` are the
     /// device's compute unit names. With `verify`, reads go through the readers' own buffers,
     /// only each read's planned bytes reach DRAM and are checksummed (a pass over the data: for
-    /// tests, not timing), and no resident page is loaded on demand.
+    /// tests, not timing), and no resident page is loaded on demand. With `reads_only` (a
+    /// measurement of the readers alone, over a file that may be far larger than DRAM), there
+    /// is no DRAM mapping: reads land in the readers' own buffers and ops may list no weights.
     pub fn new(
         weights: &Path,
         io_threads: u32,
         engine: Engine,
         units: Vec<String>,
         verify: bool,
+        reads_only: bool,
     ) -> Result<Self> {
         let file = Arc::new(open_direct(weights, false)?);
         let file_bytes = file.metadata()?.len();
-        let image = Arc::new(Image::new(file_bytes)?);
+        let image = Arc::new(Image::new(if reads_only { 0 } else { file_bytes })?);
         // Without `verify`, reads land straight in DRAM.
-        let direct = (!verify).then(|| image.clone());
+        let direct = (!verify && !reads_only).then(|| image.clone());
         let (done_tx, done) = channel();
         let (io_tx, io_rx) = channel::<Job>();
         let mut workers = Vec::new();
@@ -896,8 +899,10 @@ pub fn op_seconds(bytes: u64, seconds: f64) -> Result<f64> {
 /// the real backend's own path: each read handed to its readers (`engine`) and its completion
 /// reported back to this thread, which then issues the next, as the pipeline does, until
 /// `seconds` have passed (and at least 4 reads per slot). What `calibrate` measures, so that the
-/// table carries the backend's per-read cost along with the disk's. Returns the seconds taken
-/// and each read's latency (µs).
+/// table carries the backend's per-read cost along with the disk's. The reads land in the
+/// readers' own buffers (the test file is far larger than DRAM), where the pipeline's land in
+/// the backend's DRAM mapping: the same O_DIRECT transfer into the same kind of memory.
+/// Returns the seconds taken and each read's latency (µs).
 pub fn read_latencies(
     path: &Path,
     engine: Engine,
@@ -908,7 +913,7 @@ pub fn read_latencies(
 ) -> Result<(f64, Vec<f64>)> {
     let file_bytes = std::fs::metadata(path)?.len();
     let slots = crate::calibrate::slots(file_bytes, size)?;
-    let mut real = Real::new(path, qd, engine, Vec::new(), false)?;
+    let mut real = Real::new(path, qd, engine, Vec::new(), false, true)?;
     let mut state = seed ^ size ^ 0x7ead;
     let mut issued = vec![Ps::ZERO; qd as usize];
     let mut done_per_slot = vec![0u32; qd as usize];

@@ -177,6 +177,7 @@ impl<'a> RunParts<'a> {
             self.device.read_engine,
             units,
             verify,
+            false,
         )?;
         for &e in resident {
             backend.load(e)?;

@@ -100,6 +100,8 @@ impl Event for Ev {
 pub trait Backend {
     /// The index of compute unit `name`.
     fn unit_index(&self, name: &str) -> Option<usize>;
+    /// Token `token` begins (before any of its reads is submitted). Default: nothing to do.
+    fn begin_token(&mut self, _token: u32) {}
     /// Starts plan read `read` of `extent`; its completion time if known now.
     fn submit(&mut self, now: Ps, read: u32, extent: Extent) -> Result<Option<Ps>, SimError>;
     /// Starts op `j` on `unit` (the previous op has finished and its reads are in): when it
@@ -187,6 +189,7 @@ impl<B: Backend> Pipeline<'_, B> {
             context: self.ctx.prompt_tokens as u64 + self.token as u64,
             token_id: self.token_ids[self.token as usize],
         };
+        self.backend.begin_token(self.token);
         let plan = self.policy.plan_token(&self.ctx, info)?;
         plan.check().map_err(SimError::Plan)?;
         let mut plan = plan;

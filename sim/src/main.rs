@@ -161,6 +161,10 @@ enum Cmd {
         /// Real runs per point, their tokens pooled (storage varies from run to run).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// GiB of weight file: copies of the weights, token t reading copy t mod copies, so
+        /// that no cache outside the machine holds what a run reads (as calibrate's file).
+        #[arg(long, default_value_t = 8.0)]
+        file_gib: f64,
     },
     /// List the registered policies and flash models, and the device and model files found.
     List {
@@ -421,6 +425,7 @@ fn run(cli: Cli) -> Result<()> {
             out_dir,
             keep_weights,
             repeats,
+            file_gib,
         } => {
             let exp = Experiment::load(&experiment)?;
             let (rows, path) = flashsim::validate::run(
@@ -429,6 +434,7 @@ fn run(cli: Cli) -> Result<()> {
                 &out_dir,
                 keep_weights,
                 repeats,
+                file_gib,
                 &mut |l| eprintln!("{l}"),
             )?;
             println!(

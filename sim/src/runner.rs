@@ -211,16 +211,22 @@ impl Prepared {
     /// Runs the point on the real backend: O_DIRECT reads of `weights` (a file at least
     /// `layout.file_bytes` long) and real kernels on the weights each op lists, driven by the
     /// same pipeline as the simulator; returns the measured statistics and every read issued
-    /// (`verify`: with the checksum of the bytes each read brought in).
+    /// (`verify`: with the checksum of the bytes each read brought in). With `copy_bytes`, the
+    /// file holds copies of the weights that far apart and token `t` reads copy `t mod copies`
+    /// ([`crate::real::Real::spread`]).
     pub fn execute_real(
         &mut self,
         weights: &std::path::Path,
         verify: bool,
+        copy_bytes: Option<u64>,
     ) -> anyhow::Result<RealRun> {
         use std::sync::atomic::Ordering;
         let mut pipe = self
             .run_parts(false, false, true)
             .real_pipeline(weights, verify, &[])?;
+        if let Some(c) = copy_bytes {
+            pipe.backend_mut().spread(c)?;
+        }
         let (events, end) = drive_real(&mut pipe, |_| Ok(()))?;
         let reads = std::mem::take(&mut pipe.backend_mut().reads);
         pipe.backend_mut().shutdown()?;

@@ -95,13 +95,18 @@ pub fn compare(
     rows
 }
 
-/// Runs the validation; returns the rows and the CSV written.
+/// Runs the validation; returns the rows and the CSV written. The weight file holds as many
+/// copies of the weights as make up `file_gib` (at least one), and each token of a real run
+/// reads the next copy, so that what a run reads spans more than a cache outside this machine
+/// could hold (a virtual disk's host caches a file read again and again), as calibrate's test
+/// file does.
 pub fn run(
     exp: &Experiment,
     weights_dir: &Path,
     out_dir: &Path,
     keep_weights: bool,
     repeats: usize,
+    file_gib: f64,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(Vec<Row>, PathBuf)> {
     crate::calibrate::refuse_memory_backed(weights_dir)?;
@@ -120,12 +125,16 @@ pub fn run(
         bail!("the experiment has no points");
     }
     let weights = weights_dir.join(format!("flashsim-weights-{}.bin", exp.name()));
+    let copy_bytes =
+        file_bytes.div_ceil(crate::calibrate::ALIGN as u64) * crate::calibrate::ALIGN as u64;
+    let copies = ((file_gib * (1u64 << 30) as f64 / copy_bytes as f64).ceil() as u64).max(1);
     progress(&format!(
-        "writing {} MiB of random f16 weights to {} (O_DIRECT) ...",
-        file_bytes >> 20,
+        "writing {} MiB of random f16 weights ({copies} copies of {} MiB) to {} (O_DIRECT) ...",
+        (copies * copy_bytes) >> 20,
+        copy_bytes >> 20,
         weights.display()
     ));
-    crate::real::write_weight_file(&weights, file_bytes, 7)?;
+    crate::real::write_weight_file(&weights, copies * copy_bytes, 7)?;
     // Simulated first; then the real runs in rounds, every point once per round, so that a slow
     // or fast stretch of the machine (its disk and memory drift by tens of percent over
     // minutes) spreads over all points instead of landing on one.
@@ -175,7 +184,7 @@ pub fn run(
             // Each run from a fresh policy; tokens pooled over the rounds.
             let mut real_p = runner::prepare(exp, p.point, &mut cache)?;
             let run = real_p
-                .execute_real(&weights, false)
+                .execute_real(&weights, false, Some(copy_bytes))
                 .with_context(|| format!("point {} on the real backend", p.point.index))?;
             let (real, r) = (run.stats, run.reads);
             let toks = after_warmup(&real, p.point.config.warmup_tokens as usize);

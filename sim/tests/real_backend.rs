@@ -80,9 +80,11 @@ fn check_reads(engine: &str) {
         let Ok(mut real_p) = runner::prepare(&exp, point, &mut cache) else {
             continue; // a budget this policy cannot fit (recorded as infeasible in sweeps)
         };
-        let file_bytes = write_weight_file(&weights, real_p.layout.file_bytes, 11).unwrap();
+        // Three copies of the weights: token t reads copy t mod 3.
+        let copy = real_p.layout.file_bytes.div_ceil(4096) * 4096;
+        let file_bytes = write_weight_file(&weights, 3 * copy, 11).unwrap();
         let file = std::fs::File::open(&weights).unwrap();
-        let (real, reads, computed) = match real_p.execute_real(&weights, true) {
+        let (real, reads, computed) = match real_p.execute_real(&weights, true, Some(copy)) {
             Ok(r) => (r.stats, r.reads, r.computed_bytes),
             // Completions arrive in another order than simulated, so buffers can overlap more:
             // at the tight budget a point the simulation fits may not fit for real (an error,
@@ -105,7 +107,13 @@ fn check_reads(engine: &str) {
             reads.len() as u64,
             sim.tokens.iter().map(|t| t.reads).sum::<u64>()
         );
-        // Every read brought in exactly the planned bytes.
+        // Every read brought in exactly the planned bytes, from its token's copy.
+        let bases: std::collections::BTreeSet<u64> = reads.iter().map(|r| r.base).collect();
+        assert!(bases.is_subset(&[0, copy, 2 * copy].into()), "{what}");
+        if point.config.policy == "dense-streaming" {
+            // It reads every token.
+            assert_eq!(bases.len(), 3, "{what}");
+        }
         for r in &reads {
             let e = r.planned;
             assert!(
@@ -118,7 +126,7 @@ fn check_reads(engine: &str) {
                 "{what}: {e:?} beyond the file"
             );
             let mut want = vec![0u8; e.bytes as usize];
-            file.read_exact_at(&mut want, e.offset).unwrap();
+            file.read_exact_at(&mut want, e.offset + r.base).unwrap();
             assert_eq!(r.checksum, checksum(&want), "{what}: {e:?}");
         }
         // Within the budget (the peak itself may differ from the simulation's: completions
@@ -141,7 +149,7 @@ fn check_reads(engine: &str) {
         assert!(computed > 0, "{what}");
         // A fresh policy: its cache starts empty, as in the run above.
         let mut timed_p = runner::prepare(&exp, point, &mut cache).unwrap();
-        match timed_p.execute_real(&weights, false) {
+        match timed_p.execute_real(&weights, false, None) {
             Ok(timed) => {
                 assert_eq!(timed.computed_bytes, computed, "{what}");
                 let slop = 2 * 4096 * real_p.layout.tensors().len() as u64;
@@ -184,6 +192,7 @@ fn validate_writes_simulated_against_measured() {
         &tmp.path().join("out"),
         false,
         2,
+        0.0,
         &mut |_| {},
     )
     .unwrap();

@@ -449,9 +449,8 @@ impl Real {
     /// Spreads the reads over the copies of the weights the file holds, `copy_bytes` apart:
     /// token `t` reads copy `t mod copies` (DRAM holds one copy, where every copy's bytes
     /// land). So that the bytes read over a run span more than any cache outside this machine
-    /// could keep (a virtual disk's host caches what is read again and again: the same 1.3 GB
-    /// streamed per token read at 1.4-1.8 GB/s where the calibration's 8 GiB test file gave
-    /// 0.7-1.0), as the calibration's test file does.
+    /// could keep (a virtual disk's host may cache what is read again and again), as the
+    /// calibration's test file does.
     pub fn spread(&mut self, copy_bytes: u64) -> Result<()> {
         let file_bytes = self.file.metadata()?.len();
         if copy_bytes == 0 || !copy_bytes.is_multiple_of(ALIGN as u64) || copy_bytes > file_bytes {

@@ -98,8 +98,8 @@ pub fn compare(
 /// Runs the validation; returns the rows and the CSV written. The weight file holds as many
 /// copies of the weights as make up `file_gib` (at least one), and each token of a real run
 /// reads the next copy, so that what a run reads spans more than a cache outside this machine
-/// could hold (a virtual disk's host caches a file read again and again), as calibrate's test
-/// file does.
+/// could hold (a virtual disk's host may cache a file read again and again), as calibrate's
+/// test file does.
 pub fn run(
     exp: &Experiment,
     weights_dir: &Path,

@@ -350,15 +350,19 @@ impl Policy for LlmInAFlash {
             } else {
                 predicted.len() as u64
             };
+            // The neurons the FFN computes, listed when the op's weights or masks are asked for.
+            let computed: Vec<u32> = if !(ctx.op_weights || ctx.record_masks) {
+                Vec::new()
+            } else if windowed {
+                (0..self.keys.len() as u32)
+                    .filter(|&i| window.contains(i))
+                    .collect()
+            } else {
+                predicted.clone()
+            };
             let mut weights = Vec::new();
             if ctx.op_weights {
-                let n = self.keys.len() as u32;
-                let neurons: Vec<u32> = if windowed {
-                    (0..n).filter(|&i| window.contains(i)).collect()
-                } else {
-                    predicted.clone()
-                };
-                for i in neurons {
+                for &i in &computed {
                     self.neuron_extents(ctx.layout, l, i as u64, &mut weights);
                 }
                 weights = op_weights(weights);
@@ -392,17 +396,10 @@ impl Policy for LlmInAFlash {
                     .map(|e| Read::demand(e, ffn, issue_after, windowed)),
             );
             if ctx.record_masks {
-                let keep = if windowed {
-                    (0..self.keys.len() as u32)
-                        .filter(|&i| window.contains(i))
-                        .collect()
-                } else {
-                    predicted.clone()
-                };
                 plan.masks.push(AppliedMask {
                     layer: l,
                     site: Site::DownIn,
-                    keep,
+                    keep: computed,
                 });
             }
             // Retained |h| mass of the window, summed exactly.

@@ -185,13 +185,6 @@ impl Image {
         out
     }
 
-    /// The bytes of `e` as they stand.
-    pub fn bytes(&self, e: Extent) -> Result<&[u8]> {
-        self.check(e)?;
-        // SAFETY: within the mapping, which lives as long as `self`; see the type's comment.
-        Ok(unsafe { std::slice::from_raw_parts(self.at(e.offset), e.bytes as usize) })
-    }
-
     /// Copies `bytes` in at file offset `offset`.
     fn write(&self, offset: u64, bytes: &[u8]) -> Result<()> {
         self.check(Extent {
@@ -203,15 +196,11 @@ impl Image {
         Ok(())
     }
 
-    /// Reads the aligned extent `e`, `base` bytes further on in `file` (O_DIRECT), into its
-    /// place and marks its pages.
-    fn read_from(&self, file: &File, e: Extent, base: u64) -> Result<()> {
+    /// Reads the aligned extent `e` into its place from `from` (the same size, in `file`;
+    /// O_DIRECT) and marks its pages.
+    fn read_from(&self, file: &File, e: Extent, from: Extent) -> Result<()> {
         self.check(e)?;
-        let at = Extent {
-            offset: e.offset + base,
-            ..e
-        };
-        pread_into(file, self.at(e.offset), at)?;
+        pread_into(file, self.at(e.offset), from)?;
         self.mark(e);
         Ok(())
     }
@@ -299,6 +288,14 @@ struct ReadJob {
 }
 
 impl ReadJob {
+    /// Where in the file the read is: `extent`, `base` bytes further on.
+    fn in_file(&self) -> Extent {
+        Extent {
+            offset: self.extent.offset + self.base,
+            ..self.extent
+        }
+    }
+
     /// The completion to report once `buf` holds the read's bytes.
     fn done(&self, buf: &[u8], at: Instant) -> Done {
         let data = self
@@ -544,14 +541,10 @@ fn pread_worker(
         let Ok(Job::Read(r)) = job else {
             return Ok(());
         };
-        let extent = r.extent;
-        let at = Extent {
-            offset: extent.offset + r.base,
-            ..extent
-        };
+        let (extent, at) = (r.extent, r.in_file());
         check_within(at, file_bytes)?;
         if let Some(image) = direct {
-            image.read_from(file, extent, r.base)?;
+            image.read_from(file, extent, at)?;
             if done.send(r.done(&[], Instant::now())).is_err() {
                 return Ok(());
             }
@@ -690,13 +683,7 @@ fn uring_loop(
         }
         while let Some(slot) = slots.iter().position(Option::is_none) {
             let Some(r) = pending.pop_front() else { break };
-            check_within(
-                Extent {
-                    offset: r.extent.offset + r.base,
-                    ..r.extent
-                },
-                file_bytes,
-            )?;
+            check_within(r.in_file(), file_bytes)?;
             let n = r.extent.bytes as usize;
             let dst = match direct {
                 Some(image) => {
@@ -711,7 +698,7 @@ fn uring_loop(
                 }
             };
             let e = opcode::Read::new(fd, dst, n as u32)
-                .offset(r.extent.offset + r.base)
+                .offset(r.in_file().offset)
                 .build()
                 .user_data(slot as u64);
             // SAFETY: the destination (DRAM, or the buffer in `bufs[slot]`) stays allocated,
@@ -860,7 +847,7 @@ fn spawn_op_worker(
                     m.image.check(e)?;
                     if m.load {
                         for run in m.image.missing(e) {
-                            m.image.read_from(&m.file, run, 0)?;
+                            m.image.read_from(&m.file, run, run)?;
                             m.counters.loaded.fetch_add(run.bytes, Ordering::Relaxed);
                         }
                     }

@@ -19,12 +19,13 @@
 //! environment (kernel, filesystem, CPU model, threads, date) as comments; and beside the plots,
 //! `NAME.csv` with one row per (size, queue depth): requests, throughput, mean/P50/P99 latency.
 
+use crate::real::ReadPattern;
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// O_DIRECT needs buffers, offsets and lengths aligned to the logical block size; 4 KiB covers
 /// every device in use.
@@ -259,53 +260,6 @@ pub(crate) fn cell_of(size: u64, qd: u32, elapsed: f64, mut lat: Vec<f64>) -> Ce
     }
 }
 
-/// Reads from `qd` threads, each with one `pread` in flight, taking consecutive `size` chunks
-/// of the file in turn (a streaming reader with `qd` reads in flight), for `seconds` (and at
-/// least 4 reads per thread): the sequential throughput.
-pub fn measure_sequential(
-    file: &File,
-    file_bytes: u64,
-    size: u64,
-    qd: u32,
-    seconds: f64,
-) -> Result<Cell> {
-    let slots = slots(file_bytes, size)?;
-    let deadline = Duration::from_secs_f64(seconds);
-    let next_chunk = std::sync::atomic::AtomicU64::new(0);
-    let next_chunk = &next_chunk;
-    let start = Instant::now();
-    let per_thread: Vec<Result<Vec<f64>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..qd)
-            .map(|_| {
-                s.spawn(move || -> Result<Vec<f64>> {
-                    let mut buf = AlignedBuf::zeroed(size as usize);
-                    let mut lat = Vec::new();
-                    while lat.len() < 4 || start.elapsed() < deadline {
-                        let slot =
-                            next_chunk.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % slots;
-                        let off = slot * size;
-                        let t0 = Instant::now();
-                        file.read_exact_at(buf.as_mut_slice(), off)
-                            .with_context(|| format!("O_DIRECT read of {size} B at {off}"))?;
-                        lat.push(t0.elapsed().as_secs_f64() * 1e6);
-                    }
-                    Ok(lat)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("reader thread"))
-            .collect()
-    });
-    let elapsed = start.elapsed().as_secs_f64();
-    let mut lat = Vec::new();
-    for r in per_thread {
-        lat.extend(r?);
-    }
-    Ok(cell_of(size, qd, elapsed, lat))
-}
-
 /// The buffer DRAM bandwidth is read from: 256 MiB, 8x larger than any last-level cache here.
 pub fn rate_buffer() -> Vec<u64> {
     (0..(256u64 << 20) / 8).collect()
@@ -430,8 +384,9 @@ fn environment(o: &Options) -> Vec<(String, String)> {
         (
             "method".into(),
             format!(
-                "the real backend's readers ({}); each completion handed to the issuing thread, \
-                 which issues the next",
+                "the real backend's readers ({}) into one populated DRAM mapping (at the file \
+                 offset, modulo its size); each completion handed to the issuing thread, which \
+                 issues the next",
                 match o.engine {
                     Engine::Pread => "pread threads, one read in flight each",
                     Engine::IoUring => "one io_uring loader thread",
@@ -442,6 +397,13 @@ fn environment(o: &Options) -> Vec<(String, String)> {
 }
 
 /// Installed DRAM, GiB (from /proc/meminfo).
+/// Memory available now (`MemAvailable`), bytes; 4 GiB when it cannot be read.
+fn available_bytes() -> u64 {
+    read_first_line("/proc/meminfo", "MemAvailable")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(4 << 30, |kib| kib * 1024)
+}
+
 fn dram_gib() -> f64 {
     read_first_line("/proc/meminfo", "MemTotal")
         .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
@@ -457,7 +419,13 @@ pub struct OpTimes {
     pub points: Vec<(u64, f64)>,
     pub overhead_us: f64,
     pub gb_per_s: f64,
+    /// A [`BESIDE_READS_OP_BYTES`] op timed while reads ran beside it: (read KiB, queue
+    /// depth, mean seconds). Empty until measured.
+    pub beside_reads: Vec<(u64, u32, f64)>,
 }
+
+/// The op timed beside reads: a decode-sized matrix.
+pub const BESIDE_READS_OP_BYTES: u64 = 64 << 20;
 
 /// Ops at least this large stream from DRAM on any CPU (beyond its last-level cache), as a
 /// decode step's weight matrices do.
@@ -493,7 +461,26 @@ impl OpTimes {
             overhead_us: (t0 - b0 as f64 / bytes_per_s).max(0.0) * 1e6,
             gb_per_s: bytes_per_s / 1e9,
             points,
+            beside_reads: Vec::new(),
         })
+    }
+
+    /// Seconds the fit gives an op of `bytes`.
+    pub fn fitted_seconds(&self, bytes: u64) -> f64 {
+        self.overhead_us * 1e-6 + bytes as f64 / (self.gb_per_s * 1e9)
+    }
+
+    /// How many times longer than the fit says the op beside reads took, beyond the dispatch
+    /// overhead, on average over the read kinds (at least 1; 1 when not measured).
+    pub fn beside_reads_slowdown(&self) -> f64 {
+        if self.beside_reads.is_empty() {
+            return 1.0;
+        }
+        let over = self.overhead_us * 1e-6;
+        let alone = self.fitted_seconds(BESIDE_READS_OP_BYTES) - over;
+        let mean =
+            self.beside_reads.iter().map(|b| b.2).sum::<f64>() / self.beside_reads.len() as f64;
+        ((mean - over) / alone).max(1.0)
     }
 }
 
@@ -548,14 +535,22 @@ pub fn device_toml(
         o.sizes_kib.iter().map(|&k| k as f64).collect::<Vec<_>>()
     ));
     s.push_str(&format!("queue_depths = {:?}\n", o.queue_depths));
-    s.push_str("# Random offsets above; sequential 1 MiB reads (a streaming reader):");
-    for c in sequential {
-        s.push_str(&format!(
-            " QD {} -> {:.3} GB/s;",
-            c.queue_depth, c.throughput_gb_per_s
-        ));
-    }
-    s.push('\n');
+    s.push_str(
+        "# The table is of random offsets; 1 MiB reads in file order (a streaming reader, each\n\
+         # read starting where the one before it ended), by queue depth:\n",
+    );
+    s.push_str(&format!(
+        "sequential_queue_depths = {:?}\n",
+        sequential.iter().map(|c| c.queue_depth).collect::<Vec<_>>()
+    ));
+    s.push_str(&format!(
+        "sequential_gb_per_s = [{}]\n",
+        sequential
+            .iter()
+            .map(|c| format!("{:.6}", c.throughput_gb_per_s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     // The measured model rejects a cell faster than its queue depth allows (q / q0 times the
     // first column: concurrency cannot make a request faster than alone); on a noisy disk a
     // cell can measure so. Such a cell is lowered to the bound and the file says so.
@@ -669,6 +664,24 @@ pub fn device_toml(
     s.push_str(&format!("mem_bandwidth_gb_per_s = {:.3}\n", ops.gb_per_s));
     s.push_str("mem_efficiency = 1.0\n");
     s.push_str(&format!("dispatch_overhead_us = {:.1}\n", ops.overhead_us));
+    if !ops.beside_reads.is_empty() {
+        s.push_str(&format!(
+            "# The {} MiB op (fitted: {:.1} us) while reads ran beside it, by read size and depth:",
+            BESIDE_READS_OP_BYTES >> 20,
+            ops.fitted_seconds(BESIDE_READS_OP_BYTES) * 1e6
+        ));
+        for &(kib, qd, t) in &ops.beside_reads {
+            s.push_str(&format!(" {kib} KiB QD {qd} -> {:.1} us;", t * 1e6));
+        }
+        s.push_str(
+            "\n# Their mean over the fit, beyond the dispatch overhead: how much slower an op is\n\
+             # while reads are in flight (the readers and the disk's interrupts take CPU).\n",
+        );
+        s.push_str(&format!(
+            "beside_reads_slowdown = {:.3}\n",
+            ops.beside_reads_slowdown()
+        ));
+    }
     s
 }
 
@@ -694,6 +707,19 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     ));
     prepare_file(&path, o.file_bytes, o.seed)?;
     let file = open_direct(&path, false)?;
+    // The DRAM the reads land in, as the backend's land in its mapping of the weight file:
+    // one populated mapping the size of the test file where it fits in half of the memory
+    // available, else that half (reads land at their offset modulo its size).
+    let largest = o.sizes_kib.last().copied().unwrap_or(1024).max(1024) * 1024;
+    let dram_bytes = o
+        .file_bytes
+        .min(available_bytes() / 2 / largest * largest)
+        .max(largest);
+    progress(&format!(
+        "mapping {} MiB of DRAM for the reads to land in ...",
+        dram_bytes >> 20
+    ));
+    let dram = std::sync::Arc::new(crate::real::Image::new(dram_bytes)?);
     let grid: Vec<(u64, u32)> = o
         .sizes_kib
         .iter()
@@ -713,10 +739,14 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             let (secs, lat) = crate::real::read_latencies(
                 &path,
                 o.engine,
-                size,
-                qd,
+                ReadPattern {
+                    size,
+                    qd,
+                    in_order: false,
+                },
                 o.seconds_per_point / passes as f64,
                 o.seed ^ pass as u64,
+                &dram,
             )?;
             pooled[i].0 += secs;
             pooled[i].1.extend(lat);
@@ -738,17 +768,62 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             c
         })
         .collect();
-    // Sequential streaming (what dense streaming does): 1 MiB chunks at QD 1 and 8.
+    // Sequential streaming (what dense streaming does): 1 MiB chunks in file order at QD 1 and
+    // 8, through the same readers as the table.
     let mut sequential = Vec::new();
     for qd in [1, 8] {
-        let c = measure_sequential(&file, o.file_bytes, 1 << 20, qd, o.seconds_per_point)?;
+        let (secs, lat) = crate::real::read_latencies(
+            &path,
+            o.engine,
+            ReadPattern {
+                size: 1 << 20,
+                qd,
+                in_order: true,
+            },
+            o.seconds_per_point,
+            o.seed,
+            &dram,
+        )?;
+        let c = cell_of(1 << 20, qd, secs, lat);
         progress(&format!(
             "sequential 1 MiB QD {qd}: {:.3} GB/s",
             c.throughput_gb_per_s
         ));
         sequential.push(c);
     }
-    drop(file);
+    // The backend's 64 MiB op while reads of each kind run beside it (the readers and the
+    // disk's interrupts share the CPU with the kernel).
+    let mut beside = Vec::new();
+    for (kib, qd) in [(4u64, 8u32), (64, 8), (1024, 8)] {
+        let secs = o.seconds_per_point.max(0.5);
+        let op = std::thread::scope(|s| -> Result<f64> {
+            let reads = s.spawn(|| {
+                crate::real::read_latencies(
+                    &path,
+                    o.engine,
+                    ReadPattern {
+                        size: kib * 1024,
+                        qd,
+                        in_order: false,
+                    },
+                    secs,
+                    o.seed ^ 0xb5,
+                    &dram,
+                )
+            });
+            std::thread::sleep(std::time::Duration::from_secs_f64(0.1 * secs));
+            let t = crate::real::op_seconds(BESIDE_READS_OP_BYTES, 0.7 * secs);
+            reads.join().expect("reader thread")?;
+            t
+        })?;
+        progress(&format!(
+            "backend op of {} MiB beside {kib} KiB reads at QD {qd}: {:.1} µs",
+            BESIDE_READS_OP_BYTES >> 20,
+            op * 1e6
+        ));
+        beside.push((kib, qd, op));
+    }
+    drop((file, dram));
     if !o.keep_file {
         std::fs::remove_file(&path).ok();
     }
@@ -764,10 +839,13 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         ));
         points.push((mib << 20, t));
     }
-    let ops = OpTimes::fit(points)?;
+    let mut ops = OpTimes::fit(points)?;
+    ops.beside_reads = beside;
     progress(&format!(
-        "backend ops fitted: {:.1} µs + bytes / {:.2} GB/s",
-        ops.overhead_us, ops.gb_per_s
+        "backend ops fitted: {:.1} µs + bytes / {:.2} GB/s; {:.3}x slower beside reads",
+        ops.overhead_us,
+        ops.gb_per_s,
+        ops.beside_reads_slowdown()
     ));
     let max_threads = hardware_threads();
     let mut counts: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2))

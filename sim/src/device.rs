@@ -127,12 +127,21 @@ impl Device {
             }
             let overhead = Ps::from_us(c.dispatch_overhead_us)
                 .map_err(|e| src.invalid(&key("dispatch_overhead_us"), e.to_string()))?;
-            units.push(ComputeUnit::new(
-                name,
-                (peak * c.flops_efficiency * 1e9).round() as u64,
-                gb_per_s_to_bytes(bw * c.mem_efficiency),
-                overhead,
-            ));
+            if !(c.beside_reads_slowdown >= 1.0 && c.beside_reads_slowdown.is_finite()) {
+                return Err(src.invalid(
+                    &key("beside_reads_slowdown"),
+                    format!("must be at least 1, got {}", c.beside_reads_slowdown),
+                ));
+            }
+            units.push(
+                ComputeUnit::new(
+                    name,
+                    (peak * c.flops_efficiency * 1e9).round() as u64,
+                    gb_per_s_to_bytes(bw * c.mem_efficiency),
+                    overhead,
+                )
+                .with_beside_reads_slowdown(c.beside_reads_slowdown),
+            );
         }
         Ok(Device {
             name: f.name,
@@ -193,7 +202,7 @@ impl flashsim_policies::DeviceRates for Rates<'_> {
 
     fn op_seconds(&self, unit: &str, flops: u64, dram_bytes: u64) -> Option<f64> {
         let u = self.device.units.iter().find(|u| u.name == unit)?;
-        let own = u.op_time(flops, dram_bytes).ok()?.as_s();
+        let own = u.op_time(flops, dram_bytes, false).ok()?.as_s();
         let bus = dram_bytes as f64 / self.device.dram_bus_bytes_per_s as f64;
         Some(own.max(bus))
     }

@@ -104,14 +104,16 @@ pub trait Backend {
     fn begin_token(&mut self, _token: u32) {}
     /// Starts plan read `read` of `extent`; its completion time if known now.
     fn submit(&mut self, now: Ps, read: u32, extent: Extent) -> Result<Option<Ps>, SimError>;
-    /// Starts op `j` on `unit` (the previous op has finished and its reads are in): when it
-    /// starts, and when it ends if known now.
+    /// Starts op `j` on `unit` (the previous op has finished and its reads are in), with
+    /// `reads_beside`: reads in flight as it starts: when it starts, and when it ends if known
+    /// now.
     fn start_op(
         &mut self,
         now: Ps,
         j: u32,
         op: &Op,
         unit: usize,
+        reads_beside: bool,
         dram: &mut Dram,
     ) -> Result<(Ps, Option<Ps>), SimError>;
 }
@@ -132,11 +134,12 @@ impl Backend for Simulated {
         _j: u32,
         op: &Op,
         unit: usize,
+        reads_beside: bool,
         dram: &mut Dram,
     ) -> Result<(Ps, Option<Ps>), SimError> {
         let unit = &mut self.0.units[unit];
         let start = now.max(unit.free_at());
-        let own = start.checked_add(unit.op_time(op.flops, op.dram_bytes)?)?;
+        let own = start.checked_add(unit.op_time(op.flops, op.dram_bytes, reads_beside)?)?;
         let done = own.max(dram.transfer(start, op.dram_bytes)?);
         unit.occupy(done);
         Ok((start, Some(done)))
@@ -316,21 +319,24 @@ impl<B: Backend> Pipeline<'_, B> {
             .cur
             .stall
             .checked_add(now.checked_sub(self.ready_at)?)?;
+        // The reads this start lets go are issued first: they run beside the op.
+        self.running = true;
+        self.started[j] = true;
+        self.evict(IssueAfter::OpStart(j as u32))?;
+        self.issue(now, follow)?;
         let (start, done) = self.backend.start_op(
             now,
             j as u32,
             &self.plan.ops[j],
             self.op_unit[j],
+            self.in_flight > 0,
             &mut self.dram,
         )?;
-        self.running = true;
-        self.started[j] = true;
-        self.evict(IssueAfter::OpStart(j as u32))?;
         self.op_start = start;
         if let Some(done) = done {
             follow.push((done, Ev::OpDone { op: j as u32 }));
         }
-        self.issue(now, follow)
+        Ok(())
     }
 }
 

@@ -367,21 +367,25 @@ impl Real {
     /// device's compute unit names. With `verify`, reads go through the readers' own buffers,
     /// only each read's planned bytes reach DRAM and are checksummed (a pass over the data: for
     /// tests, not timing), and no resident page is loaded on demand. With `reads_only` (a
-    /// measurement of the readers alone, over a file that may be far larger than DRAM), there
-    /// is no DRAM mapping: reads land in the readers' own buffers and ops may list no weights.
+    /// measurement of the readers alone, over a file that may be larger than DRAM), that
+    /// mapping is DRAM, shared by the measurements and possibly smaller than the file: reads
+    /// land there as the pipeline's do (see [`read_latencies`]) and ops may list no weights.
     pub fn new(
         weights: &Path,
         io_threads: u32,
         engine: Engine,
         units: Vec<String>,
         verify: bool,
-        reads_only: bool,
+        reads_only: Option<Arc<Image>>,
     ) -> Result<Self> {
         let file = Arc::new(open_direct(weights, false)?);
         let file_bytes = file.metadata()?.len();
-        let image = Arc::new(Image::new(if reads_only { 0 } else { file_bytes })?);
+        let image = match reads_only {
+            Some(dram) => dram,
+            None => Arc::new(Image::new(file_bytes)?),
+        };
         // Without `verify`, reads land straight in DRAM.
-        let direct = (!verify && !reads_only).then(|| image.clone());
+        let direct = (!verify).then(|| image.clone());
         let (done_tx, done) = channel();
         let (io_tx, io_rx) = channel::<Job>();
         let mut workers = Vec::new();
@@ -921,25 +925,41 @@ pub fn op_seconds(bytes: u64, seconds: f64) -> Result<f64> {
     Ok(times.iter().sum::<f64>() / times.len() as f64)
 }
 
-/// Reads of `size` bytes at random `size`-aligned offsets of `path`, `qd` in flight, through
+/// What [`read_latencies`] reads: `size`-byte reads, `qd` in flight, at random offsets or in
+/// file order.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadPattern {
+    pub size: u64,
+    pub qd: u32,
+    pub in_order: bool,
+}
+
+/// Reads of `size` bytes at random `size`-aligned offsets of `path` (or, `in_order`, the file's
+/// consecutive chunks in turn: a streaming reader), `qd` in flight, through
 /// the real backend's own path: each read handed to its readers (`engine`) and its completion
 /// reported back to this thread, which then issues the next, as the pipeline does, until
 /// `seconds` have passed (and at least 4 reads per slot). What `calibrate` measures, so that the
-/// table carries the backend's per-read cost along with the disk's. The reads land in the
-/// readers' own buffers (the test file is far larger than DRAM), where the pipeline's land in
-/// the backend's DRAM mapping: the same O_DIRECT transfer into the same kind of memory.
+/// table carries the backend's per-read cost along with the disk's. The reads land in `dram`
+/// (a populated mapping, as the pipeline's land in the backend's) at their file offset modulo
+/// its size, which must be a multiple of `size`: on this project's virtual disk, reads into a
+/// few reused buffers measured up to half as fast as reads spread over a large mapping.
 /// Returns the seconds taken and each read's latency (µs).
 pub fn read_latencies(
     path: &Path,
     engine: Engine,
-    size: u64,
-    qd: u32,
+    ReadPattern { size, qd, in_order }: ReadPattern,
     seconds: f64,
     seed: u64,
+    dram: &Arc<Image>,
 ) -> Result<(f64, Vec<f64>)> {
     let file_bytes = std::fs::metadata(path)?.len();
     let slots = crate::calibrate::slots(file_bytes, size)?;
-    let mut real = Real::new(path, qd, engine, Vec::new(), false, true)?;
+    let mut next = 0u64;
+    let region = dram.len as u64;
+    if region == 0 || !region.is_multiple_of(size) {
+        anyhow::bail!("reads of {size} B do not tile {region} B of DRAM");
+    }
+    let mut real = Real::new(path, qd, engine, Vec::new(), false, Some(dram.clone()))?;
     let mut state = seed ^ size ^ 0x7ead;
     let mut issued = vec![Ps::ZERO; qd as usize];
     let mut done_per_slot = vec![0u32; qd as usize];
@@ -948,13 +968,21 @@ pub fn read_latencies(
     real.start_clock();
     let start = Instant::now();
     let mut submit = |real: &mut Real, slot: u32, issued: &mut [Ps]| -> Result<()> {
-        let offset = (crate::calibrate::splitmix(&mut state) % slots) * size;
+        let chunk = if in_order {
+            next += 1;
+            (next - 1) % slots
+        } else {
+            crate::calibrate::splitmix(&mut state) % slots
+        };
+        let offset = chunk * size;
         issued[slot as usize] = real.now_of(Instant::now());
+        // The read lands in DRAM at its offset within the region.
+        real.base = offset - offset % region;
         real.submit(
             Ps::ZERO,
             slot,
             Extent {
-                offset,
+                offset: offset % region,
                 bytes: size,
             },
         )?;
@@ -1028,6 +1056,7 @@ impl Backend for Real {
         j: u32,
         op: &Op,
         _unit: usize,
+        _reads_beside: bool,
         _dram: &mut Dram,
     ) -> Result<(Ps, Option<Ps>), SimError> {
         self.jobs_op

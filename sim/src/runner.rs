@@ -177,7 +177,7 @@ impl<'a> RunParts<'a> {
             self.device.read_engine,
             units,
             verify,
-            false,
+            None,
         )?;
         for &e in resident {
             backend.load(e)?;

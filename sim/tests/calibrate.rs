@@ -3,6 +3,7 @@
 
 use flashsim::calibrate::{self, Options};
 use flashsim::device::Device;
+use flashsim::time::{transfer_time, Ps};
 
 fn options(dir: &std::path::Path) -> Options {
     Options {
@@ -155,8 +156,14 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
         dram_read_gb_per_s: 10.0,
         gemv_gflops: 5.0,
     }];
-    let ops = calibrate::OpTimes::fit(vec![(1 << 20, 200e-6), (16 << 20, 2.2e-3)]).unwrap();
+    let mut ops = calibrate::OpTimes::fit(vec![(1 << 20, 200e-6), (16 << 20, 2.2e-3)]).unwrap();
+    // The 64 MiB op beside reads: 1.25x and 1.75x the fit beyond the overhead, 1.5x on average.
+    let over = ops.overhead_us * 1e-6;
+    let alone = ops.fitted_seconds(calibrate::BESIDE_READS_OP_BYTES) - over;
+    ops.beside_reads = vec![(4, 8, over + 1.25 * alone), (1024, 8, over + 1.75 * alone)];
     let text = calibrate::device_toml(&o, &cells, &[cell(1024, 1, 1.0)], &rates, &ops);
+    assert!(text.contains("beside_reads_slowdown = 1.500"), "{text}");
+    assert!(text.contains("sequential_gb_per_s = [1.000000]"), "{text}");
     assert!(
         text.contains("# Clamped (noise): 256 KiB QD 4: 2.500 GB/s measured, more than 4x QD 1 (0.500); set to 2.000"),
         "{text}"
@@ -170,7 +177,24 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     // arithmetic rate is raised to the ops', so an op costs its memory time, as measured.
     let unit = &dev.units[0];
     let b = 16u64 << 20;
-    assert_eq!(unit.op_time(b, b).unwrap(), unit.op_time(0, b).unwrap());
+    assert_eq!(
+        unit.op_time(b, b, false).unwrap(),
+        unit.op_time(0, b, false).unwrap()
+    );
+    // Beside reads, 1.5x beyond the dispatch overhead.
+    let overhead = unit.op_time(0, 0, true).unwrap().as_s();
+    let ratio = (unit.op_time(b, b, true).unwrap().as_s() - overhead)
+        / (unit.op_time(b, b, false).unwrap().as_s() - overhead);
+    assert!((ratio - 1.5).abs() < 1e-6, "{ratio}");
+    // The sequential figure: 1 MiB at QD 1 in file order at 1 GB/s, after a first random read.
+    let mib = 1u64 << 20;
+    let mut f = dev.flash.fresh();
+    let t1 = f.submit(Ps::ZERO, 0, mib).unwrap();
+    let t2 = f.submit(t1, mib, mib).unwrap();
+    assert_eq!(
+        t2.checked_sub(t1).unwrap(),
+        transfer_time(mib, 1_000_000_000).unwrap()
+    );
 }
 
 #[test]

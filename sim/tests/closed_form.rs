@@ -123,6 +123,133 @@ fn measured_curve_reproduces_its_table() {
 }
 
 #[test]
+fn measured_sequential_figures_apply_to_reads_in_file_order_only() {
+    // 1 MiB at random offsets: 1 GB/s at QD 1, 2 GB/s at QD 8; in file order 0.5 and 3 GB/s.
+    let mib = 1u64 << 20;
+    let m = Measured::new(&[mib as f64], &[1, 8], &[vec![1e9, 2e9]])
+        .unwrap()
+        .with_sequential(&[1, 8], &[0.5e9, 3e9])
+        .unwrap();
+    let mut f = m.fresh();
+    // The first request follows nothing: random, 1 MiB at 1 GB/s.
+    let t1 = f.submit(Ps::ZERO, 0, mib).unwrap();
+    assert_eq!(t1, transfer_time(mib, 1_000_000_000).unwrap());
+    // The next chunk in file order: 0.5 GB/s at QD 1.
+    let t2 = f.submit(t1, mib, mib).unwrap();
+    let seq = t2.checked_sub(t1).unwrap();
+    report(
+        "measured sequential 1 MiB QD1 (ps)",
+        transfer_time(mib, 500_000_000).unwrap().0 as f64,
+        seq.0 as f64,
+    );
+    assert_eq!(seq, transfer_time(mib, 500_000_000).unwrap());
+    // A jump: random again; a gap of one byte is not file order either.
+    let t3 = f.submit(t2, 10 * mib, mib).unwrap();
+    assert_eq!(
+        t3.checked_sub(t2).unwrap(),
+        transfer_time(mib, 1_000_000_000).unwrap()
+    );
+    let t4 = f.submit(t3, 11 * mib + 4096, mib).unwrap();
+    assert_eq!(
+        t4.checked_sub(t3).unwrap(),
+        transfer_time(mib, 1_000_000_000).unwrap()
+    );
+    // A stream kept 8 deep runs at the sequential figure (3 GB/s), random reads at the table's.
+    let stream = |sequential: bool| {
+        let mut f = m.fresh();
+        let mut in_flight: std::collections::BinaryHeap<std::cmp::Reverse<Ps>> = Default::default();
+        let (mut now, mut last) = (Ps::ZERO, Ps::ZERO);
+        for i in 0..4000u64 {
+            if in_flight.len() == 8 {
+                now = in_flight.pop().unwrap().0;
+            }
+            let offset = if sequential {
+                i * mib
+            } else {
+                (i * 7919 % 4001) * 2 * mib
+            };
+            let done = f.submit(now, offset, mib).unwrap();
+            last = last.max(done);
+            in_flight.push(std::cmp::Reverse(done));
+        }
+        4000.0 * mib as f64 / (last.0 as f64 / PS_PER_S as f64)
+    };
+    let d = report("measured sequential QD8 (B/s)", 3e9, stream(true));
+    assert!(d.abs() < 0.01, "{d}");
+    let d = report("measured random QD8 (B/s)", 2e9, stream(false));
+    assert!(d.abs() < 0.01, "{d}");
+    // Lengths must match.
+    assert!(Measured::new(&[mib as f64], &[1], &[vec![1e9]])
+        .unwrap()
+        .with_sequential(&[1, 8], &[1e9])
+        .is_err());
+}
+
+#[test]
+fn ops_slow_down_only_where_reads_run_beside_them() {
+    use flashsim::runner::{prepare, Cache};
+    // Llama-2-7B on the UFS 4.0 phone, one point per policy setting; each simulated with the
+    // CPU as configured and 2x slower beside reads.
+    let compute_ms = |policy: &str, buffered: u32, slowdown: f64| -> f64 {
+        let text = format!(
+            r#"
+name = "beside"
+device = "ufs40-phone"
+model = "llama-2-7b"
+policy = "{policy}"
+dram_budget_gib = 16.0
+tokens = 3
+prompt_tokens = 8
+seed = 1
+[policies.dense-streaming]
+buffered_ops = {buffered}
+"#
+        );
+        let exp = common::experiment("beside.toml", &text).unwrap();
+        let mut p = prepare(&exp, &exp.points[0], &mut Cache::default()).unwrap();
+        for u in p.device.units.iter_mut() {
+            *u = u.clone().with_beside_reads_slowdown(slowdown);
+        }
+        let (stats, _) = p.simulate(false).unwrap();
+        stats
+            .tokens
+            .iter()
+            .map(|t| t.compute_busy.as_s())
+            .sum::<f64>()
+            * 1e3
+    };
+    // No reads at all, or none in flight while an op runs (each op's reads are issued when the
+    // op before it is done): no slowdown.
+    for (policy, buffered) in [("all-in-dram", 2), ("dense-streaming", 1)] {
+        let (alone, beside) = (
+            compute_ms(policy, buffered, 1.0),
+            compute_ms(policy, buffered, 2.0),
+        );
+        report(
+            &format!("{policy} buffered {buffered} compute (ms)"),
+            alone,
+            beside,
+        );
+        assert_eq!(alone, beside, "{policy}");
+    }
+    // Double buffering: op j + 1's reads run beside op j, which then takes twice as long
+    // (beyond its dispatch overhead); the last op of a token has none beside it.
+    let (alone, beside) = (
+        compute_ms("dense-streaming", 2, 1.0),
+        compute_ms("dense-streaming", 2, 2.0),
+    );
+    report(
+        "dense-streaming buffered 2 compute x2 (ms)",
+        2.0 * alone,
+        beside,
+    );
+    assert!(
+        beside > 1.5 * alone && beside <= 2.0 * alone,
+        "{alone} {beside}"
+    );
+}
+
+#[test]
 fn parametric_queueing_follows_q_s_over_t() {
     // Below saturation, Q requests in flight deliver Q·S/(T0 + S/B).
     let t0 = Ps(100_000_000); // 100 us

@@ -23,6 +23,12 @@ pub struct ComputeConfig {
     /// Fixed cost of launching one op, µs.
     #[serde(default)]
     pub dispatch_overhead_us: f64,
+    /// How many times longer an op takes (beyond its dispatch overhead) when flash reads are
+    /// in flight as it starts: the reader threads and the disk's interrupts share the CPU with
+    /// the kernels. Default 1 (no slowdown: a unit that is not the CPU serving the reads);
+    /// `flashsim calibrate` measures it for the CPU.
+    #[serde(default = "one")]
+    pub beside_reads_slowdown: f64,
 }
 
 fn one() -> f64 {
@@ -35,6 +41,9 @@ pub struct ComputeUnit {
     flops_per_s: u64,
     bytes_per_s: u64,
     overhead: Ps,
+    /// The rates while reads are in flight (see [`ComputeConfig::beside_reads_slowdown`]).
+    beside_flops_per_s: u64,
+    beside_bytes_per_s: u64,
     free: Ps,
 }
 
@@ -46,14 +55,31 @@ impl ComputeUnit {
             flops_per_s,
             bytes_per_s,
             overhead,
+            beside_flops_per_s: flops_per_s,
+            beside_bytes_per_s: bytes_per_s,
             free: Ps::ZERO,
         }
     }
 
-    /// The unit's own time for an op, ignoring contention for the DRAM bus.
-    pub fn op_time(&self, flops: u64, bytes: u64) -> Result<Ps, SimError> {
-        let arith = transfer_time(flops, self.flops_per_s)?;
-        let memory = transfer_time(bytes, self.bytes_per_s)?;
+    /// The same unit, `slowdown` (at least 1) times slower while reads are in flight.
+    pub fn with_beside_reads_slowdown(mut self, slowdown: f64) -> Self {
+        assert!(slowdown >= 1.0 && slowdown.is_finite());
+        let slow = |r: u64| ((r as f64 / slowdown).round() as u64).max(1);
+        self.beside_flops_per_s = slow(self.flops_per_s);
+        self.beside_bytes_per_s = slow(self.bytes_per_s);
+        self
+    }
+
+    /// The unit's own time for an op, ignoring contention for the DRAM bus; `reads_beside`:
+    /// flash reads are in flight as it starts.
+    pub fn op_time(&self, flops: u64, bytes: u64, reads_beside: bool) -> Result<Ps, SimError> {
+        let (f, b) = if reads_beside {
+            (self.beside_flops_per_s, self.beside_bytes_per_s)
+        } else {
+            (self.flops_per_s, self.bytes_per_s)
+        };
+        let arith = transfer_time(flops, f)?;
+        let memory = transfer_time(bytes, b)?;
         self.overhead.checked_add(arith.max(memory))
     }
 

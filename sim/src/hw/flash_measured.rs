@@ -7,6 +7,11 @@
 //! such requests together deliver exactly the measured `X(S, q)` (Little's law). A link at the
 //! table's highest throughput serializes data as in the parametric model, so no mix of sizes can
 //! exceed what was measured.
+//!
+//! Optional sequential figures (1 MiB reads in file order, by queue depth) make a request that
+//! starts where the request submitted before it ended (a streaming reader's next chunk) run at
+//! the table's rate times the measured sequential/random ratio at its depth: on some disks a
+//! stream is faster than random reads of the same size, on others (a virtual disk here) slower.
 
 use super::flash::{positive, Flash, FlashEntry};
 use crate::error::SimError;
@@ -33,6 +38,13 @@ pub struct MeasuredConfig {
     pub queue_depths: Vec<u32>,
     /// Measured throughput, GB/s: one row per chunk size, one column per queue depth.
     pub throughput_gb_per_s: Vec<Vec<f64>>,
+    /// Sequential reads: the queue depths and the throughput (GB/s) of 1 MiB reads in file
+    /// order (a streaming reader). Optional: without them a request that starts where the one
+    /// submitted before it ended costs what the table says for random offsets.
+    #[serde(default)]
+    pub sequential_queue_depths: Vec<u32>,
+    #[serde(default)]
+    pub sequential_gb_per_s: Vec<f64>,
 }
 
 fn build(src: &TomlSource, table: toml::Value) -> Result<Box<dyn Flash>, ConfigError> {
@@ -48,9 +60,17 @@ pub struct Measured {
     /// ln(bytes/s), `[chunk][qd]`.
     log_x: Vec<Vec<f64>>,
     max_bytes_per_s: u64,
+    /// Sequential over random throughput of 1 MiB reads, ln, at `seq_log_qd` (empty: none).
+    seq_log_qd: Vec<f64>,
+    seq_log_ratio: Vec<f64>,
     in_flight: BinaryHeap<Reverse<Ps>>,
     link_free: Ps,
+    /// Where the last request submitted ended.
+    last_end: Option<u64>,
 }
+
+/// The request size the sequential figures are measured at.
+const SEQUENTIAL_BYTES: u64 = 1 << 20;
 
 fn ascending(v: &[f64]) -> bool {
     v.windows(2).all(|w| w[0] < w[1])
@@ -112,9 +132,56 @@ impl Measured {
                 .map(|r| r.iter().map(|x| x.ln()).collect())
                 .collect(),
             max_bytes_per_s: max.round() as u64,
+            seq_log_qd: Vec::new(),
+            seq_log_ratio: Vec::new(),
             in_flight: BinaryHeap::new(),
             link_free: Ps::ZERO,
+            last_end: None,
         })
+    }
+
+    /// Adds sequential figures: 1 MiB reads in file order at `queue_depths` (ascending)
+    /// deliver `bytes_per_s`. A request that starts where the one submitted before it ended
+    /// then runs at the table's throughput for its size and depth times the ratio of these
+    /// figures to the table's 1 MiB random reads at that depth (interpolated on log depth,
+    /// clamped at the ends).
+    pub fn with_sequential(
+        mut self,
+        queue_depths: &[u32],
+        bytes_per_s: &[f64],
+    ) -> Result<Self, String> {
+        if queue_depths.len() != bytes_per_s.len() {
+            return Err(format!(
+                "{} sequential queue depths but {} sequential throughputs",
+                queue_depths.len(),
+                bytes_per_s.len()
+            ));
+        }
+        let qd: Vec<f64> = queue_depths.iter().map(|&q| q as f64).collect();
+        if !ascending(&qd) || queue_depths.first() == Some(&0) {
+            return Err("sequential queue depths must be at least 1 and strictly ascending".into());
+        }
+        if bytes_per_s.iter().any(|&x| !(x.is_finite() && x > 0.0)) {
+            return Err("every sequential throughput must be a positive number".into());
+        }
+        self.seq_log_ratio = queue_depths
+            .iter()
+            .zip(bytes_per_s)
+            .map(|(&q, &x)| (x / self.throughput(SEQUENTIAL_BYTES, q)).ln())
+            .collect();
+        self.seq_log_qd = qd.iter().map(|q| q.ln()).collect();
+        let max = bytes_per_s.iter().cloned().fold(0.0, f64::max);
+        self.max_bytes_per_s = self.max_bytes_per_s.max(max.round() as u64);
+        Ok(self)
+    }
+
+    /// Sequential over random throughput at depth `q` (1 without sequential figures).
+    fn sequential_ratio(&self, q: u32) -> f64 {
+        if self.seq_log_qd.is_empty() {
+            return 1.0;
+        }
+        let (j0, j1, b) = bracket(&self.seq_log_qd, (q.max(1) as f64).ln());
+        ((1.0 - b) * self.seq_log_ratio[j0] + b * self.seq_log_ratio[j1]).exp()
     }
 
     fn from_config(src: &TomlSource, c: &MeasuredConfig) -> Result<Self, ConfigError> {
@@ -127,8 +194,14 @@ impl Measured {
             .iter()
             .map(|r| r.iter().map(|g| g * 1e9).collect())
             .collect();
-        Measured::new(&chunk, &c.queue_depths, &x)
-            .map_err(|m| src.invalid("flash.throughput_gb_per_s", m))
+        let m = Measured::new(&chunk, &c.queue_depths, &x)
+            .map_err(|m| src.invalid("flash.throughput_gb_per_s", m))?;
+        if c.sequential_queue_depths.is_empty() && c.sequential_gb_per_s.is_empty() {
+            return Ok(m);
+        }
+        let seq: Vec<f64> = c.sequential_gb_per_s.iter().map(|g| g * 1e9).collect();
+        m.with_sequential(&c.sequential_queue_depths, &seq)
+            .map_err(|m| src.invalid("flash.sequential_gb_per_s", m))
     }
 
     /// Interpolated throughput, bytes/s, for chunks of `bytes` at queue depth `q`.
@@ -145,8 +218,14 @@ impl Measured {
         *self.queue_depths.last().expect("non-empty")
     }
 
-    fn service(&self, bytes: u64, q: u32) -> Result<Ps, SimError> {
-        let x = self.throughput(bytes, q.min(self.max_qd()));
+    /// Service time of a request of `bytes` at depth `q`, in file order after the one before
+    /// it (`sequential`) or not.
+    fn service(&self, bytes: u64, q: u32, sequential: bool) -> Result<Ps, SimError> {
+        let qc = q.min(self.max_qd());
+        let mut x = self.throughput(bytes, qc);
+        if sequential {
+            x *= self.sequential_ratio(qc);
+        }
         transfer_time(q as u64 * bytes, x.round().max(1.0) as u64)
     }
 }
@@ -165,7 +244,9 @@ fn bracket(grid: &[f64], x: f64) -> (usize, usize, f64) {
 }
 
 impl Flash for Measured {
-    fn submit(&mut self, now: Ps, _offset: u64, bytes: u64) -> Result<Ps, SimError> {
+    fn submit(&mut self, now: Ps, offset: u64, bytes: u64) -> Result<Ps, SimError> {
+        let sequential = self.last_end == Some(offset);
+        self.last_end = Some(offset + bytes);
         while self.in_flight.peek().is_some_and(|Reverse(t)| *t <= now) {
             self.in_flight.pop();
         }
@@ -179,7 +260,7 @@ impl Flash for Measured {
             }
         }
         let q = self.in_flight.len() as u32 + 1;
-        let service_done = start.checked_add(self.service(bytes, q)?)?;
+        let service_done = start.checked_add(self.service(bytes, q, sequential)?)?;
         let on_link = transfer_time(bytes, self.max_bytes_per_s)?;
         let done = service_done.max(self.link_free.checked_add(on_link)?);
         self.link_free = done;
@@ -188,9 +269,11 @@ impl Flash for Measured {
     }
 
     fn min_latency(&self, bytes: u64) -> Result<Ps, SimError> {
-        let mut best = self.service(bytes, 1)?;
+        let mut best = self.service(bytes, 1, false)?;
         for &q in &self.queue_depths {
-            best = best.min(self.service(bytes, q)?);
+            for sequential in [false, true] {
+                best = best.min(self.service(bytes, q, sequential)?);
+            }
         }
         Ok(best)
     }
@@ -203,6 +286,7 @@ impl Flash for Measured {
         let mut m = self.clone();
         m.in_flight.clear();
         m.link_free = Ps::ZERO;
+        m.last_end = None;
         Box::new(m)
     }
 }

@@ -685,6 +685,10 @@ pub fn device_toml(
     s
 }
 
+/// The size and queue depths of the sequential figures.
+const SEQUENTIAL_BYTES: u64 = 1 << 20;
+const SEQUENTIAL_QDS: [u32; 2] = [1, 8];
+
 /// Runs the whole calibration; returns the device file written.
 pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     if !o.dir.is_dir() {
@@ -720,11 +724,33 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         dram_bytes >> 20
     ));
     let dram = std::sync::Arc::new(crate::real::Image::new(dram_bytes)?);
-    let grid: Vec<(u64, u32)> = o
+    // The table's cells (random offsets) and, beside its 1 MiB row, 1 MiB reads in file order
+    // at QD 1 and 8 (a streaming reader: the sequential figures), all measured in the same
+    // alternating passes so that the disk's drift spreads over both.
+    let random = |size: u64, qd: u32| ReadPattern {
+        size,
+        qd,
+        in_order: false,
+    };
+    let mut grid: Vec<ReadPattern> = o
         .sizes_kib
         .iter()
-        .flat_map(|&kib| o.queue_depths.iter().map(move |&qd| (kib * 1024, qd)))
+        .flat_map(|&kib| o.queue_depths.iter().map(move |&qd| random(kib * 1024, qd)))
         .collect();
+    let at = grid
+        .iter()
+        .rposition(|p| p.size <= SEQUENTIAL_BYTES)
+        .map_or(grid.len(), |i| i + 1);
+    for (k, qd) in SEQUENTIAL_QDS.iter().enumerate() {
+        grid.insert(
+            at + k,
+            ReadPattern {
+                size: SEQUENTIAL_BYTES,
+                qd: *qd,
+                in_order: true,
+            },
+        );
+    }
     let passes = o.passes.max(1);
     let mut pooled: Vec<(f64, Vec<f64>)> = vec![(0.0, Vec::new()); grid.len()];
     for pass in 0..passes {
@@ -735,15 +761,10 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             (0..grid.len()).rev().collect()
         };
         for i in order {
-            let (size, qd) = grid[i];
             let (secs, lat) = crate::real::read_latencies(
                 &path,
                 o.engine,
-                ReadPattern {
-                    size,
-                    qd,
-                    in_order: false,
-                },
+                grid[i],
                 o.seconds_per_point / passes as f64,
                 o.seed ^ pass as u64,
                 &dram,
@@ -752,44 +773,27 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             pooled[i].1.extend(lat);
         }
     }
-    let cells: Vec<Cell> = grid
-        .iter()
-        .zip(pooled)
-        .map(|(&(size, qd), (secs, lat))| {
-            let c = cell_of(size, qd, secs, lat);
+    let (mut cells, mut sequential) = (Vec::new(), Vec::new());
+    for (p, (secs, lat)) in grid.iter().zip(pooled) {
+        let c = cell_of(p.size, p.qd, secs, lat);
+        if p.in_order {
             progress(&format!(
-                "{:>5} KiB  QD {qd:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads)",
-                size / 1024,
+                "sequential 1 MiB QD {}: {:.3} GB/s",
+                p.qd, c.throughput_gb_per_s
+            ));
+            sequential.push(c);
+        } else {
+            progress(&format!(
+                "{:>5} KiB  QD {:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads)",
+                p.size / 1024,
+                p.qd,
                 c.throughput_gb_per_s,
                 c.mean_latency_us,
                 c.p99_latency_us,
                 c.requests
             ));
-            c
-        })
-        .collect();
-    // Sequential streaming (what dense streaming does): 1 MiB chunks in file order at QD 1 and
-    // 8, through the same readers as the table.
-    let mut sequential = Vec::new();
-    for qd in [1, 8] {
-        let (secs, lat) = crate::real::read_latencies(
-            &path,
-            o.engine,
-            ReadPattern {
-                size: 1 << 20,
-                qd,
-                in_order: true,
-            },
-            o.seconds_per_point,
-            o.seed,
-            &dram,
-        )?;
-        let c = cell_of(1 << 20, qd, secs, lat);
-        progress(&format!(
-            "sequential 1 MiB QD {qd}: {:.3} GB/s",
-            c.throughput_gb_per_s
-        ));
-        sequential.push(c);
+            cells.push(c);
+        }
     }
     // The backend's 64 MiB op while reads of each kind run beside it (the readers and the
     // disk's interrupts share the CPU with the kernel).

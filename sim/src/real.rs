@@ -954,7 +954,8 @@ pub fn read_latencies(
 ) -> Result<(f64, Vec<f64>)> {
     let file_bytes = std::fs::metadata(path)?.len();
     let slots = crate::calibrate::slots(file_bytes, size)?;
-    let mut next = 0u64;
+    // A stream starts at a chunk the seed picks (each pass of calibrate's another).
+    let mut next = crate::calibrate::splitmix(&mut (seed ^ 0x5e9)) % slots;
     let region = dram.len as u64;
     if region == 0 || !region.is_multiple_of(size) {
         anyhow::bail!("reads of {size} B do not tile {region} B of DRAM");

@@ -19,6 +19,7 @@
 //! environment (kernel, filesystem, CPU model, threads, date) as comments; and beside the plots,
 //! `NAME.csv` with one row per (size, queue depth): requests, throughput, mean/P50/P99 latency.
 
+use crate::hw::flash_measured::SEQUENTIAL_BYTES;
 use crate::real::ReadPattern;
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
@@ -396,18 +397,21 @@ fn environment(o: &Options) -> Vec<(String, String)> {
     ]
 }
 
-/// Installed DRAM, GiB (from /proc/meminfo).
-/// Memory available now (`MemAvailable`), bytes; 4 GiB when it cannot be read.
-fn available_bytes() -> u64 {
-    read_first_line("/proc/meminfo", "MemAvailable")
+/// A `/proc/meminfo` figure, KiB.
+fn meminfo_kib(key: &str) -> Option<u64> {
+    read_first_line("/proc/meminfo", key)
         .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(4 << 30, |kib| kib * 1024)
 }
 
+/// Memory available now (`MemAvailable`), bytes; 4 GiB when it cannot be read.
+fn available_bytes() -> u64 {
+    meminfo_kib("MemAvailable").map_or(4 << 30, |kib| kib * 1024)
+}
+
+/// Installed DRAM, GiB (from /proc/meminfo).
 fn dram_gib() -> f64 {
-    read_first_line("/proc/meminfo", "MemTotal")
-        .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kib| kib / (1u64 << 20) as f64)
+    meminfo_kib("MemTotal")
+        .map(|kib| kib as f64 / (1u64 << 20) as f64)
         .unwrap_or(8.0)
 }
 
@@ -685,8 +689,7 @@ pub fn device_toml(
     s
 }
 
-/// The size and queue depths of the sequential figures.
-const SEQUENTIAL_BYTES: u64 = 1 << 20;
+/// The queue depths of the sequential figures (of the measured model's request size).
 const SEQUENTIAL_QDS: [u32; 2] = [1, 8];
 
 /// Runs the whole calibration; returns the device file written.

@@ -70,7 +70,7 @@ pub struct Measured {
 }
 
 /// The request size the sequential figures are measured at.
-const SEQUENTIAL_BYTES: u64 = 1 << 20;
+pub const SEQUENTIAL_BYTES: u64 = 1 << 20;
 
 fn ascending(v: &[f64]) -> bool {
     v.windows(2).all(|w| w[0] < w[1])

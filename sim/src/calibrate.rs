@@ -408,6 +408,23 @@ fn available_bytes() -> u64 {
     meminfo_kib("MemAvailable").map_or(4 << 30, |kib| kib * 1024)
 }
 
+/// The DRAM that measured reads of a `file_bytes` file land in, as the backend's land in its
+/// mapping of the weight file: one populated mapping the size of the file where it fits in
+/// half of the memory available, else that half, rounded down to a multiple of `largest` (the
+/// largest read; reads land at their offset modulo its size).
+pub(crate) fn measurement_dram(
+    file_bytes: u64,
+    largest: u64,
+    progress: &mut dyn FnMut(&str),
+) -> Result<std::sync::Arc<crate::real::Image>> {
+    let dram_bytes = (file_bytes.min(available_bytes() / 2) / largest * largest).max(largest);
+    progress(&format!(
+        "mapping {} MiB of DRAM for the reads to land in ...",
+        dram_bytes >> 20
+    ));
+    Ok(std::sync::Arc::new(crate::real::Image::new(dram_bytes)?))
+}
+
 /// Installed DRAM, GiB (from /proc/meminfo).
 fn dram_gib() -> f64 {
     meminfo_kib("MemTotal")
@@ -714,19 +731,8 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     ));
     prepare_file(&path, o.file_bytes, o.seed)?;
     let file = open_direct(&path, false)?;
-    // The DRAM the reads land in, as the backend's land in its mapping of the weight file:
-    // one populated mapping the size of the test file where it fits in half of the memory
-    // available, else that half (reads land at their offset modulo its size).
     let largest = o.sizes_kib.last().copied().unwrap_or(1024).max(1024) * 1024;
-    let dram_bytes = o
-        .file_bytes
-        .min(available_bytes() / 2 / largest * largest)
-        .max(largest);
-    progress(&format!(
-        "mapping {} MiB of DRAM for the reads to land in ...",
-        dram_bytes >> 20
-    ));
-    let dram = std::sync::Arc::new(crate::real::Image::new(dram_bytes)?);
+    let dram = measurement_dram(o.file_bytes, largest, progress)?;
     // The table's cells (random offsets) and, beside its 1 MiB row, 1 MiB reads in file order
     // at QD 1 and 8 (a streaming reader: the sequential figures), all measured in the same
     // alternating passes so that the disk's drift spreads over both.

@@ -165,6 +165,12 @@ enum Cmd {
         /// that no cache outside the machine holds what a run reads (as calibrate's file).
         #[arg(long, default_value_t = 8.0)]
         file_gib: f64,
+        /// Seconds per cell of the probe before each real run (reads of 16 KiB, 128 KiB and
+        /// 1 MiB at random offsets and 1 MiB in file order, and the backend's 64 MiB op): the
+        /// point is simulated again on the device file scaled to what it found, beside the
+        /// device file as written. 0: no probes (needed for a preset device file).
+        #[arg(long, default_value_t = 0.5)]
+        probe_seconds: f64,
     },
     /// List the registered policies and flash models, and the device and model files found.
     List {
@@ -426,27 +432,37 @@ fn run(cli: Cli) -> Result<()> {
             keep_weights,
             repeats,
             file_gib,
+            probe_seconds,
         } => {
             let exp = Experiment::load(&experiment)?;
-            let (rows, path) = flashsim::validate::run(
-                &exp,
-                &weights_dir,
-                &out_dir,
+            let o = flashsim::validate::Options {
+                weights_dir,
+                out_dir,
                 keep_weights,
                 repeats,
                 file_gib,
-                &mut |l| eprintln!("{l}"),
-            )?;
+                probe_seconds,
+            };
+            let (rows, path) = flashsim::validate::run(&exp, &o, &mut |l| eprintln!("{l}"))?;
             println!(
-                "{:>5}  {:<16} {:>7}  {:<14} {:<5} {:>12} {:>12} {:>8}",
-                "point", "policy", "GiB", "metric", "stat", "simulated", "measured", "diff %"
+                "{:>5}  {:<16} {:>7}  {:<10} {:<14} {:<5} {:>12} {:>12} {:>8}",
+                "point",
+                "policy",
+                "GiB",
+                "device",
+                "metric",
+                "stat",
+                "simulated",
+                "measured",
+                "diff %"
             );
             for r in &rows {
                 println!(
-                    "{:>5}  {:<16} {:>7}  {:<14} {:<5} {:>12.3} {:>12.3} {:>+8.1}",
+                    "{:>5}  {:<16} {:>7}  {:<10} {:<14} {:<5} {:>12.3} {:>12.3} {:>+8.1}",
                     r.point,
                     r.policy,
                     r.dram_budget_gib,
+                    r.device,
                     r.metric,
                     r.stat,
                     r.simulated_ms,

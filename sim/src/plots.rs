@@ -569,20 +569,25 @@ fn draw_curves<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Curves) -> 
     Ok(())
 }
 
-/// Simulated against measured mean ms per token, one marker per point, policies coloured,
-/// with the line of perfect agreement and ±10% bands.
+/// Simulated against measured mean ms per token, one marker per point and device (filled: as
+/// probed before each run, where the table has probes; hollow: the calibrated device file),
+/// policies coloured, with the line of perfect agreement and ±10% bands.
 pub fn draw_validation(rows: &[crate::validate::Row], base: &Path) -> Result<Vec<PathBuf>> {
-    let pts: Vec<(String, f64, f64)> = rows
+    let probed = rows.iter().any(|r| r.device == "probed");
+    let pts: Vec<(String, f64, f64, bool)> = rows
         .iter()
         .filter(|r| r.metric == "ms_per_token" && r.stat == "mean")
-        .map(|r| (r.policy.clone(), r.measured_ms, r.simulated_ms))
+        .map(|r| {
+            let filled = !probed || r.device == "probed";
+            (r.policy.clone(), r.measured_ms, r.simulated_ms, filled)
+        })
         .collect();
     both!(base, draw_validation_on, &pts)
 }
 
 fn draw_validation_on<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
-    pts: &[(String, f64, f64)],
+    pts: &[(String, f64, f64, bool)],
 ) -> Result<()> {
     let (lo, hi) = log_range(pts.iter().flat_map(|p| [p.1, p.2]));
     let mut chart = ChartBuilder::on(&root)
@@ -620,14 +625,30 @@ fn draw_validation_on<DB: DrawingBackend>(
     for (i, pol) in policies.iter().enumerate() {
         let c = colour(i);
         chart
-            .draw_series(
-                pts.iter()
-                    .filter(|p| p.0 == *pol)
-                    .map(|p| Circle::new((p.1, p.2), 5, c.filled())),
-            )
+            .draw_series(pts.iter().filter(|p| p.0 == *pol).map(|p| {
+                let style = if p.3 { c.filled() } else { c.stroke_width(2) };
+                Circle::new((p.1, p.2), 5, style)
+            }))
             .map_err(err)?
             .label(pol.to_string())
             .legend(move |(x, y)| Circle::new((x + 7, y), 5, c.filled()));
+    }
+    if pts.iter().any(|p| !p.3) {
+        for (filled, label) in [
+            (true, "probed before each run"),
+            (false, "calibrated device file"),
+        ] {
+            let style = if filled {
+                BLACK.filled()
+            } else {
+                BLACK.stroke_width(2)
+            };
+            chart
+                .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+                .map_err(err)?
+                .label(label)
+                .legend(move |(x, y)| Circle::new((x + 7, y), 5, style));
+        }
     }
     legend(&mut chart, SeriesLabelPosition::UpperLeft, 12)?;
     Ok(())

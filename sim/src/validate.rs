@@ -9,15 +9,151 @@
 //! table gives simulated, measured and the difference in percent at the mean, and for ms per
 //! token also at P50, P90 and P99 over the tokens after warm-up. Written to
 //! `results/<experiment>/validate.csv`, with a plot of simulated against measured ms per token.
+//!
+//! Probes: the disk and the CPU of a machine drift (on this project's VM, 1 MiB reads by tens
+//! of percent within an hour), so a calibration made before the validation may no longer
+//! describe the machine a run meets. Just before each real run, a probe re-measures a few cells
+//! of the calibrated table (reads of 16 KiB, 128 KiB and 1 MiB at random offsets and 1 MiB in
+//! file order, at the point's queue depth, through the backend's readers into a populated DRAM
+//! mapping, as calibrate measures) and the backend's 64 MiB op, and the point is simulated once
+//! more on the device file scaled to them (`MeasuredConfig::rescaled`; each compute unit's
+//! memory rate refitted to the op). The table then carries both comparisons: `calibrated` (the
+//! device file as written) and `probed` (the device as it was at each run, the simulated
+//! tokens pooled over the runs as the measured ones are). The probed comparison checks the
+//! model given the hardware's state; the calibrated one also checks that the state held.
 
-use crate::calibrate::quantile;
+use crate::calibrate::{quantile, Engine, BESIDE_READS_OP_BYTES};
+use crate::device::Device;
 use crate::executor::{RunStats, TokenStats};
 use crate::experiment::Experiment;
+use crate::hw::flash_measured::{MeasuredConfig, SEQUENTIAL_BYTES};
+use crate::real::ReadPattern;
 use crate::runner::{self, Cache};
 use crate::time::Ps;
 use anyhow::{bail, Context, Result};
+use flashsim_workloads::TomlSource;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// How `validate` runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A directory on the storage the device file was calibrated on; the weight file goes here.
+    pub weights_dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub keep_weights: bool,
+    /// Real runs per point.
+    pub repeats: usize,
+    /// GiB of weight file (copies of the weights; see [`run`]).
+    pub file_gib: f64,
+    /// Seconds per probe cell before each real run (0: no probes; see the module's comment).
+    pub probe_seconds: f64,
+}
+
+/// Request sizes a probe reads at random offsets (KiB): the range the validated policies read
+/// in, from a DIP down column (8 KiB at a 7B shape) to dense streaming's 1 MiB chunks.
+pub const PROBE_SIZES_KIB: [u64; 3] = [16, 128, 1024];
+
+/// What one probe measured just before a real run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// (bytes, queue depth, bytes/s) of reads at random offsets.
+    pub random: Vec<(u64, u32, f64)>,
+    /// (queue depth, bytes/s) of 1 MiB reads in file order.
+    pub sequential: (u32, f64),
+    /// Mean seconds of the backend's [`BESIDE_READS_OP_BYTES`] op.
+    pub op_seconds: f64,
+}
+
+/// Re-measures the cells a [`Probe`] holds on `weights` (reads at depth `qd`, `seconds` each).
+pub fn probe(weights: &Path, engine: Engine, qd: u32, seconds: f64, seed: u64) -> Result<Probe> {
+    let file_bytes = std::fs::metadata(weights)?.len();
+    if file_bytes < 4 * SEQUENTIAL_BYTES {
+        bail!(
+            "{}: {file_bytes} B is too small a file to probe (1 MiB reads at random offsets); \
+             give a larger --file-gib or --probe-seconds 0",
+            weights.display()
+        );
+    }
+    let dram = crate::calibrate::measurement_dram(file_bytes, SEQUENTIAL_BYTES, &mut |_| {})?;
+    let measure = |size: u64, in_order: bool| -> Result<f64> {
+        let pattern = ReadPattern { size, qd, in_order };
+        let (secs, lat) =
+            crate::real::read_latencies(weights, engine, pattern, seconds, seed, &dram)?;
+        Ok(lat.len() as f64 * size as f64 / secs)
+    };
+    let mut random = Vec::new();
+    for kib in PROBE_SIZES_KIB {
+        random.push((kib * 1024, qd, measure(kib * 1024, false)?));
+    }
+    let sequential = (qd, measure(SEQUENTIAL_BYTES, true)?);
+    drop(dram);
+    let op_seconds = crate::real::op_seconds(BESIDE_READS_OP_BYTES, seconds)?;
+    Ok(Probe {
+        random,
+        sequential,
+        op_seconds,
+    })
+}
+
+/// The device file at `path` scaled to what `p` measured: its measured flash table by
+/// [`MeasuredConfig::rescaled`], and each compute unit's memory rate refitted so that the
+/// probed op takes what it took (dispatch overhead kept). Needs a calibrated device file.
+pub fn probed_device(path: &Path, p: &Probe) -> Result<Device> {
+    let (mut doc, c) = measured_table(path)?;
+    let scaled = c
+        .rescaled(&p.random, Some(p.sequential))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    doc.insert("flash".into(), toml::Value::try_from(scaled)?);
+    if let Some(units) = doc.get_mut("compute").and_then(|c| c.as_table_mut()) {
+        for (_, unit) in units.iter_mut() {
+            let Some(unit) = unit.as_table_mut() else {
+                continue;
+            };
+            let num = |k: &str, default: f64| {
+                unit.get(k)
+                    .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)))
+                    .unwrap_or(default)
+            };
+            let (over_s, eff) = (
+                num("dispatch_overhead_us", 0.0) * 1e-6,
+                num("mem_efficiency", 1.0),
+            );
+            let beyond = p.op_seconds - over_s;
+            if beyond > 0.0 {
+                let gb_per_s = BESIDE_READS_OP_BYTES as f64 / beyond / 1e9 / eff;
+                unit.insert("mem_bandwidth_gb_per_s".into(), gb_per_s.into());
+            }
+        }
+    }
+    let text = toml::to_string(&doc)?;
+    Ok(Device::from_source(&TomlSource::from_text(path, text)?)?)
+}
+
+/// The device file at `path` and its measured flash table; an error where it has none (a
+/// preset), which a probe could not scale.
+fn measured_table(path: &Path) -> Result<(toml::Table, MeasuredConfig)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the device file {}", path.display()))?;
+    let doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not TOML", path.display()))?;
+    let not_measured = || {
+        anyhow::anyhow!(
+            "{}: probing needs a calibrated device file (`[flash] model = \"measured\"`); \
+             give --probe-seconds 0 to validate on a preset",
+            path.display()
+        )
+    };
+    let flash = doc.get("flash").cloned().ok_or_else(not_measured)?;
+    if flash.get("model").and_then(|m| m.as_str()) != Some("measured") {
+        return Err(not_measured());
+    }
+    let c: MeasuredConfig = flash
+        .try_into()
+        .with_context(|| format!("{}: [flash]", path.display()))?;
+    Ok((doc, c))
+}
 
 /// One row of the validation table.
 #[derive(Debug, Clone)]
@@ -25,6 +161,9 @@ pub struct Row {
     pub point: usize,
     pub policy: String,
     pub dram_budget_gib: f64,
+    /// What was simulated: `calibrated` (the device file) or `probed` (see the module's
+    /// comment).
+    pub device: &'static str,
     pub metric: &'static str,
     pub stat: &'static str,
     pub simulated_ms: f64,
@@ -62,6 +201,7 @@ pub fn compare(
     point: usize,
     policy: &str,
     budget: f64,
+    device: &'static str,
     st: &[TokenStats],
     rt: &[TokenStats],
 ) -> Vec<Row> {
@@ -85,6 +225,7 @@ pub fn compare(
                 point,
                 policy: policy.to_string(),
                 dram_budget_gib: budget,
+                device,
                 metric,
                 stat,
                 simulated_ms: s,
@@ -102,13 +243,17 @@ pub fn compare(
 /// test file does.
 pub fn run(
     exp: &Experiment,
-    weights_dir: &Path,
-    out_dir: &Path,
-    keep_weights: bool,
-    repeats: usize,
-    file_gib: f64,
+    o: &Options,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(Vec<Row>, PathBuf)> {
+    let Options {
+        ref weights_dir,
+        ref out_dir,
+        keep_weights,
+        repeats,
+        file_gib,
+        probe_seconds,
+    } = *o;
     crate::calibrate::refuse_memory_backed(weights_dir)?;
     runner::materialize_traces(exp)?;
     let mut cache = Cache::default();
@@ -123,6 +268,17 @@ pub fn run(
     }
     if exp.points.is_empty() {
         bail!("the experiment has no points");
+    }
+    if probe_seconds > 0.0 {
+        // Before minutes of writing the weight file: every device must be one a probe scales.
+        for point in &exp.points {
+            measured_table(&crate::paths::resolve(
+                &exp.src,
+                "device",
+                "devices",
+                &point.config.device,
+            )?)?;
+        }
     }
     let weights = weights_dir.join(format!("flashsim-weights-{}.bin", exp.name()));
     let copy_bytes =
@@ -141,6 +297,8 @@ pub fn run(
     struct Pending<'p> {
         point: &'p crate::experiment::Point,
         sim: RunStats,
+        /// Simulated on each run's probed device, pooled.
+        probed: Vec<TokenStats>,
         pooled: Vec<TokenStats>,
         run_means: Vec<f64>,
         reads: usize,
@@ -158,6 +316,7 @@ pub fn run(
             Ok(sim) => pending.push(Pending {
                 point,
                 sim,
+                probed: Vec::new(),
                 pooled: Vec::new(),
                 run_means: Vec::new(),
                 reads: 0,
@@ -173,6 +332,7 @@ pub fn run(
             },
         }
     }
+    let mut probes = Vec::new();
     for round in 0..repeats.max(1) {
         progress(&format!(
             "round {} of {}: {} points on the real backend",
@@ -183,6 +343,27 @@ pub fn run(
         for p in &mut pending {
             // Each run from a fresh policy; tokens pooled over the rounds.
             let mut real_p = runner::prepare(exp, p.point, &mut cache)?;
+            if probe_seconds > 0.0 {
+                let c = &p.point.config;
+                let seed = c.seed ^ (round as u64) << 32 ^ p.point.index as u64;
+                let m = probe(
+                    &weights,
+                    real_p.device.read_engine,
+                    c.io_queue_depth,
+                    probe_seconds,
+                    seed,
+                )
+                .with_context(|| format!("probing before point {}", p.point.index))?;
+                let dpath = crate::paths::resolve(&exp.src, "device", "devices", &c.device)?;
+                // The same plan as the real run's (the policy set up on the calibrated
+                // device), executed on the device as the probe found it.
+                let mut sim_p = runner::prepare(exp, p.point, &mut cache)?;
+                sim_p.device = probed_device(&dpath, &m)?;
+                let sim = sim_p.simulate(false)?.0;
+                p.probed
+                    .extend_from_slice(after_warmup(&sim, c.warmup_tokens as usize));
+                probes.push((round, p.point.index, m));
+            }
             let run = real_p
                 .execute_real(&weights, false, Some(copy_bytes))
                 .with_context(|| format!("point {} on the real backend", p.point.index))?;
@@ -199,25 +380,44 @@ pub fn run(
     let mut rows = Vec::new();
     for p in &pending {
         let c = &p.point.config;
-        let r = compare(
+        let mut r = compare(
             p.point.index,
             &c.policy,
             c.dram_budget_gib,
+            "calibrated",
             after_warmup(&p.sim, c.warmup_tokens as usize),
             &p.pooled,
         );
         let head = &r[0];
         let runs: Vec<String> = p.run_means.iter().map(|m| format!("{m:.0}")).collect();
-        progress(&format!(
-            "point {} {} {} GiB: ms/token simulated {:.2}, measured {:.2} ({:+.1}%; runs {} ms), \
-             {} reads per run, {:.3} GB/s while reading",
+        let mut line = format!(
+            "point {} {} {} GiB: ms/token measured {:.2} (runs {} ms), simulated {:.2} ({:+.1}%)",
             p.point.index,
             c.policy,
             c.dram_budget_gib,
-            head.simulated_ms,
             head.measured_ms,
-            head.diff_pct(),
             runs.join(" / "),
+            head.simulated_ms,
+            head.diff_pct(),
+        );
+        if !p.probed.is_empty() {
+            let probed = compare(
+                p.point.index,
+                &c.policy,
+                c.dram_budget_gib,
+                "probed",
+                &p.probed,
+                &p.pooled,
+            );
+            line += &format!(
+                ", probed {:.2} ({:+.1}%)",
+                probed[0].simulated_ms,
+                probed[0].diff_pct()
+            );
+            r.extend(probed);
+        }
+        progress(&format!(
+            "{line}; {} reads per run, {:.3} GB/s while reading",
             p.reads,
             p.bytes as f64 / (p.busy.max(1) as f64 * 1e-12) / 1e9
         ));
@@ -230,23 +430,60 @@ pub fn run(
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("validate.csv");
     write_csv(&path, &rows)?;
+    if !probes.is_empty() {
+        write_probes(&dir.join("probes.csv"), exp, &probes)?;
+    }
     Ok((rows, path))
 }
+
+/// Writes what each probe measured, one row per real run (`probes.csv`).
+fn write_probes(path: &Path, exp: &Experiment, probes: &[(usize, usize, Probe)]) -> Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    let mut head = "round,point,policy,dram_budget_gib,queue_depth".to_string();
+    for kib in PROBE_SIZES_KIB {
+        head += &format!(",random_{kib}_kib_gb_per_s");
+    }
+    writeln!(f, "{head},sequential_1024_kib_gb_per_s,op_64_mib_us")?;
+    for (round, point, p) in probes {
+        let c = &exp.points[*point].config;
+        let mut line = format!(
+            "{},{point},{},{},{}",
+            round + 1,
+            c.policy,
+            c.dram_budget_gib,
+            p.sequential.0
+        );
+        for r in &p.random {
+            line += &format!(",{:.6}", r.2 / 1e9);
+        }
+        writeln!(
+            f,
+            "{line},{:.6},{:.1}",
+            p.sequential.1 / 1e9,
+            p.op_seconds * 1e6
+        )?;
+    }
+    Ok(())
+}
+
+/// What a row's simulation ran on (see [`Row::device`]).
+pub const DEVICES: [&str; 2] = ["calibrated", "probed"];
 
 /// Writes `rows` as `validate.csv` (simulated and measured to the nanosecond).
 pub fn write_csv(path: &Path, rows: &[Row]) -> Result<()> {
     let mut f = std::fs::File::create(path)?;
     writeln!(
         f,
-        "point,policy,dram_budget_gib,metric,stat,simulated_ms,measured_ms,diff_pct"
+        "point,policy,dram_budget_gib,device,metric,stat,simulated_ms,measured_ms,diff_pct"
     )?;
     for r in rows {
         writeln!(
             f,
-            "{},{},{},{},{},{:.6},{:.6},{:.3}",
+            "{},{},{},{},{},{},{:.6},{:.6},{:.3}",
             r.point,
             r.policy,
             r.dram_budget_gib,
+            r.device,
             r.metric,
             r.stat,
             r.simulated_ms,
@@ -274,14 +511,18 @@ pub fn read_csv(path: &Path) -> Result<Vec<Row>> {
         .map(|(i, line)| {
             let f: Vec<&str> = line.split(',').collect();
             let bad = || anyhow::anyhow!("{}:{}: not a validate.csv row", path.display(), i + 2);
-            if f.len() != 8 {
-                return Err(bad());
-            }
+            // Tables written before probes have no `device` column: all calibrated.
+            let (device, f) = match f.len() {
+                9 => (known(f[3], &DEVICES)?, [&f[..3], &f[4..]].concat()),
+                8 => ("calibrated", f),
+                _ => return Err(bad()),
+            };
             let num = |s: &str| s.parse::<f64>().map_err(|_| bad());
             Ok(Row {
                 point: f[0].parse().map_err(|_| bad())?,
                 policy: f[1].to_string(),
                 dram_budget_gib: num(f[2])?,
+                device,
                 metric: known(f[3], &metrics)?,
                 stat: known(f[4], &["mean", "p50", "p90", "p99"])?,
                 simulated_ms: num(f[5])?,
@@ -295,6 +536,94 @@ pub fn read_csv(path: &Path) -> Result<Vec<Row>> {
 mod tests {
     use super::*;
 
+    fn table() -> MeasuredConfig {
+        MeasuredConfig {
+            model: "measured".into(),
+            chunk_kib: vec![16.0, 128.0, 1024.0],
+            queue_depths: vec![1, 8],
+            throughput_gb_per_s: vec![vec![0.1, 0.4], vec![0.5, 1.0], vec![1.0, 1.6]],
+            sequential_queue_depths: vec![1, 8],
+            sequential_gb_per_s: vec![1.2, 2.0],
+        }
+    }
+
+    #[test]
+    fn a_probe_scales_each_row_by_its_size_and_the_sequential_figures_by_theirs() {
+        // 16 KiB QD 8 at half the table, 1 MiB QD 8 at 1.2x; 128 KiB lies halfway between on
+        // log size, so it gets sqrt(0.5 * 1.2). The sequential QD 8 figure fell from 2.0 to 1.5.
+        let probe = [(16 << 10, 8, 0.2e9), (1 << 20, 8, 1.92e9)];
+        let t = table().rescaled(&probe, Some((8, 1.5e9))).unwrap();
+        let f = [0.5, (0.6f64).sqrt(), 1.2];
+        for (r, row) in t.throughput_gb_per_s.iter().enumerate() {
+            for (j, g) in row.iter().enumerate() {
+                let want = table().throughput_gb_per_s[r][j] * f[r];
+                assert!(
+                    (g / want - 1.0).abs() < 1e-9,
+                    "row {r} col {j}: {g} vs {want}"
+                );
+            }
+        }
+        for (g, then) in t.sequential_gb_per_s.iter().zip([1.2, 2.0]) {
+            assert!((g / (then * 0.75) - 1.0).abs() < 1e-9, "{g}");
+        }
+        // One probe size: every row by the same ratio; beyond it, clamped.
+        // The table at 64 KiB QD 8: 2/3 of the way from 16 to 128 KiB on log size, so
+        // 0.4^(1/3) · 1.0^(2/3) GB/s.
+        let t = table().rescaled(&[(64 << 10, 8, 0.5e9)], None).unwrap();
+        let ratio = 0.5 / 0.4f64.powf(1.0 / 3.0);
+        for (r, row) in t.throughput_gb_per_s.iter().enumerate() {
+            for (j, g) in row.iter().enumerate() {
+                let want = table().throughput_gb_per_s[r][j] * ratio;
+                assert!((g / want - 1.0).abs() < 1e-9, "row {r} col {j}");
+            }
+        }
+        assert_eq!(t.sequential_gb_per_s, table().sequential_gb_per_s);
+        assert!(table().rescaled(&[(1 << 20, 8, 0.0)], None).is_err());
+    }
+
+    #[test]
+    fn a_probed_device_takes_what_the_probe_measured() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/devices/vm-ext4-virtio.toml");
+        let calibrated = Device::load(&path).unwrap();
+        let cpu = |d: &Device| d.units.iter().find(|u| u.name == "cpu").unwrap().clone();
+        let probe = Probe {
+            random: vec![(16 << 10, 8, 0.2e9), (1 << 20, 8, 1.0e9)],
+            sequential: (8, 1.1e9),
+            op_seconds: 0.005,
+        };
+        let probed = probed_device(&path, &probe).unwrap();
+        // The 64 MiB op takes what the probe timed (to the picosecond's rounding of the rate).
+        let t = cpu(&probed)
+            .op_time(BESIDE_READS_OP_BYTES, BESIDE_READS_OP_BYTES, false)
+            .unwrap();
+        assert!((t.as_s() / 0.005 - 1.0).abs() < 1e-6, "{}", t.as_s());
+        assert!(
+            cpu(&calibrated)
+                .op_time(BESIDE_READS_OP_BYTES, BESIDE_READS_OP_BYTES, false)
+                .unwrap()
+                .as_s()
+                < 0.004
+        );
+        // A 1 MiB read alone: the table's 1 MiB row was scaled by the probe's ratio at QD 8.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let doc: toml::Table = text.parse().unwrap();
+        let c: MeasuredConfig = doc["flash"].clone().try_into().unwrap();
+        let mib = c.chunk_kib.iter().position(|&k| k == 1024.0).unwrap();
+        let qd8 = c.queue_depths.iter().position(|&q| q == 8).unwrap();
+        let f = 1.0 / c.throughput_gb_per_s[mib][qd8];
+        let (mut a, mut b) = (calibrated.flash.fresh(), probed.flash.fresh());
+        let alone = |fl: &mut Box<dyn crate::hw::flash::Flash>| {
+            fl.submit(Ps::ZERO, 0, 1 << 20).unwrap().as_s()
+        };
+        let (ta, tb) = (alone(&mut a), alone(&mut b));
+        assert!((ta / tb / f - 1.0).abs() < 1e-6, "{ta} {tb} {f}");
+        // A preset has no table to scale.
+        let preset = path.with_file_name("ufs40-phone.toml");
+        let e = probed_device(&preset, &probe).unwrap_err().to_string();
+        assert!(e.contains("needs a calibrated device file"), "{e}");
+    }
+
     #[test]
     fn a_written_table_reads_back_and_a_bad_row_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
@@ -303,6 +632,7 @@ mod tests {
             point: 3,
             policy: "dip".into(),
             dram_budget_gib: 1.25,
+            device: "probed",
             metric: "flash_busy_ms",
             stat: "p90",
             simulated_ms: 12.5,
@@ -313,11 +643,12 @@ mod tests {
         assert_eq!(
             (
                 back[0].point,
+                back[0].device,
                 back[0].metric,
                 back[0].stat,
                 back[0].diff_pct()
             ),
-            (3, "flash_busy_ms", "p90", 25.0)
+            (3, "probed", "flash_busy_ms", "p90", 25.0)
         );
         std::fs::write(&path, "header\n1,dip,1,no_such_metric,mean,1,1,0\n").unwrap();
         let e = read_csv(&path).unwrap_err().to_string();

@@ -186,16 +186,15 @@ fn validate_writes_simulated_against_measured() {
     let path = tmp.path().join("v.toml");
     std::fs::write(&path, text).unwrap();
     let exp = Experiment::load(&path).unwrap();
-    let (rows, csv) = flashsim::validate::run(
-        &exp,
-        tmp.path(),
-        &tmp.path().join("out"),
-        false,
-        2,
-        0.0,
-        &mut |_| {},
-    )
-    .unwrap();
+    let o = flashsim::validate::Options {
+        weights_dir: tmp.path().to_path_buf(),
+        out_dir: tmp.path().join("out"),
+        keep_weights: false,
+        repeats: 2,
+        file_gib: 0.0,
+        probe_seconds: 0.0,
+    };
+    let (rows, csv) = flashsim::validate::run(&exp, &o, &mut |_| {}).unwrap();
     // Two points, 4 metrics, ms/token with mean/P50/P90/P99: 7 rows each.
     assert_eq!(rows.len(), 14);
     assert!(rows
@@ -204,6 +203,74 @@ fn validate_writes_simulated_against_measured() {
     let text = std::fs::read_to_string(csv).unwrap();
     assert_eq!(text.lines().count(), 15);
     assert!(!tmp.path().join("flashsim-weights-real-test.bin").exists());
+}
+
+#[test]
+fn validate_probes_the_machine_before_each_run_and_simulates_on_what_it_found() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // A calibrated (measured-table) device file: the committed one of this project's VM.
+    let calibrated = repo()
+        .canonicalize()
+        .unwrap()
+        .join("configs/devices/vm-ext4-virtio.toml");
+    let text = std::fs::read_to_string(experiment(tmp.path(), "pread"))
+        .unwrap()
+        .replace(
+            r#"policy = ["dense-streaming", "llm-in-a-flash", "dip", "activeflow", "mmap"]"#,
+            r#"policy = ["dense-streaming", "dip"]"#,
+        )
+        .replace(
+            "dram_budget_gib = [0.0008, 0.004]",
+            "dram_budget_gib = 0.004",
+        );
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("device = ") {
+                format!("device = \"{}\"", calibrated.display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = tmp.path().join("v.toml");
+    std::fs::write(&path, text).unwrap();
+    let exp = Experiment::load(&path).unwrap();
+    let o = flashsim::validate::Options {
+        weights_dir: tmp.path().to_path_buf(),
+        out_dir: tmp.path().join("out"),
+        keep_weights: false,
+        repeats: 2,
+        // 16 MiB of copies: room for 1 MiB probe reads at random offsets.
+        file_gib: 1.0 / 64.0,
+        probe_seconds: 0.05,
+    };
+    let (rows, csv) = flashsim::validate::run(&exp, &o, &mut |_| {}).unwrap();
+    // Two points, 7 rows each, for the calibrated device file and for the probed device.
+    let count = |d: &str| rows.iter().filter(|r| r.device == d).count();
+    assert_eq!((count("calibrated"), count("probed")), (14, 14));
+    for (c, p) in rows
+        .iter()
+        .filter(|r| r.device == "calibrated")
+        .zip(rows.iter().filter(|r| r.device == "probed"))
+    {
+        // Same real runs on both sides; only the simulation differs.
+        assert_eq!((c.point, c.metric, c.stat), (p.point, p.metric, p.stat));
+        assert_eq!(c.measured_ms, p.measured_ms);
+    }
+    let back = flashsim::validate::read_csv(&csv).unwrap();
+    assert_eq!(back.len(), 28);
+    // One probe per real run: 2 points x 2 rounds, each figure measured (positive).
+    let probes = std::fs::read_to_string(csv.with_file_name("probes.csv")).unwrap();
+    let lines: Vec<&str> = probes.lines().collect();
+    assert_eq!(lines.len(), 5, "{probes}");
+    assert!(lines[0].starts_with("round,point,policy,dram_budget_gib,queue_depth,random_16_kib"));
+    for l in &lines[1..] {
+        let f: Vec<f64> = l.split(',').skip(5).map(|v| v.parse().unwrap()).collect();
+        assert_eq!(f.len(), 5, "{l}");
+        assert!(f.iter().all(|&v| v > 0.0), "{l}");
+    }
 }
 
 #[test]

@@ -17,7 +17,7 @@ use super::flash::{positive, Flash, FlashEntry};
 use crate::error::SimError;
 use crate::time::{transfer_time, Ps};
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -28,7 +28,7 @@ pub const ENTRY: FlashEntry = FlashEntry {
 };
 
 /// `[flash]` with `model = "measured"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeasuredConfig {
     pub model: String,
@@ -45,6 +45,59 @@ pub struct MeasuredConfig {
     pub sequential_queue_depths: Vec<u32>,
     #[serde(default)]
     pub sequential_gb_per_s: Vec<f64>,
+}
+
+impl MeasuredConfig {
+    /// This table scaled to what reads measure now (`flashsim validate`'s probes: the disk
+    /// drifts by tens of percent over minutes). `random`: reads of (bytes, queue depth) at
+    /// random offsets and the bytes/s they delivered; each row of the table is scaled by the
+    /// ratio of that to the table's figure for the same cell, interpolated on log chunk size
+    /// between the probed sizes and clamped beyond them, at every depth (a probe at one depth
+    /// stands for the row). `sequential`: 1 MiB reads in file order at a depth and their
+    /// bytes/s; the sequential figures are scaled by its ratio to theirs at that depth (and
+    /// left alone where the table has none).
+    pub fn rescaled(
+        &self,
+        random: &[(u64, u32, f64)],
+        sequential: Option<(u32, f64)>,
+    ) -> Result<MeasuredConfig, String> {
+        let gb = |v: &[f64]| v.iter().map(|g| g * 1e9).collect::<Vec<_>>();
+        let chunk: Vec<f64> = self.chunk_kib.iter().map(|k| k * 1024.0).collect();
+        let x: Vec<Vec<f64>> = self.throughput_gb_per_s.iter().map(|r| gb(r)).collect();
+        let table = Measured::new(&chunk, &self.queue_depths, &x)?;
+        let mut probes: Vec<(f64, f64)> = Vec::new();
+        for &(bytes, q, now) in random {
+            if !(now.is_finite() && now > 0.0) || bytes == 0 {
+                return Err(format!("a probe of {bytes} B reads delivered {now} B/s"));
+            }
+            probes.push(((bytes as f64).ln(), (now / table.throughput(bytes, q)).ln()));
+        }
+        probes.sort_by(|a, b| a.0.total_cmp(&b.0));
+        probes.dedup_by(|a, b| a.0 == b.0);
+        let mut out = self.clone();
+        if !probes.is_empty() {
+            let sizes: Vec<f64> = probes.iter().map(|p| p.0).collect();
+            for (row, &c) in out.throughput_gb_per_s.iter_mut().zip(&chunk) {
+                let (i0, i1, a) = bracket(&sizes, c.ln());
+                let f = ((1.0 - a) * probes[i0].1 + a * probes[i1].1).exp();
+                row.iter_mut().for_each(|g| *g *= f);
+            }
+        }
+        if let (Some((q, now)), false) = (sequential, self.sequential_gb_per_s.is_empty()) {
+            let model = table.with_sequential(
+                &self.sequential_queue_depths,
+                &gb(&self.sequential_gb_per_s),
+            )?;
+            let then = model.throughput(SEQUENTIAL_BYTES, q) * model.sequential_ratio(q);
+            if !(now.is_finite() && now > 0.0) {
+                return Err(format!("a sequential probe delivered {now} B/s"));
+            }
+            out.sequential_gb_per_s
+                .iter_mut()
+                .for_each(|g| *g *= now / then);
+        }
+        Ok(out)
+    }
 }
 
 fn build(src: &TomlSource, table: toml::Value) -> Result<Box<dyn Flash>, ConfigError> {

@@ -166,9 +166,9 @@ enum Cmd {
         #[arg(long, default_value_t = 8.0)]
         file_gib: f64,
         /// Seconds per cell of the probe before each real run (reads of 16 KiB, 128 KiB and
-        /// 1 MiB at random offsets and 1 MiB in file order, and the backend's 64 MiB op): the
-        /// point is simulated again on the device file scaled to what it found, beside the
-        /// device file as written. 0: no probes (needed for a preset device file).
+        /// 1 MiB at random offsets and 1 MiB in file order, and the backend's 64 MiB op): each
+        /// point is simulated again on the device file scaled to what the round's probes found,
+        /// beside the device file as written. 0: no probes (needed for a preset device file).
         #[arg(long, default_value_t = 0.5)]
         probe_seconds: f64,
     },

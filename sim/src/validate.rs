@@ -15,11 +15,12 @@
 //! describe the machine a run meets. Just before each real run, a probe re-measures a few cells
 //! of the calibrated table (reads of 16 KiB, 128 KiB and 1 MiB at random offsets and 1 MiB in
 //! file order, at the point's queue depth, through the backend's readers into a populated DRAM
-//! mapping, as calibrate measures) and the backend's 64 MiB op, and the point is simulated once
-//! more on the device file scaled to them (`MeasuredConfig::rescaled`; each compute unit's
-//! memory rate refitted to the op). The table then carries both comparisons: `calibrated` (the
-//! device file as written) and `probed` (the device as it was at each run, the simulated
-//! tokens pooled over the runs as the measured ones are). The probed comparison checks the
+//! mapping, as calibrate measures) and the backend's 64 MiB op. After each round, every point
+//! is simulated once more on the device file scaled to the round's probes, pooled
+//! (`MeasuredConfig::rescaled`; each compute unit's memory rate refitted to the op). The table
+//! then carries both comparisons: `calibrated` (the device file as written) and `probed` (the
+//! device as it was in each round, the simulated tokens pooled over the rounds as the measured
+//! ones are). The probed comparison checks the
 //! model given the hardware's state; the calibrated one also checks that the state held.
 
 use crate::calibrate::{quantile, Engine, BESIDE_READS_OP_BYTES};
@@ -94,6 +95,24 @@ pub fn probe(weights: &Path, engine: Engine, qd: u32, seconds: f64, seed: u64) -
         sequential,
         op_seconds,
     })
+}
+
+/// Probes of the same cells (at least one) pooled: each figure's mean (throughputs over equal
+/// windows, so the mean rate is the pooled one).
+pub fn pool(probes: &[&Probe]) -> Probe {
+    let n = probes.len() as f64;
+    let mean = |f: &dyn Fn(&Probe) -> f64| probes.iter().map(|p| f(p)).sum::<f64>() / n;
+    let first = probes[0];
+    Probe {
+        random: (0..first.random.len())
+            .map(|k| {
+                let (bytes, qd, _) = first.random[k];
+                (bytes, qd, mean(&|p| p.random[k].2))
+            })
+            .collect(),
+        sequential: (first.sequential.0, mean(&|p| p.sequential.1)),
+        op_seconds: mean(&|p| p.op_seconds),
+    }
 }
 
 /// The device file at `path` scaled to what `p` measured: its measured flash table by
@@ -354,14 +373,6 @@ pub fn run(
                     seed,
                 )
                 .with_context(|| format!("probing before point {}", p.point.index))?;
-                let dpath = crate::paths::resolve(&exp.src, "device", "devices", &c.device)?;
-                // The same plan as the real run's (the policy set up on the calibrated
-                // device), executed on the device as the probe found it.
-                let mut sim_p = runner::prepare(exp, p.point, &mut cache)?;
-                sim_p.device = probed_device(&dpath, &m)?;
-                let sim = sim_p.simulate(false)?.0;
-                p.probed
-                    .extend_from_slice(after_warmup(&sim, c.warmup_tokens as usize));
                 probes.push((round, p.point.index, m));
             }
             let run = real_p
@@ -375,6 +386,33 @@ pub fn run(
             p.busy += toks.iter().map(|t| t.flash_busy.0).sum::<u64>();
             p.reads = r.len();
             p.pooled.extend_from_slice(toks);
+        }
+        // Each point simulated on the device as this round's probes found it: their figures
+        // pooled over the round's runs on the same device and queue depth (one 0.5 s probe
+        // is as noisy as the drift it is to correct; a round's eleven are not), the same plan
+        // as the real runs' (the policy set up on the calibrated device).
+        let this_round: Vec<&(usize, usize, Probe)> =
+            probes.iter().filter(|(r, _, _)| *r == round).collect();
+        for p in &mut pending {
+            let c = &p.point.config;
+            let key = |i: usize| {
+                let o = &exp.points[i].config;
+                (o.device.clone(), o.io_queue_depth)
+            };
+            let same: Vec<&Probe> = this_round
+                .iter()
+                .filter(|(_, i, _)| key(*i) == key(p.point.index))
+                .map(|(_, _, m)| m)
+                .collect();
+            if same.is_empty() {
+                continue;
+            }
+            let dpath = crate::paths::resolve(&exp.src, "device", "devices", &c.device)?;
+            let mut sim_p = runner::prepare(exp, p.point, &mut cache)?;
+            sim_p.device = probed_device(&dpath, &pool(&same))?;
+            let sim = sim_p.simulate(false)?.0;
+            p.probed
+                .extend_from_slice(after_warmup(&sim, c.warmup_tokens as usize));
         }
     }
     let mut rows = Vec::new();
@@ -579,6 +617,25 @@ mod tests {
         }
         assert_eq!(t.sequential_gb_per_s, table().sequential_gb_per_s);
         assert!(table().rescaled(&[(1 << 20, 8, 0.0)], None).is_err());
+    }
+
+    #[test]
+    fn pooled_probes_average_each_figure() {
+        let a = Probe {
+            random: vec![(16 << 10, 8, 0.2e9), (1 << 20, 8, 1.0e9)],
+            sequential: (8, 1.0e9),
+            op_seconds: 0.004,
+        };
+        let b = Probe {
+            random: vec![(16 << 10, 8, 0.4e9), (1 << 20, 8, 2.0e9)],
+            sequential: (8, 2.0e9),
+            op_seconds: 0.002,
+        };
+        let p = pool(&[&a, &b]);
+        assert_eq!(p.random, vec![(16 << 10, 8, 0.3e9), (1 << 20, 8, 1.5e9)]);
+        assert_eq!(p.sequential, (8, 1.5e9));
+        assert!((p.op_seconds - 0.003).abs() < 1e-15);
+        assert_eq!(pool(&[&a]), a);
     }
 
     #[test]

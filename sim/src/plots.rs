@@ -635,7 +635,7 @@ fn draw_validation_on<DB: DrawingBackend>(
     }
     if pts.iter().any(|p| !p.3) {
         for (filled, label) in [
-            (true, "probed before each run"),
+            (true, "probed (each round, pooled)"),
             (false, "calibrated device file"),
         ] {
             let style = if filled {

@@ -169,6 +169,28 @@ fn check_reads(engine: &str) {
     assert!(checked >= 5, "only {checked} points ran");
 }
 
+/// `flashsim validate` of the experiment `text` (written to `dir`), two rounds, the weight file
+/// and results in `dir`.
+fn validate_twice(
+    dir: &Path,
+    text: &str,
+    file_gib: f64,
+    probe_seconds: f64,
+) -> (Vec<flashsim::validate::Row>, PathBuf) {
+    let path = dir.join("v.toml");
+    std::fs::write(&path, text).unwrap();
+    let exp = Experiment::load(&path).unwrap();
+    let o = flashsim::validate::Options {
+        weights_dir: dir.to_path_buf(),
+        out_dir: dir.join("out"),
+        keep_weights: false,
+        repeats: 2,
+        file_gib,
+        probe_seconds,
+    };
+    flashsim::validate::run(&exp, &o, &mut |_| {}).unwrap()
+}
+
 #[test]
 fn validate_writes_simulated_against_measured() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -183,18 +205,7 @@ fn validate_writes_simulated_against_measured() {
             "dram_budget_gib = [0.0008, 0.004]",
             "dram_budget_gib = [0.0001, 0.002]",
         );
-    let path = tmp.path().join("v.toml");
-    std::fs::write(&path, text).unwrap();
-    let exp = Experiment::load(&path).unwrap();
-    let o = flashsim::validate::Options {
-        weights_dir: tmp.path().to_path_buf(),
-        out_dir: tmp.path().join("out"),
-        keep_weights: false,
-        repeats: 2,
-        file_gib: 0.0,
-        probe_seconds: 0.0,
-    };
-    let (rows, csv) = flashsim::validate::run(&exp, &o, &mut |_| {}).unwrap();
+    let (rows, csv) = validate_twice(tmp.path(), &text, 0.0, 0.0);
     // Two points, 4 metrics, ms/token with mean/P50/P90/P99: 7 rows each.
     assert_eq!(rows.len(), 14);
     assert!(rows
@@ -234,19 +245,8 @@ fn validate_probes_the_machine_before_each_run_and_simulates_on_what_it_found() 
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let path = tmp.path().join("v.toml");
-    std::fs::write(&path, text).unwrap();
-    let exp = Experiment::load(&path).unwrap();
-    let o = flashsim::validate::Options {
-        weights_dir: tmp.path().to_path_buf(),
-        out_dir: tmp.path().join("out"),
-        keep_weights: false,
-        repeats: 2,
-        // 16 MiB of copies: room for 1 MiB probe reads at random offsets.
-        file_gib: 1.0 / 64.0,
-        probe_seconds: 0.05,
-    };
-    let (rows, csv) = flashsim::validate::run(&exp, &o, &mut |_| {}).unwrap();
+    // 16 MiB of copies: room for 1 MiB probe reads at random offsets.
+    let (rows, csv) = validate_twice(tmp.path(), &text, 1.0 / 64.0, 0.05);
     // Two points, 7 rows each, for the calibrated device file and for the probed device.
     let count = |d: &str| rows.iter().filter(|r| r.device == d).count();
     assert_eq!((count("calibrated"), count("probed")), (14, 14));

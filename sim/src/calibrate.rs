@@ -814,11 +814,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
                 crate::real::read_latencies(
                     &path,
                     o.engine,
-                    ReadPattern {
-                        size: kib * 1024,
-                        qd,
-                        in_order: false,
-                    },
+                    random(kib * 1024, qd),
                     secs,
                     o.seed ^ 0xb5,
                     &dram,

@@ -27,6 +27,7 @@ use crate::calibrate::{quantile, Engine, BESIDE_READS_OP_BYTES};
 use crate::device::Device;
 use crate::executor::{RunStats, TokenStats};
 use crate::experiment::Experiment;
+use crate::hw::compute::ComputeConfig;
 use crate::hw::flash_measured::{MeasuredConfig, SEQUENTIAL_BYTES};
 use crate::real::ReadPattern;
 use crate::runner::{self, Cache};
@@ -81,7 +82,7 @@ pub fn probe(weights: &Path, engine: Engine, qd: u32, seconds: f64, seed: u64) -
         let pattern = ReadPattern { size, qd, in_order };
         let (secs, lat) =
             crate::real::read_latencies(weights, engine, pattern, seconds, seed, &dram)?;
-        Ok(lat.len() as f64 * size as f64 / secs)
+        Ok(crate::calibrate::cell_of(size, qd, secs, lat).throughput_gb_per_s * 1e9)
     };
     let mut random = Vec::new();
     for kib in PROBE_SIZES_KIB {
@@ -125,22 +126,15 @@ pub fn probed_device(path: &Path, p: &Probe) -> Result<Device> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     doc.insert("flash".into(), toml::Value::try_from(scaled)?);
     if let Some(units) = doc.get_mut("compute").and_then(|c| c.as_table_mut()) {
-        for (_, unit) in units.iter_mut() {
-            let Some(unit) = unit.as_table_mut() else {
-                continue;
-            };
-            let num = |k: &str, default: f64| {
-                unit.get(k)
-                    .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)))
-                    .unwrap_or(default)
-            };
-            let (over_s, eff) = (
-                num("dispatch_overhead_us", 0.0) * 1e-6,
-                num("mem_efficiency", 1.0),
-            );
-            let beyond = p.op_seconds - over_s;
-            if beyond > 0.0 {
-                let gb_per_s = BESIDE_READS_OP_BYTES as f64 / beyond / 1e9 / eff;
+        for (name, unit) in units.iter_mut() {
+            let c: ComputeConfig = unit
+                .clone()
+                .try_into()
+                .with_context(|| format!("{}: [compute.{name}]", path.display()))?;
+            let beyond = p.op_seconds - c.dispatch_overhead_us * 1e-6;
+            // A unit deserialized as one is a table.
+            if let (Some(unit), true) = (unit.as_table_mut(), beyond > 0.0) {
+                let gb_per_s = BESIDE_READS_OP_BYTES as f64 / beyond / 1e9 / c.mem_efficiency;
                 unit.insert("mem_bandwidth_gb_per_s".into(), gb_per_s.into());
             }
         }
@@ -481,7 +475,12 @@ fn write_probes(path: &Path, exp: &Experiment, probes: &[(usize, usize, Probe)])
     for kib in PROBE_SIZES_KIB {
         head += &format!(",random_{kib}_kib_gb_per_s");
     }
-    writeln!(f, "{head},sequential_1024_kib_gb_per_s,op_64_mib_us")?;
+    writeln!(
+        f,
+        "{head},sequential_{}_kib_gb_per_s,op_{}_mib_us",
+        SEQUENTIAL_BYTES >> 10,
+        BESIDE_READS_OP_BYTES >> 20
+    )?;
     for (round, point, p) in probes {
         let c = &exp.points[*point].config;
         let mut line = format!(

@@ -61,10 +61,7 @@ impl MeasuredConfig {
         random: &[(u64, u32, f64)],
         sequential: Option<(u32, f64)>,
     ) -> Result<MeasuredConfig, String> {
-        let gb = |v: &[f64]| v.iter().map(|g| g * 1e9).collect::<Vec<_>>();
-        let chunk: Vec<f64> = self.chunk_kib.iter().map(|k| k * 1024.0).collect();
-        let x: Vec<Vec<f64>> = self.throughput_gb_per_s.iter().map(|r| gb(r)).collect();
-        let table = Measured::new(&chunk, &self.queue_depths, &x)?;
+        let table = self.table()?;
         let mut probes: Vec<(f64, f64)> = Vec::new();
         for &(bytes, q, now) in random {
             if !(now.is_finite() && now > 0.0) || bytes == 0 {
@@ -77,17 +74,14 @@ impl MeasuredConfig {
         let mut out = self.clone();
         if !probes.is_empty() {
             let sizes: Vec<f64> = probes.iter().map(|p| p.0).collect();
-            for (row, &c) in out.throughput_gb_per_s.iter_mut().zip(&chunk) {
-                let (i0, i1, a) = bracket(&sizes, c.ln());
+            for (row, &kib) in out.throughput_gb_per_s.iter_mut().zip(&self.chunk_kib) {
+                let (i0, i1, a) = bracket(&sizes, (kib * 1024.0).ln());
                 let f = ((1.0 - a) * probes[i0].1 + a * probes[i1].1).exp();
                 row.iter_mut().for_each(|g| *g *= f);
             }
         }
         if let (Some((q, now)), false) = (sequential, self.sequential_gb_per_s.is_empty()) {
-            let model = table.with_sequential(
-                &self.sequential_queue_depths,
-                &gb(&self.sequential_gb_per_s),
-            )?;
+            let model = self.with_sequential_figures(table)?;
             let then = model.throughput(SEQUENTIAL_BYTES, q) * model.sequential_ratio(q);
             if !(now.is_finite() && now > 0.0) {
                 return Err(format!("a sequential probe delivered {now} B/s"));
@@ -97,6 +91,26 @@ impl MeasuredConfig {
                 .for_each(|g| *g *= now / then);
         }
         Ok(out)
+    }
+
+    /// The table of random-offset reads as a model (KiB and GB/s in bytes).
+    fn table(&self) -> Result<Measured, String> {
+        let chunk: Vec<f64> = self.chunk_kib.iter().map(|k| k * 1024.0).collect();
+        let x: Vec<Vec<f64>> = self
+            .throughput_gb_per_s
+            .iter()
+            .map(|r| r.iter().map(|g| g * 1e9).collect())
+            .collect();
+        Measured::new(&chunk, &self.queue_depths, &x)
+    }
+
+    /// `table` with this file's sequential figures, where it has any.
+    fn with_sequential_figures(&self, table: Measured) -> Result<Measured, String> {
+        if self.sequential_queue_depths.is_empty() && self.sequential_gb_per_s.is_empty() {
+            return Ok(table);
+        }
+        let seq: Vec<f64> = self.sequential_gb_per_s.iter().map(|g| g * 1e9).collect();
+        table.with_sequential(&self.sequential_queue_depths, &seq)
     }
 }
 
@@ -241,19 +255,10 @@ impl Measured {
         for (i, &k) in c.chunk_kib.iter().enumerate() {
             positive(src, &format!("flash.chunk_kib.{i}"), k)?;
         }
-        let chunk: Vec<f64> = c.chunk_kib.iter().map(|k| k * 1024.0).collect();
-        let x: Vec<Vec<f64>> = c
-            .throughput_gb_per_s
-            .iter()
-            .map(|r| r.iter().map(|g| g * 1e9).collect())
-            .collect();
-        let m = Measured::new(&chunk, &c.queue_depths, &x)
+        let m = c
+            .table()
             .map_err(|m| src.invalid("flash.throughput_gb_per_s", m))?;
-        if c.sequential_queue_depths.is_empty() && c.sequential_gb_per_s.is_empty() {
-            return Ok(m);
-        }
-        let seq: Vec<f64> = c.sequential_gb_per_s.iter().map(|g| g * 1e9).collect();
-        m.with_sequential(&c.sequential_queue_depths, &seq)
+        c.with_sequential_figures(m)
             .map_err(|m| src.invalid("flash.sequential_gb_per_s", m))
     }
 

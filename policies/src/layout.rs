@@ -19,6 +19,15 @@
 use crate::plan::Extent;
 use flashsim_workloads::shape::{ModelShape, TensorKind, TensorShape};
 
+/// The matrices of `layer` among `kinds`, in the model's order: an interleaved unit's order.
+fn operator_matrices(shape: &ModelShape, layer: u32, kinds: &[TensorKind]) -> Vec<TensorShape> {
+    shape
+        .layer_tensors(layer)
+        .into_iter()
+        .filter(|t| kinds.contains(&t.kind))
+        .collect()
+}
+
 /// Which dimension of a matrix is contiguous on flash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Major {
@@ -128,6 +137,8 @@ pub struct WeightLayout {
     tensors: Vec<TensorExtent>,
     bundles: Vec<BundleRegion>,
     interleave: Vec<InterleaveRegion>,
+    /// The matrix kinds of each interleaved operator (`InterleaveRegion::oper` indexes it).
+    opers: Vec<Vec<TensorKind>>,
     pub file_bytes: u64,
     pub alignment_bytes: u64,
 }
@@ -169,6 +180,7 @@ impl WeightLayout {
             tensors,
             bundles: Vec::new(),
             interleave: Vec::new(),
+            opers: Vec::new(),
             file_bytes: off.next_multiple_of(alignment_bytes),
             alignment_bytes,
         }
@@ -228,11 +240,7 @@ impl WeightLayout {
         while first < shape.layers {
             let layers = group.min(shape.layers - first);
             for (oi, kinds) in opers.iter().enumerate() {
-                let mats: Vec<TensorShape> = shape
-                    .layer_tensors(first)
-                    .into_iter()
-                    .filter(|t| kinds.contains(&t.kind))
-                    .collect();
+                let mats = operator_matrices(shape, first, kinds);
                 let channels = mats[0].cols;
                 assert!(
                     mats.iter().all(|m| m.cols == channels),
@@ -252,8 +260,25 @@ impl WeightLayout {
             }
             first += layers;
         }
+        l.opers = opers.iter().map(|o| o.to_vec()).collect();
         l.file_bytes = off.next_multiple_of(alignment_bytes);
         l
+    }
+
+    /// Every (layer group, operator) region of an interleaved layout, in file order.
+    pub fn interleave_regions(&self) -> &[InterleaveRegion] {
+        &self.interleave
+    }
+
+    /// The matrices of `region`'s operator in `layer`, in the order one channel's unit holds
+    /// their columns (each column `rows` weights, row 0 first).
+    pub fn interleave_matrices(
+        &self,
+        shape: &ModelShape,
+        region: &InterleaveRegion,
+        layer: u32,
+    ) -> Vec<TensorShape> {
+        operator_matrices(shape, layer, &self.opers[region.oper])
     }
 
     /// The interleave region holding operator `oper` of `layer`.

@@ -1119,8 +1119,10 @@ fn matrix_of_mut(
 }
 
 /// Where weight (r, c) of each matrix sits in the file, for every matrix of `layout`: calls
-/// `f(kind, layer, r, c, offset)`. f32 weights only (the checkpoints flashsim runs); ActiveFlow's
-/// interleaved layout is not mapped yet.
+/// `f(kind, layer, r, c, offset)`. f32 weights only (the checkpoints flashsim runs). Every
+/// layout: per-matrix rows or columns, LLM in a Flash's bundles, ActiveFlow's interleave (in
+/// a group's region, channel c of each layer is one unit: column c of each of the operator's
+/// matrices in turn).
 fn for_each_weight(
     layout: &flashsim_policies::layout::WeightLayout,
     shape: &flashsim_workloads::ModelShape,
@@ -1135,9 +1137,6 @@ fn for_each_weight(
             shape.bytes_per_weight
         );
     }
-    if (0..shape.layers).any(|l| (0..3).any(|o| layout.interleave_region(l, o).is_some())) {
-        anyhow::bail!("the interleaved (ActiveFlow) layout is not mapped to real weights yet");
-    }
     for t in layout.tensors() {
         let (rows, cols) = (t.shape.rows as usize, t.shape.cols as usize);
         for r in 0..rows {
@@ -1147,6 +1146,27 @@ fn for_each_weight(
                     Major::Col => (c * rows + r) as u64,
                 };
                 f(t.shape.kind, t.shape.layer, r, c, t.offset + 4 * at);
+            }
+        }
+    }
+    for region in layout.interleave_regions() {
+        for l in region.first_layer..region.first_layer + region.layers {
+            let mats = layout.interleave_matrices(shape, region, l);
+            for c in 0..region.channels {
+                let base = region.channel(l, c).offset;
+                let mut row0 = 0u64;
+                for m in &mats {
+                    for r in 0..m.rows {
+                        f(
+                            m.kind,
+                            Some(l),
+                            r as usize,
+                            c as usize,
+                            base + 4 * (row0 + r),
+                        );
+                    }
+                    row0 += m.rows;
+                }
             }
         }
     }
@@ -1242,4 +1262,79 @@ pub fn write_image(path: &Path, image: &[u8]) -> Result<()> {
     }
     f.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use flashsim_policies::layout::WeightLayout;
+    use flashsim_workloads::shape::{ModelShape, TensorKind as K};
+
+    /// hidden 2, 2 heads of 1 (q_dim 2), 1 KV head (kv_dim 1), FFN 3, three layers, f32.
+    fn shape() -> ModelShape {
+        ModelShape {
+            name: "tiny".into(),
+            source: String::new(),
+            layers: 3,
+            hidden: 2,
+            intermediate: 3,
+            heads: 2,
+            kv_heads: 1,
+            vocab: 4,
+            bytes_per_weight: 4.0,
+            gated: true,
+            tied_embeddings: true,
+            head_dim: None,
+        }
+    }
+
+    #[test]
+    fn the_interleaved_layout_puts_each_weight_in_its_channel_of_its_layer() {
+        let s = shape();
+        let opers: [&[K]; 4] = [
+            &[K::Wq, K::Wk, K::Wv],
+            &[K::Wo],
+            &[K::Gate, K::Up],
+            &[K::Down],
+        ];
+        // Groups of 2 layers: layers 0-1, then layer 2 alone.
+        let layout = WeightLayout::interleaved(&s, 4096, 2, &opers);
+        let mut at = std::collections::HashMap::new();
+        super::for_each_weight(&layout, &s, |kind, layer, r, c, off| {
+            assert!(at.insert((kind, layer, r, c), off).is_none());
+        })
+        .unwrap();
+        // By hand: the Q/K/V unit of one channel of one layer is column c of Wq (2 rows), Wk
+        // (1) and Wv (1): 4 weights, 16 B; in group 0 channel c of layer l is unit 2c + l.
+        let qkv = layout.interleave_region(0, 0).unwrap();
+        assert_eq!(qkv.unit_bytes, 16);
+        let unit = |c: u64, l: u64| qkv.offset + (2 * c + l) * 16;
+        assert_eq!(at[&(K::Wq, Some(0), 0, 0)], unit(0, 0));
+        assert_eq!(at[&(K::Wq, Some(0), 1, 0)], unit(0, 0) + 4);
+        assert_eq!(at[&(K::Wk, Some(1), 0, 1)], unit(1, 1) + 8);
+        assert_eq!(at[&(K::Wv, Some(1), 0, 0)], unit(0, 1) + 12);
+        // Gate/up: a unit is gate column c (3 rows) then up column c (3 rows).
+        let gu = layout.interleave_region(1, 2).unwrap();
+        assert_eq!(gu.unit_bytes, 24);
+        assert_eq!(
+            at[&(K::Up, Some(1), 2, 1)],
+            gu.offset + (2 + 1) * 24 + 12 + 8
+        );
+        // The last group has one layer: channel c is unit c.
+        let down = layout.interleave_region(2, 3).unwrap();
+        assert_eq!((down.first_layer, down.layers), (2, 1));
+        assert_eq!(at[&(K::Down, Some(2), 1, 2)], down.offset + 2 * 8 + 4);
+        // Every weight of every layer matrix and the embedding once, each in its own 4 bytes,
+        // each layer weight inside the extent the policy reads for its channel.
+        let per_layer: u64 = s.layer_tensors(0).iter().map(|t| t.rows * t.cols).sum();
+        assert_eq!(at.len() as u64, 3 * per_layer + 4 * 2);
+        let mut offs: Vec<u64> = at.values().copied().collect();
+        offs.sort_unstable();
+        assert!(offs.windows(2).all(|w| w[1] >= w[0] + 4));
+        for (&(kind, layer, _, c), &off) in &at {
+            let Some(l) = layer else { continue };
+            let o = opers.iter().position(|o| o.contains(&kind)).unwrap();
+            let e = layout.interleave_region(l, o).unwrap().channel(l, c as u64);
+            assert!(off >= e.offset && off + 4 <= e.end(), "{kind:?} {l} {c}");
+        }
+    }
 }

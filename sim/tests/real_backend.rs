@@ -277,14 +277,14 @@ fn validate_probes_the_machine_before_each_run_and_simulates_on_what_it_found() 
 fn the_real_backend_computes_the_reference_logits_under_the_same_masks() {
     check_logits(
         "pread",
-        r#"["dense-streaming", "llm-in-a-flash", "dip", "mmap"]"#,
-        6,
+        r#"["dense-streaming", "llm-in-a-flash", "dip", "activeflow", "mmap"]"#,
+        8,
     );
 }
 
 #[test]
 fn io_uring_reads_give_the_reference_logits_too() {
-    check_logits("io_uring", r#"["llm-in-a-flash", "dip"]"#, 4);
+    check_logits("io_uring", r#"["llm-in-a-flash", "dip", "activeflow"]"#, 6);
 }
 
 fn check_logits(engine: &str, policies: &str, points: usize) {
@@ -310,6 +310,10 @@ seed = 3
 bundling = [false, true]
 [policies.dip]
 cache_aware = [false, true]
+# Serial loading, and preloads of groups of 4 (stories260K's 5 layers: groups 0-3 and 4).
+[policies.activeflow]
+sparsity = 0.5
+preload_layers = [0, 4]
 "#
     );
     let path = tmp.path().join("logits.toml");

@@ -30,7 +30,8 @@ use crate::cache::{LfuAdmit, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, InterleaveRegion, WeightLayout};
 use crate::plan::{
-    kept_share, op_weights, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan,
+    kept_share, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Op, OpKind, Read,
+    TokenPlan,
 };
 use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
@@ -418,6 +419,7 @@ impl Policy for ActiveFlow {
             .collect();
         Ok(PolicySetup {
             resident_weight_bytes: resident,
+            resident: ctx.layout.tensors().iter().map(|t| t.whole()).collect(),
             peak_buffer_bytes: m_cl,
             reserved_bytes: cache_bytes,
         })
@@ -513,6 +515,16 @@ impl Policy for ActiveFlow {
                 } else {
                     IssueAfter::OpDone(op - 1)
                 };
+                if ctx.op_weights {
+                    // The hot cache's victims (outside this mask) go and its fills (this
+                    // token's on-demand or preloaded channels) are kept as the op starts.
+                    let at = IssueAfter::OpStart(op);
+                    let unit = |c: &u32| region.channel(l, *c as u64);
+                    plan.dram_changes
+                        .extend((access.evicted.iter()).map(|c| DramChange::Evict(at, unit(c))));
+                    plan.dram_changes
+                        .extend((access.admitted.iter()).map(|c| DramChange::Admit(at, unit(c))));
+                }
                 let demand: Vec<Extent> = access
                     .misses
                     .iter()

@@ -45,6 +45,7 @@ impl Policy for AllInDram {
     fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError> {
         Ok(PolicySetup {
             resident_weight_bytes: ctx.shape.total_weight_bytes(),
+            resident: ctx.layout.tensors().iter().map(|t| t.whole()).collect(),
             peak_buffer_bytes: 0,
             reserved_bytes: 0,
         })

@@ -108,11 +108,15 @@ impl Policy for DenseStreaming {
     fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError> {
         let n_ops = decode::lm_head_op(ctx.shape) + 1;
         let mut resident = 0u64;
+        let mut pinned_extents = Vec::new();
         self.streamed = vec![Vec::new(); n_ops as usize];
         for op in 0..n_ops {
             for t in decode::op_tensors(ctx.shape, ctx.layout, op) {
                 let pinned = self.pinned_rows(t.shape.kind, t.shape.rows);
                 resident += pinned * t.row_bytes;
+                if pinned > 0 {
+                    pinned_extents.push(t.rows(0, pinned));
+                }
                 if pinned < t.shape.rows {
                     self.streamed[op as usize].push(t.rows(pinned, t.shape.rows - pinned));
                 }
@@ -126,6 +130,9 @@ impl Policy for DenseStreaming {
         self.embedding_pinned_rows = self.pinned_rows(TensorKind::Embedding, emb.shape.rows);
         if !ctx.shape.tied_embeddings {
             resident += self.embedding_pinned_rows * emb.row_bytes;
+            if self.embedding_pinned_rows > 0 {
+                pinned_extents.push(emb.rows(0, self.embedding_pinned_rows));
+            }
         }
         // Buffers held at once: `buffered_ops` consecutive ops, plus the embedding row of op 0.
         let window = self.params.buffered_ops as usize;
@@ -142,6 +149,7 @@ impl Policy for DenseStreaming {
             + emb.row_bytes;
         Ok(PolicySetup {
             resident_weight_bytes: resident,
+            resident: pinned_extents,
             peak_buffer_bytes: peak,
             reserved_bytes: 0,
         })

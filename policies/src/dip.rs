@@ -19,7 +19,8 @@ use crate::cache::{Belady, Lfu, Lru, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
 use crate::plan::{
-    kept_share, op_weights, AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan,
+    kept_share, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Op, OpKind, Read,
+    TokenPlan,
 };
 use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
@@ -365,6 +366,7 @@ impl Policy for Dip {
         let cache_bytes = (cap_up as u64 * ub + cap_down as u64 * db) * shape.layers as u64;
         Ok(PolicySetup {
             resident_weight_bytes: resident,
+            resident: ctx.layout.non_ffn_extents(),
             peak_buffer_bytes: cache_bytes,
             reserved_bytes: 0,
         })
@@ -479,6 +481,24 @@ impl Policy for Dip {
                 for e in coalesce(std::mem::take(&mut extents), ctx.max_read_bytes) {
                     plan.reads
                         .push(Read::demand(e, op, issue_after, admitted_all));
+                }
+                if ctx.op_weights {
+                    // Victims go as the token starts (the accounting frees their bytes then);
+                    // when not every miss is admitted the reads are buffers, and the admitted
+                    // columns are kept out of them as the op starts.
+                    for &kind in kinds {
+                        let t = tensor(kind);
+                        plan.dram_changes.extend(
+                            access.evicted.iter().map(|&c| {
+                                DramChange::Evict(IssueAfter::TokenStart, t.unit(c as u64))
+                            }),
+                        );
+                        if !admitted_all {
+                            plan.dram_changes.extend(access.admitted.iter().map(|&c| {
+                                DramChange::Admit(IssueAfter::OpStart(op), t.unit(c as u64))
+                            }));
+                        }
+                    }
                 }
                 if ctx.record_masks {
                     let site = if act == Act::XMlp {

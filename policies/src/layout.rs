@@ -320,6 +320,15 @@ impl WeightLayout {
             .sum()
     }
 
+    /// The extents of [`WeightLayout::non_ffn_bytes`]'s matrices.
+    pub fn non_ffn_extents(&self) -> Vec<Extent> {
+        self.tensors
+            .iter()
+            .filter(|t| !t.shape.kind.is_ffn())
+            .map(|t| t.whole())
+            .collect()
+    }
+
     /// The matrices of layer `layer`.
     pub fn layer(&self, layer: u32) -> impl Iterator<Item = &TensorExtent> {
         self.tensors

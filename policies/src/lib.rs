@@ -27,7 +27,7 @@ pub mod policy;
 mod testing;
 pub mod topk;
 
-pub use plan::{AppliedMask, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
+pub use plan::{AppliedMask, DramChange, Extent, IssueAfter, Op, OpKind, Read, TokenPlan};
 pub use policy::{
     registry, DeviceRates, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
     SizingContext, TokenInfo,

@@ -20,8 +20,8 @@ use crate::cache::{SlidingWindow, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
 use crate::plan::{
-    f16_quanta, op_weights, AppliedMask, Extent, IssueAfter, Magnitude, Op, OpKind, Read,
-    TokenPlan, F16_QUANTUM,
+    f16_quanta, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Magnitude, Op, OpKind,
+    Read, TokenPlan, F16_QUANTUM,
 };
 use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
@@ -293,6 +293,7 @@ impl Policy for LlmInAFlash {
         let resident = ctx.layout.non_ffn_bytes();
         Ok(PolicySetup {
             resident_weight_bytes: resident,
+            resident: ctx.layout.non_ffn_extents(),
             peak_buffer_bytes: 0,
             reserved_bytes: 0,
         })
@@ -332,6 +333,17 @@ impl Policy for LlmInAFlash {
             plan.cache_lookups += predicted.len() as u64;
             plan.cache_hits += access.hits.len() as u64;
             plan.evicted_bytes += access.evicted.len() as u64 * nb;
+            if ctx.op_weights {
+                // What leaves the window goes as the token starts, as the accounting frees it.
+                let mut gone = Vec::new();
+                for &i in &access.evicted {
+                    self.neuron_extents(ctx.layout, l, i as u64, &mut gone);
+                }
+                plan.dram_changes.extend(
+                    gone.into_iter()
+                        .map(|e| DramChange::Evict(IssueAfter::TokenStart, e)),
+                );
+            }
             if self.p.dram_management && !access.evicted.is_empty() {
                 plan.ops.push(Op {
                     kind: OpKind::DramManagement,

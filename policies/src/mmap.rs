@@ -11,7 +11,7 @@
 
 use crate::cache::{RunLru, UnitCache};
 use crate::decode;
-use crate::plan::{Extent, IssueAfter, Read, TokenPlan};
+use crate::plan::{DramChange, Extent, IssueAfter, Read, TokenPlan};
 use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
     TokenInfo,
@@ -118,6 +118,7 @@ impl Policy for Mmap {
         // The page cache fills as pages are read (retained reads) and shrinks by evictions.
         Ok(PolicySetup {
             resident_weight_bytes: 0,
+            resident: Vec::new(),
             peak_buffer_bytes: 0,
             reserved_bytes: 0,
         })
@@ -170,6 +171,12 @@ impl Policy for Mmap {
             if !access.evicted.is_empty() {
                 let bytes = access.evicted.iter().map(|&w| window(w).1).sum();
                 plan.evictions.push((after, bytes));
+                if ctx.op_weights {
+                    plan.dram_changes.extend(access.evicted.iter().map(|&w| {
+                        let (offset, bytes) = window(w);
+                        DramChange::Evict(after, Extent { offset, bytes })
+                    }));
+                }
             }
             for &w in &access.misses {
                 let (offset, bytes) = window(w);

@@ -117,6 +117,14 @@ pub struct TokenPlan {
     /// Evictions during the token: bytes freed when the condition first holds, before the
     /// reads it allows are issued (e.g. a page cache making room for the next op's faults).
     pub evictions: Vec<(IssueAfter, u64)>,
+    /// The weight-file extents the policy's DRAM lets go of or takes in, each when its
+    /// condition first holds (in list order), listed only when the context asks
+    /// (`op_weights`: a backend that keeps the bytes themselves). Reads hold their extents
+    /// by themselves (a buffer until its `free_after` op is done, a retained read until
+    /// evicted); these are the rest: a cache's victims, and cache fills copied out of this
+    /// token's buffers. The byte counts above are what the accounting uses.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dram_changes: Vec<DramChange>,
     /// Share of the FFN activation mass (Σ|h| over computed neurons / Σ|h|) this token's masks
     /// keep, averaged over layers; `None` when the policy computes everything.
     pub retained_mass: Option<f64>,
@@ -127,6 +135,23 @@ pub struct TokenPlan {
     /// (`record_masks`): per layer and site, the kept channels (sorted). A site not listed is
     /// computed densely.
     pub masks: Vec<AppliedMask>,
+}
+
+/// A change to which weight bytes a policy keeps in DRAM (see [`TokenPlan::dram_changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DramChange {
+    /// The extent's bytes, held until now (by a retained read or an admission), are let go.
+    Evict(IssueAfter, Extent),
+    /// The extent's bytes, in DRAM now (read this token), are kept until evicted.
+    Admit(IssueAfter, Extent),
+}
+
+impl DramChange {
+    pub fn when(&self) -> IssueAfter {
+        match *self {
+            DramChange::Evict(w, _) | DramChange::Admit(w, _) => w,
+        }
+    }
 }
 
 /// One mask a plan applied: the channels of `site` in `layer` that were computed.
@@ -155,6 +180,13 @@ impl TokenPlan {
                     op.weight_bytes(),
                     op.dram_bytes
                 ));
+            }
+        }
+        for (i, c) in self.dram_changes.iter().enumerate() {
+            if let IssueAfter::OpStart(k) | IssueAfter::OpDone(k) = c.when() {
+                if k >= n {
+                    return Err(format!("DRAM change {i} waits for op {k} of {n}"));
+                }
             }
         }
         for (i, r) in self.reads.iter().enumerate() {

@@ -77,10 +77,13 @@ impl PolicyContext<'_> {
 }
 
 /// What a policy holds once set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PolicySetup {
     /// Weights kept in DRAM for the whole run.
     pub resident_weight_bytes: u64,
+    /// Where they sit in the weight file (`resident_weight_bytes` in all), for a backend that
+    /// loads them before it runs.
+    pub resident: Vec<crate::plan::Extent>,
     /// The most streaming-buffer bytes the policy's plans hold at once.
     pub peak_buffer_bytes: u64,
     /// DRAM set aside for the whole run beyond the weights (e.g. a fixed-size cache whose fills
@@ -209,7 +212,7 @@ pub fn parse_params<P: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod op_weight_tests {
     use super::*;
-    use crate::plan::OpKind;
+    use crate::plan::{DramChange, OpKind};
     use crate::testing::FnTrace;
     use flashsim_workloads::trace::Act;
 
@@ -303,6 +306,21 @@ mod op_weight_tests {
                     assert!(op.weight_bytes() > 0 || op.kind == OpKind::DramManagement);
                     op.weights.clear();
                 }
+                // The extents a cache lets go of are the bytes the accounting frees (ActiveFlow's
+                // hot cache lives in its reservation, so it frees none).
+                let (mut evicted, mut admitted) = (0, 0);
+                for c in &b.dram_changes {
+                    match *c {
+                        DramChange::Evict(_, e) => evicted += e.bytes,
+                        DramChange::Admit(_, e) => admitted += e.bytes,
+                    }
+                }
+                let freed = b.evicted_bytes + b.evictions.iter().map(|e| e.1).sum::<u64>();
+                if entry.name != "activeflow" {
+                    assert_eq!(evicted, freed, "{} token {index}", entry.name);
+                    assert_eq!(admitted, 0, "{} token {index}", entry.name);
+                }
+                b.dram_changes.clear();
                 assert_eq!(a, b, "{} token {index}", entry.name);
             }
         }

@@ -19,7 +19,7 @@ use crate::engine::{Engine, Event, Handler};
 use crate::error::SimError;
 use crate::hw::dram::Dram;
 use crate::time::Ps;
-use flashsim_policies::{Extent, Op};
+use flashsim_policies::{DramChange, Extent, Op};
 use flashsim_policies::{IssueAfter, Policy, PolicyContext, PolicySetup, TokenInfo, TokenPlan};
 use serde::Serialize;
 
@@ -116,6 +116,16 @@ pub trait Backend {
         reads_beside: bool,
         dram: &mut Dram,
     ) -> Result<(Ps, Option<Ps>), SimError>;
+    /// The plan now holds the bytes of `extent` in DRAM (a read from its issue, a cache fill
+    /// from its admission): called only when the context lists op weights, for a backend that
+    /// keeps the bytes themselves. Default: nothing to do.
+    fn hold(&mut self, _extent: Extent) -> Result<(), SimError> {
+        Ok(())
+    }
+    /// The plan lets go of one hold of `extent` (a buffer after its last op, an eviction).
+    fn let_go(&mut self, _extent: Extent) -> Result<(), SimError> {
+        Ok(())
+    }
 }
 
 /// The simulated hardware: the device's flash and compute units, the DRAM bus.
@@ -163,6 +173,10 @@ pub struct Pipeline<'a, B: Backend> {
     op_unit: Vec<usize>,
     pending: Vec<u32>,
     buffers: Vec<u64>,
+    /// Per op, the extents of the buffers freed when it finishes (only with `op_weights`).
+    buffer_extents: Vec<Vec<Extent>>,
+    /// Bytes of the plans' DRAM changes made so far: evicted, admitted.
+    changed_bytes: (u64, u64),
     started: Vec<bool>,
     finished: Vec<bool>,
     next_read: usize,
@@ -217,6 +231,9 @@ impl<B: Backend> Pipeline<'_, B> {
             self.pending[r.needed_by as usize] += 1;
         }
         self.buffers = vec![0; n];
+        if self.ctx.op_weights {
+            self.buffer_extents = vec![Vec::new(); n];
+        }
         self.started = vec![false; n];
         self.finished = vec![false; n];
         if self.cfg.record_activity {
@@ -249,7 +266,7 @@ impl<B: Backend> Pipeline<'_, B> {
         self.start_op(now, follow)
     }
 
-    /// Frees the evictions that wait for `when`.
+    /// Frees the evictions that wait for `when`, and makes the DRAM changes that do.
     fn evict(&mut self, when: IssueAfter) -> Result<(), SimError> {
         let bytes: u64 = self
             .plan
@@ -258,6 +275,18 @@ impl<B: Backend> Pipeline<'_, B> {
             .filter(|(w, _)| *w == when)
             .map(|(_, b)| b)
             .sum();
+        for c in self.plan.dram_changes.iter().filter(|c| c.when() == when) {
+            match *c {
+                DramChange::Evict(_, e) => {
+                    self.changed_bytes.0 += e.bytes;
+                    self.backend.let_go(e)?
+                }
+                DramChange::Admit(_, e) => {
+                    self.changed_bytes.1 += e.bytes;
+                    self.backend.hold(e)?
+                }
+            }
+        }
         self.dram.free(bytes)
     }
 
@@ -291,6 +320,12 @@ impl<B: Backend> Pipeline<'_, B> {
             self.dram.alloc(r.extent.bytes)?;
             if !r.retain {
                 self.buffers[r.free_after as usize] += r.extent.bytes;
+            }
+            if self.ctx.op_weights {
+                self.backend.hold(r.extent)?;
+                if !r.retain {
+                    self.buffer_extents[r.free_after as usize].push(r.extent);
+                }
             }
             let done = self.backend.submit(now, idx, r.extent)?;
             if self.in_flight == 0 {
@@ -382,6 +417,11 @@ impl<B: Backend> Handler for Pipeline<'_, B> {
                 self.running = false;
                 self.dram.free(self.buffers[j])?;
                 self.buffers[j] = 0;
+                if self.ctx.op_weights {
+                    for e in std::mem::take(&mut self.buffer_extents[j]) {
+                        self.backend.let_go(e)?;
+                    }
+                }
                 self.evict(IssueAfter::OpDone(op))?;
                 self.next_op += 1;
                 self.ready_at = now;
@@ -418,6 +458,13 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         if cfg.io_queue_depth == 0 {
             return Err(SimError::Plan("io_queue_depth must be at least 1".into()));
         }
+        let listed: u64 = setup.resident.iter().map(|e| e.bytes).sum();
+        if listed != setup.resident_weight_bytes {
+            return Err(SimError::Plan(format!(
+                "the policy keeps {} B resident but lists {listed} B of resident extents",
+                setup.resident_weight_bytes
+            )));
+        }
         let kv_bytes_per_token = ctx.shape.kv_bytes_per_token(ctx.kv_bytes_per_value);
         let mut dram = Dram::new(ctx.dram_budget_bytes, dram_bus_bytes_per_s);
         dram.alloc(setup.resident_weight_bytes)?;
@@ -438,6 +485,8 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             op_unit: Vec::new(),
             pending: Vec::new(),
             buffers: Vec::new(),
+            buffer_extents: Vec::new(),
+            changed_bytes: (0, 0),
             started: Vec::new(),
             finished: Vec::new(),
             next_read: 0,
@@ -463,6 +512,12 @@ impl<'a, B: Backend> Pipeline<'a, B> {
     /// Whether every token has finished.
     pub fn done(&self) -> bool {
         self.token >= self.tokens_total
+    }
+
+    /// Bytes of the plans' DRAM changes ([`TokenPlan::dram_changes`]) made so far: evicted,
+    /// admitted (listed only when the context lists op weights).
+    pub fn dram_changes_bytes(&self) -> (u64, u64) {
+        self.changed_bytes
     }
 
     /// The backend (to read what it recorded).

@@ -196,6 +196,14 @@ impl Image {
         Ok(())
     }
 
+    /// Zeroes the bytes of `e`.
+    fn zero(&self, e: Extent) -> Result<()> {
+        self.check(e)?;
+        // SAFETY: within the mapping; see the type's comment for who touches it when.
+        unsafe { std::ptr::write_bytes(self.at(e.offset), 0, e.bytes as usize) };
+        Ok(())
+    }
+
     /// Reads the aligned extent `e` into its place from `from` (the same size, in `file`;
     /// O_DIRECT) and marks its pages.
     fn read_from(&self, file: &File, e: Extent, from: Extent) -> Result<()> {
@@ -216,6 +224,81 @@ impl Drop for Image {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Which bytes of the weight file the plans hold in DRAM, byte by byte (a count of holds:
+/// a buffer and a cache may hold the same bytes), with the peak of bytes held. Kept when
+/// verifying (tests, small files), where DRAM has only the bytes the plans brought in: the
+/// bytes whose last hold goes are zeroed, so that a policy computing on bytes it let go of
+/// computes on zeros, and letting go of bytes not held is an error.
+pub struct Held {
+    count: Vec<u16>,
+    bytes: u64,
+    peak_bytes: u64,
+}
+
+impl Held {
+    pub fn new(bytes: u64) -> Self {
+        Held {
+            count: vec![0; bytes as usize],
+            bytes: 0,
+            peak_bytes: 0,
+        }
+    }
+
+    fn range(&self, e: Extent) -> Result<std::ops::Range<usize>, SimError> {
+        if e.end() > self.count.len() as u64 {
+            return Err(SimError::Plan(format!(
+                "{e:?} lies beyond DRAM's {} B",
+                self.count.len()
+            )));
+        }
+        Ok(e.offset as usize..e.end() as usize)
+    }
+
+    pub fn hold(&mut self, e: Extent) -> Result<(), SimError> {
+        let r = self.range(e)?;
+        for c in &mut self.count[r] {
+            self.bytes += (*c == 0) as u64;
+            *c = c
+                .checked_add(1)
+                .ok_or_else(|| SimError::Plan(format!("{e:?} held 65535 times")))?;
+        }
+        self.peak_bytes = self.peak_bytes.max(self.bytes);
+        Ok(())
+    }
+
+    /// Lets go of one hold of `e`; returns the runs of bytes no longer held.
+    pub fn let_go(&mut self, e: Extent) -> Result<Vec<Extent>, SimError> {
+        let r = self.range(e)?;
+        let mut gone: Vec<Extent> = Vec::new();
+        for (i, c) in self.count[r.clone()].iter_mut().enumerate() {
+            if *c == 0 {
+                return Err(SimError::Plan(format!(
+                    "the plan lets go of {e:?}, whose byte {} DRAM does not hold",
+                    r.start + i
+                )));
+            }
+            *c -= 1;
+            if *c == 0 {
+                let at = (r.start + i) as u64;
+                match gone.last_mut() {
+                    Some(g) if g.end() == at => g.bytes += 1,
+                    _ => gone.push(Extent {
+                        offset: at,
+                        bytes: 1,
+                    }),
+                }
+            }
+        }
+        self.bytes -= gone.iter().map(|g| g.bytes).sum::<u64>();
+        Ok(gone)
+    }
+
+    /// Bytes held now, and at most so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes, self.peak_bytes)
     }
 }
 
@@ -352,6 +435,11 @@ pub struct Real {
     pub reads: Vec<ReadRecord>,
     /// DRAM: what the reads (and resident loads) have brought in so far, at file offsets.
     image: Arc<Image>,
+    /// When verifying, the bytes the plans hold (see [`Held`]).
+    held: Option<Held>,
+    /// When verifying, this token's op weights as each op found them in DRAM as it started
+    /// (at file offsets; zero elsewhere): what the token computed on.
+    seen: Option<Vec<u8>>,
     file: Arc<File>,
     counters: Arc<KernelBytes>,
     /// Bytes of one copy of the weights in the file and how many copies it holds; token `t`
@@ -438,6 +526,8 @@ impl Real {
             last: Ps::ZERO,
             workers,
             reads: Vec::new(),
+            held: verify.then(|| Held::new(image.len as u64)),
+            seen: verify.then(|| vec![0; image.len]),
             image,
             file,
             counters,
@@ -467,6 +557,17 @@ impl Real {
         &self.image
     }
 
+    /// When verifying, the current token's op weights as its ops found them in DRAM when
+    /// they started, at file offsets (zero where no op of the token listed weights).
+    pub fn seen(&self) -> Option<&[u8]> {
+        self.seen.as_deref()
+    }
+
+    /// When verifying, the bytes the plans hold in DRAM now and at most so far.
+    pub fn held_bytes(&self) -> Option<(u64, u64)> {
+        self.held.as_ref().map(Held::bytes)
+    }
+
     /// What the kernels have computed on and loaded so far.
     pub fn kernel_bytes(&self) -> &KernelBytes {
         &self.counters
@@ -474,7 +575,10 @@ impl Real {
 
     /// Brings exactly the bytes of `e` into DRAM from the file, as a runtime loads its
     /// resident weights before it runs (the logits check loads the non-FFN matrices so).
-    pub fn load(&self, e: Extent) -> Result<()> {
+    pub fn load(&mut self, e: Extent) -> Result<()> {
+        if let Some(h) = &mut self.held {
+            h.hold(e)?;
+        }
         let a = aligned(e);
         let mut buf = AlignedBuf::zeroed(a.bytes as usize);
         pread_into(&self.file, buf.as_mut_slice().as_mut_ptr(), a)?;
@@ -1022,6 +1126,9 @@ impl Backend for Real {
     }
     fn begin_token(&mut self, token: u32) {
         self.base = token as u64 % self.copies * self.copy_bytes;
+        if let Some(seen) = &mut self.seen {
+            seen.fill(0);
+        }
     }
     fn submit(&mut self, _now: Ps, read: u32, e: Extent) -> Result<Option<Ps>, SimError> {
         let issued = aligned(e);
@@ -1060,6 +1167,17 @@ impl Backend for Real {
         _reads_beside: bool,
         _dram: &mut Dram,
     ) -> Result<(Ps, Option<Ps>), SimError> {
+        if let Some(seen) = &mut self.seen {
+            // No kernel runs now (ops are a chain) and reads land here only from this thread.
+            let image = self.image.as_slice();
+            for e in &op.weights {
+                let r = e.offset as usize..e.end() as usize;
+                if e.end() > image.len() as u64 {
+                    return Err(SimError::Plan(format!("op {j} lists {e:?}, beyond DRAM")));
+                }
+                seen[r.clone()].copy_from_slice(&image[r]);
+            }
+        }
         self.jobs_op
             .as_ref()
             .ok_or_else(stopped)?
@@ -1071,6 +1189,23 @@ impl Backend for Real {
             })
             .map_err(|_| stopped())?;
         Ok((now, None))
+    }
+    fn hold(&mut self, e: Extent) -> Result<(), SimError> {
+        match &mut self.held {
+            Some(h) => h.hold(e),
+            None => Ok(()),
+        }
+    }
+    fn let_go(&mut self, e: Extent) -> Result<(), SimError> {
+        let Some(h) = &mut self.held else {
+            return Ok(());
+        };
+        for run in h.let_go(e)? {
+            self.image
+                .zero(run)
+                .map_err(|err| SimError::Plan(err.to_string()))?;
+        }
+        Ok(())
     }
 }
 
@@ -1285,6 +1420,30 @@ mod tests {
             tied_embeddings: true,
             head_dim: None,
         }
+    }
+
+    fn ext(offset: u64, bytes: u64) -> flashsim_policies::Extent {
+        flashsim_policies::Extent { offset, bytes }
+    }
+
+    #[test]
+    fn held_bytes_count_each_byte_once_and_go_with_their_last_hold() {
+        let mut h = super::Held::new(100);
+        // A cache entry 10..30 and a buffer 20..50 over it: 40 bytes held.
+        h.hold(ext(10, 20)).unwrap();
+        h.hold(ext(20, 30)).unwrap();
+        assert_eq!(h.bytes(), (40, 40));
+        // The buffer goes: only 30..50 is no longer held.
+        assert_eq!(h.let_go(ext(20, 30)).unwrap(), vec![ext(30, 20)]);
+        assert_eq!(h.bytes(), (20, 40));
+        h.hold(ext(60, 5)).unwrap();
+        assert_eq!(h.bytes(), (25, 40));
+        // Evicting 10..30 frees it all; letting go of it again is an error, as is an extent
+        // beyond DRAM.
+        assert_eq!(h.let_go(ext(10, 20)).unwrap(), vec![ext(10, 20)]);
+        assert!(h.let_go(ext(15, 1)).is_err());
+        assert!(h.hold(ext(95, 10)).is_err());
+        assert_eq!(h.bytes(), (5, 40));
     }
 
     #[test]

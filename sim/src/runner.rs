@@ -127,7 +127,7 @@ impl Prepared {
         } = self;
         RunParts {
             policy: policy.as_mut(),
-            setup: *setup,
+            setup: setup.clone(),
             ctx: PolicyContext {
                 record_masks,
                 op_weights,
@@ -171,7 +171,7 @@ impl<'a> RunParts<'a> {
         resident: &[flashsim_policies::Extent],
     ) -> anyhow::Result<crate::executor::Pipeline<'a, crate::real::Real>> {
         let units = self.device.units.iter().map(|u| u.name.clone()).collect();
-        let backend = crate::real::Real::new(
+        let mut backend = crate::real::Real::new(
             weights,
             self.cfg.io_queue_depth,
             self.device.read_engine,
@@ -205,6 +205,10 @@ pub struct RealRun {
     /// Bytes of weight pages the compute thread loaded because no read had brought them in
     /// (the policy's resident weights, at their first use).
     pub loaded_bytes: u64,
+    /// With `verify`, the most bytes of the weight file the plans held in DRAM at once
+    /// (buffers, retained reads and cache fills, each byte once; resident weights are not
+    /// loaded in such a run).
+    pub held_peak_bytes: Option<u64>,
 }
 
 impl Prepared {
@@ -221,14 +225,22 @@ impl Prepared {
         copy_bytes: Option<u64>,
     ) -> anyhow::Result<RealRun> {
         use std::sync::atomic::Ordering;
+        // Verifying, the resident weights are loaded first, so that what DRAM holds is
+        // complete; timed, the kernels load them at first use (the warm-up tokens).
+        let resident = if verify {
+            self.setup.resident.clone()
+        } else {
+            Vec::new()
+        };
         let mut pipe = self
             .run_parts(false, false, true)
-            .real_pipeline(weights, verify, &[])?;
+            .real_pipeline(weights, verify, &resident)?;
         if let Some(c) = copy_bytes {
             pipe.backend_mut().spread(c)?;
         }
         let (events, end) = drive_real(&mut pipe, |_| Ok(()))?;
         let reads = std::mem::take(&mut pipe.backend_mut().reads);
+        let held_peak_bytes = pipe.backend().held_bytes().map(|(_, peak)| peak);
         pipe.backend_mut().shutdown()?;
         let k = pipe.backend().kernel_bytes();
         let (computed_bytes, loaded_bytes) = (
@@ -241,30 +253,29 @@ impl Prepared {
             reads,
             computed_bytes,
             loaded_bytes,
+            held_peak_bytes,
         })
     }
 }
 
 impl Prepared {
     /// Runs the point on the real backend and checks what it computes: after each token, the
-    /// model is evaluated with the weights as they stand in the backend's DRAM image of the
-    /// file (the non-FFN matrices loaded at start, as a runtime loads resident weights; every
-    /// other byte only as the plans' reads brought it in, zero before) under the token's masks,
-    /// and compared with the reference model under the same masks. Returns, per token, the
-    /// largest absolute difference of the logits. `weights` must hold the checkpoint's own
+    /// model is evaluated with the weights the token's ops listed, as each op found them in
+    /// the backend's DRAM image of the file when it started (the policy's resident weights
+    /// loaded at start, as a runtime loads them; every other byte only as the plans' reads
+    /// brought it in, zero before, and zero again once the plan let go of it: a buffer after
+    /// its last op, an evicted cache entry), under the token's masks, and compared with the
+    /// reference model under the same masks. A weight an op needs but does not list, or lists
+    /// after its bytes were let go, is zero there. Returns, per token, the largest absolute
+    /// difference of the logits, with what the policy's cache did and the most bytes DRAM
+    /// held. `weights` must hold the checkpoint's own
     /// weights in this point's layout ([`crate::real::model_image`]); needs the checkpoint
     /// (a trace recorded from a model flashsim can run).
-    pub fn check_real_logits(&mut self, weights: &std::path::Path) -> anyhow::Result<Vec<f32>> {
+    pub fn check_real_logits(&mut self, weights: &std::path::Path) -> anyhow::Result<RealLogits> {
         let reference = self.quality.clone().ok_or_else(|| {
             anyhow::anyhow!("checking logits needs the checkpoint the trace was recorded from")
         })?;
-        let resident: Vec<_> = self
-            .layout
-            .tensors()
-            .iter()
-            .filter(|t| !t.shape.kind.is_ffn())
-            .map(|t| t.whole())
-            .collect();
+        let resident = self.setup.resident.clone();
         let r = self.run_parts(false, true, true);
         let (layout, shape, ids) = (r.ctx.layout, r.ctx.shape, r.ids.clone());
         let mut pipe = r.real_pipeline(weights, true, &resident)?;
@@ -275,7 +286,7 @@ impl Prepared {
             while diffs.len() < pipe.tokens_done() {
                 let k = diffs.len();
                 let masks = &pipe.masks()[k];
-                let image = pipe.backend().image().as_slice();
+                let image = pipe.backend().seen().expect("verifying");
                 real_model.weights =
                     crate::real::weights_from_image(layout, shape, image, &reference)?;
                 let mut m = RecordedMasks {
@@ -299,8 +310,26 @@ impl Prepared {
             Ok(())
         })?;
         pipe.backend_mut().shutdown()?;
-        Ok(diffs)
+        let (evicted_bytes, admitted_bytes) = pipe.dram_changes_bytes();
+        Ok(RealLogits {
+            diffs,
+            evicted_bytes,
+            admitted_bytes,
+            held_peak_bytes: pipe.backend().held_bytes().expect("verifying").1,
+        })
     }
+}
+
+/// What [`Prepared::check_real_logits`] found.
+#[derive(Debug)]
+pub struct RealLogits {
+    /// Per token, the largest absolute difference of the logits.
+    pub diffs: Vec<f32>,
+    /// Bytes the policy evicted and admitted by extent (its cache at work), over the run.
+    pub evicted_bytes: u64,
+    pub admitted_bytes: u64,
+    /// The most bytes of the weight file DRAM held at once.
+    pub held_peak_bytes: u64,
 }
 
 /// Drives `pipe` on the real backend until its tokens are done: events are handled as the

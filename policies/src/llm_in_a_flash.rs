@@ -14,7 +14,9 @@
 //!   paper (32 threads reading neurons), unless `coalesce` merges adjacent ones;
 //! - DRAM management: deleting a neuron copies the last row over it (read + write one neuron),
 //!   an op of its own before the FFN;
-//! - the FFN computes over all of W_t, so compute grows with the window, not with P_t.
+//! - the FFN computes over all of W_t, so compute grows with the window, not with P_t;
+//! - memory: per layer the paper preallocates a matrix of the largest window; setup sizes it
+//!   from the run's own predictions, so that a budget it does not fit is refused up front.
 
 use crate::cache::{SlidingWindow, UnitCache};
 use crate::decode;
@@ -282,10 +284,39 @@ impl Policy for LlmInAFlash {
     }
 
     fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError> {
-        ctx.need_trace(ENTRY.name)?;
+        let trace = ctx.need_trace(ENTRY.name)?;
         let n = ctx.shape.intermediate as usize;
         // Without a window, a one-token window tells what this token needs; nothing is kept.
         let k = self.p.window_tokens.max(1) as usize;
+        // The paper preallocates, per layer, a matrix of the largest window: its size, from the
+        // windows this run's predictions will make (a sizing pass; no plan sees it). Without a
+        // window, one layer's predicted neurons are read, used and dropped at a time.
+        let windowed = self.p.window_tokens > 0;
+        let mut neurons = 0usize;
+        for l in 0..ctx.shape.layers {
+            let mut window = SlidingWindow::new(n, k);
+            let mut largest = 0;
+            for t in 0..ctx.tokens {
+                trace.read_keys(
+                    Act::H,
+                    t as usize % trace.tokens(),
+                    l as usize,
+                    &mut self.keys,
+                );
+                let predicted = self.predict(t, l);
+                largest = largest.max(if windowed {
+                    window.access(t as u64, &predicted);
+                    window.len()
+                } else {
+                    predicted.len()
+                });
+            }
+            neurons = if windowed {
+                neurons + largest
+            } else {
+                neurons.max(largest)
+            };
+        }
         self.windows = (0..ctx.shape.layers)
             .map(|_| SlidingWindow::new(n, k))
             .collect();
@@ -294,7 +325,7 @@ impl Policy for LlmInAFlash {
         Ok(PolicySetup {
             resident_weight_bytes: resident,
             resident: ctx.layout.non_ffn_extents(),
-            peak_buffer_bytes: 0,
+            peak_buffer_bytes: neurons as u64 * Self::neuron_bytes(ctx.shape),
             reserved_bytes: 0,
         })
     }
@@ -496,7 +527,11 @@ mod tests {
             record_masks: true,
             op_weights: false,
         };
-        assert_eq!(p.setup(&ctx).unwrap().resident_weight_bytes, 192);
+        let setup = p.setup(&ctx).unwrap();
+        assert_eq!(setup.resident_weight_bytes, 192);
+        // The preallocated window: the largest over the run is 3 neurons ({0, 1, 3} at token 1,
+        // {1, 3, 4} at token 2, below), 48 B.
+        assert_eq!(setup.peak_buffer_bytes, 3 * 16);
         let plan = |p: &mut LlmInAFlash, i: u32| {
             p.plan_token(
                 &ctx,

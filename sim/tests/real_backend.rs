@@ -349,8 +349,8 @@ preload_layers = [0, 4]
             "point {} ({}, {:?})",
             point.index, point.config.policy, point.axis_values
         );
-        // At the tight budget a policy may not fit (refused when set up, or, for LLM in a
-        // Flash, whose window is not sized up front, over the budget during the run).
+        // At the tight budget a policy may not fit (refused when set up, or over the budget
+        // during the run, where completions arrive in another order than simulated).
         let tight = point.config.dram_budget_gib < 0.001;
         let mut p = match runner::prepare(&exp, point, &mut cache) {
             Ok(p) => p,

@@ -443,34 +443,55 @@ pub struct Real {
     file: Arc<File>,
     counters: Arc<KernelBytes>,
     /// Bytes of one copy of the weights in the file and how many copies it holds; token `t`
-    /// reads copy `t mod copies`, `base` bytes into the file (see [`Real::spread`]).
+    /// reads copy `t mod copies`, `base` bytes into the file (see [`Memory::Weights`]).
     copy_bytes: u64,
     copies: u64,
     base: u64,
 }
 
+/// The DRAM a [`Real`] backend's reads land in.
+pub enum Memory {
+    /// A mapping of its own holding one copy of the weights, each byte at its offset in the
+    /// layout. The file holds copies of the weights `copy_bytes` apart (`None`: the whole file
+    /// is one copy) and token `t` reads copy `t mod copies`, where every copy's bytes land: so
+    /// that the bytes read over a run span more than any cache outside this machine could keep
+    /// (a virtual disk's host may cache what is read again and again), as the calibration's
+    /// test file does, while DRAM holds one copy.
+    Weights { copy_bytes: Option<u64> },
+    /// A measurement of the readers alone, over a file that may be larger than DRAM: the
+    /// mapping the measurements share, possibly smaller than the file, where reads land as
+    /// the pipeline's do (see [`read_latencies`]); ops may list no weights.
+    Measurement(Arc<Image>),
+}
+
 impl Real {
     /// Opens `weights` (O_DIRECT) with `io_threads` reader threads and one compute thread that
-    /// runs kernels on rayon's pool, in a DRAM mapping the size of the file; `units` are the
-    /// device's compute unit names. With `verify`, reads go through the readers' own buffers,
-    /// only each read's planned bytes reach DRAM and are checksummed (a pass over the data: for
-    /// tests, not timing), and no resident page is loaded on demand. With `reads_only` (a
-    /// measurement of the readers alone, over a file that may be larger than DRAM), that
-    /// mapping is DRAM, shared by the measurements and possibly smaller than the file: reads
-    /// land there as the pipeline's do (see [`read_latencies`]) and ops may list no weights.
+    /// runs kernels on rayon's pool, with reads landing in `memory`; `units` are the device's
+    /// compute unit names. With `verify`, reads go through the readers' own buffers, only each
+    /// read's planned bytes reach DRAM and are checksummed (a pass over the data: for tests,
+    /// not timing), DRAM holds only what the plans hold ([`Held`]) and no resident page is
+    /// loaded on demand.
     pub fn new(
         weights: &Path,
         io_threads: u32,
         engine: Engine,
         units: Vec<String>,
         verify: bool,
-        reads_only: Option<Arc<Image>>,
+        memory: Memory,
     ) -> Result<Self> {
         let file = Arc::new(open_direct(weights, false)?);
         let file_bytes = file.metadata()?.len();
-        let image = match reads_only {
-            Some(dram) => dram,
-            None => Arc::new(Image::new(file_bytes)?),
+        let (image, copy_bytes) = match memory {
+            Memory::Measurement(dram) => (dram, file_bytes),
+            Memory::Weights { copy_bytes: None } => (Arc::new(Image::new(file_bytes)?), file_bytes),
+            Memory::Weights {
+                copy_bytes: Some(copy),
+            } => {
+                if copy == 0 || !copy.is_multiple_of(ALIGN as u64) || copy > file_bytes {
+                    anyhow::bail!("copies of {copy} B do not tile a file of {file_bytes} B");
+                }
+                (Arc::new(Image::new(copy)?), copy)
+            }
         };
         // Without `verify`, reads land straight in DRAM.
         let direct = (!verify).then(|| image.clone());
@@ -531,25 +552,10 @@ impl Real {
             image,
             file,
             counters,
-            copy_bytes: 0,
-            copies: 1,
+            copy_bytes,
+            copies: file_bytes / copy_bytes,
             base: 0,
         })
-    }
-
-    /// Spreads the reads over the copies of the weights the file holds, `copy_bytes` apart:
-    /// token `t` reads copy `t mod copies` (DRAM holds one copy, where every copy's bytes
-    /// land). So that the bytes read over a run span more than any cache outside this machine
-    /// could keep (a virtual disk's host may cache what is read again and again), as the
-    /// calibration's test file does.
-    pub fn spread(&mut self, copy_bytes: u64) -> Result<()> {
-        let file_bytes = self.file.metadata()?.len();
-        if copy_bytes == 0 || !copy_bytes.is_multiple_of(ALIGN as u64) || copy_bytes > file_bytes {
-            anyhow::bail!("copies of {copy_bytes} B do not tile a file of {file_bytes} B");
-        }
-        self.copy_bytes = copy_bytes;
-        self.copies = file_bytes / copy_bytes;
-        Ok(())
     }
 
     /// DRAM as it stands.
@@ -1064,7 +1070,14 @@ pub fn read_latencies(
     if region == 0 || !region.is_multiple_of(size) {
         anyhow::bail!("reads of {size} B do not tile {region} B of DRAM");
     }
-    let mut real = Real::new(path, qd, engine, Vec::new(), false, Some(dram.clone()))?;
+    let mut real = Real::new(
+        path,
+        qd,
+        engine,
+        Vec::new(),
+        false,
+        Memory::Measurement(dram.clone()),
+    )?;
     let mut state = seed ^ size ^ 0x7ead;
     let mut issued = vec![Ps::ZERO; qd as usize];
     let mut done_per_slot = vec![0u32; qd as usize];

@@ -169,6 +169,7 @@ impl<'a> RunParts<'a> {
         weights: &std::path::Path,
         verify: bool,
         resident: &[flashsim_policies::Extent],
+        copy_bytes: Option<u64>,
     ) -> anyhow::Result<crate::executor::Pipeline<'a, crate::real::Real>> {
         let units = self.device.units.iter().map(|u| u.name.clone()).collect();
         let mut backend = crate::real::Real::new(
@@ -177,7 +178,7 @@ impl<'a> RunParts<'a> {
             self.device.read_engine,
             units,
             verify,
-            None,
+            crate::real::Memory::Weights { copy_bytes },
         )?;
         for &e in resident {
             backend.load(e)?;
@@ -206,8 +207,8 @@ pub struct RealRun {
     /// (the policy's resident weights, at their first use).
     pub loaded_bytes: u64,
     /// With `verify`, the most bytes of the weight file the plans held in DRAM at once
-    /// (buffers, retained reads and cache fills, each byte once; resident weights are not
-    /// loaded in such a run).
+    /// (resident weights, loaded first in such a run, buffers, retained reads and cache
+    /// fills, each byte once).
     pub held_peak_bytes: Option<u64>,
 }
 
@@ -217,7 +218,7 @@ impl Prepared {
     /// same pipeline as the simulator; returns the measured statistics and every read issued
     /// (`verify`: with the checksum of the bytes each read brought in). With `copy_bytes`, the
     /// file holds copies of the weights that far apart and token `t` reads copy `t mod copies`
-    /// ([`crate::real::Real::spread`]).
+    /// ([`crate::real::Memory::Weights`]; DRAM holds one copy).
     pub fn execute_real(
         &mut self,
         weights: &std::path::Path,
@@ -234,10 +235,7 @@ impl Prepared {
         };
         let mut pipe = self
             .run_parts(false, false, true)
-            .real_pipeline(weights, verify, &resident)?;
-        if let Some(c) = copy_bytes {
-            pipe.backend_mut().spread(c)?;
-        }
+            .real_pipeline(weights, verify, &resident, copy_bytes)?;
         let (events, end) = drive_real(&mut pipe, |_| Ok(()))?;
         let reads = std::mem::take(&mut pipe.backend_mut().reads);
         let held_peak_bytes = pipe.backend().held_bytes().map(|(_, peak)| peak);
@@ -278,7 +276,7 @@ impl Prepared {
         let resident = self.setup.resident.clone();
         let r = self.run_parts(false, true, true);
         let (layout, shape, ids) = (r.ctx.layout, r.ctx.shape, r.ids.clone());
-        let mut pipe = r.real_pipeline(weights, true, &resident)?;
+        let mut pipe = r.real_pipeline(weights, true, &resident, None)?;
         let mut reference_model = flashsim_workloads::model::Model::new((*reference).clone());
         let mut real_model = flashsim_workloads::model::Model::new((*reference).clone());
         let mut diffs = Vec::new();

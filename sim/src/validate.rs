@@ -29,13 +29,14 @@ use crate::executor::{RunStats, TokenStats};
 use crate::experiment::Experiment;
 use crate::hw::compute::ComputeConfig;
 use crate::hw::flash_measured::{MeasuredConfig, SEQUENTIAL_BYTES};
-use crate::real::ReadPattern;
+use crate::real::{Image, ReadPattern};
 use crate::runner::{self, Cache};
 use crate::time::Ps;
 use anyhow::{bail, Context, Result};
 use flashsim_workloads::TomlSource;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// How `validate` runs.
 #[derive(Debug, Clone)]
@@ -67,8 +68,9 @@ pub struct Probe {
     pub op_seconds: f64,
 }
 
-/// Re-measures the cells a [`Probe`] holds on `weights` (reads at depth `qd`, `seconds` each).
-pub fn probe(weights: &Path, engine: Engine, qd: u32, seconds: f64, seed: u64) -> Result<Probe> {
+/// The DRAM the probes of `weights` read into ([`probe`]): one mapping for a whole validation,
+/// as calibrate measures ([`crate::calibrate::measurement_dram`]).
+pub fn probe_dram(weights: &Path, progress: &mut dyn FnMut(&str)) -> Result<Arc<Image>> {
     let file_bytes = std::fs::metadata(weights)?.len();
     if file_bytes < 4 * SEQUENTIAL_BYTES {
         bail!(
@@ -77,11 +79,23 @@ pub fn probe(weights: &Path, engine: Engine, qd: u32, seconds: f64, seed: u64) -
             weights.display()
         );
     }
-    let dram = crate::calibrate::measurement_dram(file_bytes, SEQUENTIAL_BYTES, &mut |_| {})?;
+    crate::calibrate::measurement_dram(file_bytes, SEQUENTIAL_BYTES, progress)
+}
+
+/// Re-measures the cells a [`Probe`] holds on `weights` (reads at depth `qd`, `seconds` each,
+/// landing in `dram`, from [`probe_dram`]).
+pub fn probe(
+    weights: &Path,
+    engine: Engine,
+    qd: u32,
+    seconds: f64,
+    seed: u64,
+    dram: &Arc<Image>,
+) -> Result<Probe> {
     let measure = |size: u64, in_order: bool| -> Result<f64> {
         let pattern = ReadPattern { size, qd, in_order };
         let (secs, lat) =
-            crate::real::read_latencies(weights, engine, pattern, seconds, seed, &dram)?;
+            crate::real::read_latencies(weights, engine, pattern, seconds, seed, dram)?;
         Ok(crate::calibrate::cell_of(size, qd, secs, lat).throughput_gb_per_s * 1e9)
     };
     let mut random = Vec::new();
@@ -89,7 +103,6 @@ pub fn probe(weights: &Path, engine: Engine, qd: u32, seconds: f64, seed: u64) -
         random.push((kib * 1024, qd, measure(kib * 1024, false)?));
     }
     let sequential = (qd, measure(SEQUENTIAL_BYTES, true)?);
-    drop(dram);
     let op_seconds = crate::real::op_seconds(BESIDE_READS_OP_BYTES, seconds)?;
     Ok(Probe {
         random,
@@ -346,6 +359,13 @@ pub fn run(
         }
     }
     let mut probes = Vec::new();
+    // One mapping for every probe: the backend's own DRAM is one copy of the weights, so both
+    // fit beside each other (mapping it anew for each probe took ~20 s on this project's VM).
+    let probe_mem = if probe_seconds > 0.0 {
+        Some(probe_dram(&weights, progress)?)
+    } else {
+        None
+    };
     for round in 0..repeats.max(1) {
         progress(&format!(
             "round {} of {}: {} points on the real backend",
@@ -356,7 +376,7 @@ pub fn run(
         for p in &mut pending {
             // Each run from a fresh policy; tokens pooled over the rounds.
             let mut real_p = runner::prepare(exp, p.point, &mut cache)?;
-            if probe_seconds > 0.0 {
+            if let Some(dram) = &probe_mem {
                 let c = &p.point.config;
                 let seed = c.seed ^ (round as u64) << 32 ^ p.point.index as u64;
                 let m = probe(
@@ -365,6 +385,7 @@ pub fn run(
                     c.io_queue_depth,
                     probe_seconds,
                     seed,
+                    dram,
                 )
                 .with_context(|| format!("probing before point {}", p.point.index))?;
                 probes.push((round, p.point.index, m));

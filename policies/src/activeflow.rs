@@ -418,7 +418,6 @@ impl Policy for ActiveFlow {
             })
             .collect();
         Ok(PolicySetup {
-            resident_weight_bytes: resident,
             resident: ctx.layout.tensors().iter().map(|t| t.whole()).collect(),
             peak_buffer_bytes: m_cl,
             reserved_bytes: cache_bytes,

@@ -44,7 +44,6 @@ impl Policy for AllInDram {
 
     fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError> {
         Ok(PolicySetup {
-            resident_weight_bytes: ctx.shape.total_weight_bytes(),
             resident: ctx.layout.tensors().iter().map(|t| t.whole()).collect(),
             peak_buffer_bytes: 0,
             reserved_bytes: 0,
@@ -107,7 +106,7 @@ mod tests {
         };
         // Embedding 10x8 + per layer (q 8x8, k 4x8, v 4x8, o 8x8, gate/up 16x8, down 8x16) at 4 bits.
         let params = 80 + 2 * (64 + 32 + 32 + 64 + 3 * 128);
-        assert_eq!(p.setup(&c).unwrap().resident_weight_bytes, params / 2);
+        assert_eq!(p.setup(&c).unwrap().resident_weight_bytes(), params / 2);
         let plan = p
             .plan_token(
                 &c,

@@ -107,13 +107,11 @@ impl Policy for DenseStreaming {
 
     fn setup(&mut self, ctx: &PolicyContext) -> Result<PolicySetup, PolicyError> {
         let n_ops = decode::lm_head_op(ctx.shape) + 1;
-        let mut resident = 0u64;
         let mut pinned_extents = Vec::new();
         self.streamed = vec![Vec::new(); n_ops as usize];
         for op in 0..n_ops {
             for t in decode::op_tensors(ctx.shape, ctx.layout, op) {
                 let pinned = self.pinned_rows(t.shape.kind, t.shape.rows);
-                resident += pinned * t.row_bytes;
                 if pinned > 0 {
                     pinned_extents.push(t.rows(0, pinned));
                 }
@@ -128,11 +126,8 @@ impl Policy for DenseStreaming {
             .tensor(TensorKind::Embedding, None)
             .expect("layout has an embedding");
         self.embedding_pinned_rows = self.pinned_rows(TensorKind::Embedding, emb.shape.rows);
-        if !ctx.shape.tied_embeddings {
-            resident += self.embedding_pinned_rows * emb.row_bytes;
-            if self.embedding_pinned_rows > 0 {
-                pinned_extents.push(emb.rows(0, self.embedding_pinned_rows));
-            }
+        if !ctx.shape.tied_embeddings && self.embedding_pinned_rows > 0 {
+            pinned_extents.push(emb.rows(0, self.embedding_pinned_rows));
         }
         // Buffers held at once: `buffered_ops` consecutive ops, plus the embedding row of op 0.
         let window = self.params.buffered_ops as usize;
@@ -148,7 +143,6 @@ impl Policy for DenseStreaming {
             .unwrap_or(0)
             + emb.row_bytes;
         Ok(PolicySetup {
-            resident_weight_bytes: resident,
             resident: pinned_extents,
             peak_buffer_bytes: peak,
             reserved_bytes: 0,
@@ -278,7 +272,7 @@ mod tests {
         let c = ctx(&s, &l);
         let mut p = DenseStreaming::new(params(0.0, false, 2));
         let setup = p.setup(&c).unwrap();
-        assert_eq!(setup.resident_weight_bytes, 0);
+        assert_eq!(setup.resident_weight_bytes(), 0);
         // Two consecutive ops at most: attention 128 + FFN 192, plus one embedding row of 8.
         assert_eq!(setup.peak_buffer_bytes, 328);
         let plan = p
@@ -330,7 +324,7 @@ mod tests {
         let setup = p.setup(&c).unwrap();
         // Attention 128 B all resident; half the rows of gate, up, down (32 each), LM head (16),
         // embedding (16).
-        assert_eq!(setup.resident_weight_bytes, 128 + 96 + 16 + 16);
+        assert_eq!(setup.resident_weight_bytes(), 128 + 96 + 16 + 16);
         let plan = p
             .plan_token(
                 &c,

@@ -365,7 +365,6 @@ impl Policy for Dip {
         }
         let cache_bytes = (cap_up as u64 * ub + cap_down as u64 * db) * shape.layers as u64;
         Ok(PolicySetup {
-            resident_weight_bytes: resident,
             resident: ctx.layout.non_ffn_extents(),
             peak_buffer_bytes: cache_bytes,
             reserved_bytes: 0,

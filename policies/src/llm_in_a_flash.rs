@@ -320,10 +320,8 @@ impl Policy for LlmInAFlash {
         self.windows = (0..ctx.shape.layers)
             .map(|_| SlidingWindow::new(n, k))
             .collect();
-        // Resident: everything but the FFN (embeddings, attention, LM head; predictors are small).
-        let resident = ctx.layout.non_ffn_bytes();
         Ok(PolicySetup {
-            resident_weight_bytes: resident,
+            // Everything but the FFN (embeddings, attention, LM head; predictors are small).
             resident: ctx.layout.non_ffn_extents(),
             peak_buffer_bytes: neurons as u64 * Self::neuron_bytes(ctx.shape),
             reserved_bytes: 0,
@@ -528,7 +526,7 @@ mod tests {
             op_weights: false,
         };
         let setup = p.setup(&ctx).unwrap();
-        assert_eq!(setup.resident_weight_bytes, 192);
+        assert_eq!(setup.resident_weight_bytes(), 192);
         // The preallocated window: the largest over the run is 3 neurons ({0, 1, 3} at token 1,
         // {1, 3, 4} at token 2, below), 48 B.
         assert_eq!(setup.peak_buffer_bytes, 3 * 16);

@@ -117,7 +117,6 @@ impl Policy for Mmap {
         self.cache = Some(RunLru::new(self.windows as usize, capacity));
         // The page cache fills as pages are read (retained reads) and shrinks by evictions.
         Ok(PolicySetup {
-            resident_weight_bytes: 0,
             resident: Vec::new(),
             peak_buffer_bytes: 0,
             reserved_bytes: 0,

@@ -79,16 +79,21 @@ impl PolicyContext<'_> {
 /// What a policy holds once set up.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PolicySetup {
-    /// Weights kept in DRAM for the whole run.
-    pub resident_weight_bytes: u64,
-    /// Where they sit in the weight file (`resident_weight_bytes` in all), for a backend that
-    /// loads them before it runs.
+    /// Weights kept in DRAM for the whole run: where they sit in the weight file (a backend
+    /// that keeps the bytes loads them before it runs).
     pub resident: Vec<crate::plan::Extent>,
     /// The most streaming-buffer bytes the policy's plans hold at once.
     pub peak_buffer_bytes: u64,
     /// DRAM set aside for the whole run beyond the weights (e.g. a fixed-size cache whose fills
     /// the plans do not allocate one by one).
     pub reserved_bytes: u64,
+}
+
+impl PolicySetup {
+    /// Bytes of the resident weights.
+    pub fn resident_weight_bytes(&self) -> u64 {
+        self.resident.iter().map(|e| e.bytes).sum()
+    }
 }
 
 /// The token being planned.

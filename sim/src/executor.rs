@@ -458,16 +458,9 @@ impl<'a, B: Backend> Pipeline<'a, B> {
         if cfg.io_queue_depth == 0 {
             return Err(SimError::Plan("io_queue_depth must be at least 1".into()));
         }
-        let listed: u64 = setup.resident.iter().map(|e| e.bytes).sum();
-        if listed != setup.resident_weight_bytes {
-            return Err(SimError::Plan(format!(
-                "the policy keeps {} B resident but lists {listed} B of resident extents",
-                setup.resident_weight_bytes
-            )));
-        }
         let kv_bytes_per_token = ctx.shape.kv_bytes_per_token(ctx.kv_bytes_per_value);
         let mut dram = Dram::new(ctx.dram_budget_bytes, dram_bus_bytes_per_s);
-        dram.alloc(setup.resident_weight_bytes)?;
+        dram.alloc(setup.resident_weight_bytes())?;
         dram.alloc(setup.reserved_bytes)?;
         dram.alloc(kv_bytes_per_token * ctx.prompt_tokens as u64)?;
         let tokens = token_ids.len();
@@ -505,7 +498,7 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             stats: Vec::with_capacity(tokens),
             masks: Vec::new(),
             activity: Vec::new(),
-            resident_weight_bytes: setup.resident_weight_bytes,
+            resident_weight_bytes: setup.resident_weight_bytes(),
         })
     }
 

@@ -1182,13 +1182,12 @@ impl Backend for Real {
     ) -> Result<(Ps, Option<Ps>), SimError> {
         if let Some(seen) = &mut self.seen {
             // No kernel runs now (ops are a chain) and reads land here only from this thread.
-            let image = self.image.as_slice();
-            for e in &op.weights {
+            for &e in &op.weights {
+                self.image
+                    .check(e)
+                    .map_err(|err| SimError::Plan(format!("op {j}: {err}")))?;
                 let r = e.offset as usize..e.end() as usize;
-                if e.end() > image.len() as u64 {
-                    return Err(SimError::Plan(format!("op {j} lists {e:?}, beyond DRAM")));
-                }
-                seen[r.clone()].copy_from_slice(&image[r]);
+                seen[r.clone()].copy_from_slice(&self.image.as_slice()[r]);
             }
         }
         self.jobs_op

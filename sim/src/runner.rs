@@ -168,7 +168,6 @@ impl<'a> RunParts<'a> {
         self,
         weights: &std::path::Path,
         verify: bool,
-        resident: &[flashsim_policies::Extent],
         copy_bytes: Option<u64>,
     ) -> anyhow::Result<crate::executor::Pipeline<'a, crate::real::Real>> {
         let units = self.device.units.iter().map(|u| u.name.clone()).collect();
@@ -180,8 +179,12 @@ impl<'a> RunParts<'a> {
             verify,
             crate::real::Memory::Weights { copy_bytes },
         )?;
-        for &e in resident {
-            backend.load(e)?;
+        // Verifying, the resident weights are loaded first, so that what DRAM holds is
+        // complete; timed, the kernels load them at first use (the warm-up tokens).
+        if verify {
+            for &e in &self.setup.resident {
+                backend.load(e)?;
+            }
         }
         Ok(crate::executor::Pipeline::new(
             self.policy,
@@ -226,16 +229,9 @@ impl Prepared {
         copy_bytes: Option<u64>,
     ) -> anyhow::Result<RealRun> {
         use std::sync::atomic::Ordering;
-        // Verifying, the resident weights are loaded first, so that what DRAM holds is
-        // complete; timed, the kernels load them at first use (the warm-up tokens).
-        let resident = if verify {
-            self.setup.resident.clone()
-        } else {
-            Vec::new()
-        };
         let mut pipe = self
             .run_parts(false, false, true)
-            .real_pipeline(weights, verify, &resident, copy_bytes)?;
+            .real_pipeline(weights, verify, copy_bytes)?;
         let (events, end) = drive_real(&mut pipe, |_| Ok(()))?;
         let reads = std::mem::take(&mut pipe.backend_mut().reads);
         let held_peak_bytes = pipe.backend().held_bytes().map(|(_, peak)| peak);
@@ -273,10 +269,9 @@ impl Prepared {
         let reference = self.quality.clone().ok_or_else(|| {
             anyhow::anyhow!("checking logits needs the checkpoint the trace was recorded from")
         })?;
-        let resident = self.setup.resident.clone();
         let r = self.run_parts(false, true, true);
         let (layout, shape, ids) = (r.ctx.layout, r.ctx.shape, r.ids.clone());
-        let mut pipe = r.real_pipeline(weights, true, &resident, None)?;
+        let mut pipe = r.real_pipeline(weights, true, None)?;
         let mut reference_model = flashsim_workloads::model::Model::new((*reference).clone());
         let mut real_model = flashsim_workloads::model::Model::new((*reference).clone());
         let mut diffs = Vec::new();
@@ -542,7 +537,7 @@ pub fn prepare(
     let setup = pol
         .setup(&ctx)
         .map_err(|e| src.invalid("dram_budget_gib", e.to_string()))?;
-    let needed = setup.resident_weight_bytes
+    let needed = setup.resident_weight_bytes()
         + setup.peak_buffer_bytes
         + setup.reserved_bytes
         + kv_cache_bytes;
@@ -553,7 +548,7 @@ pub fn prepare(
                 "{} GiB is smaller than what policy `{}` needs: resident weights {:.3} GiB + streaming buffers and caches {:.3} GiB + KV cache {:.3} GiB = {:.3} GiB",
                 c.dram_budget_gib,
                 entry.name,
-                setup.resident_weight_bytes as f64 / GIB,
+                setup.resident_weight_bytes() as f64 / GIB,
                 (setup.peak_buffer_bytes + setup.reserved_bytes) as f64 / GIB,
                 kv_cache_bytes as f64 / GIB,
                 needed as f64 / GIB

@@ -239,7 +239,7 @@ pub(crate) fn slots(file_bytes: u64, size: u64) -> Result<u64> {
 }
 
 /// The threads this machine runs at once.
-fn hardware_threads() -> usize {
+pub(crate) fn hardware_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

@@ -443,7 +443,11 @@ fn run(cli: Cli) -> Result<()> {
                 file_gib,
                 probe_seconds,
             };
-            let (rows, path) = flashsim::validate::run(&exp, &o, &mut |l| eprintln!("{l}"))?;
+            let flashsim::validate::Validation {
+                rows,
+                path,
+                efficiency,
+            } = flashsim::validate::run(&exp, &o, &mut |l| eprintln!("{l}"))?;
             println!(
                 "{:>5}  {:<16} {:>7}  {:<10} {:<14} {:<5} {:>12} {:>12} {:>8}",
                 "point",
@@ -470,9 +474,13 @@ fn run(cli: Cli) -> Result<()> {
                     r.diff_pct()
                 );
             }
+            for e in &efficiency {
+                println!("{}", e.line());
+            }
             let dir = path.parent().expect("results dir").to_path_buf();
             let plots = plots::draw_validation(&rows, &dir.join("validate"))?;
             println!("{}", path.display());
+            println!("{}", dir.join("efficiency.csv").display());
             for p in plots {
                 println!("{}", p.display());
             }

@@ -392,6 +392,10 @@ enum Job {
     Read(ReadJob),
     Op {
         j: u32,
+        /// The token the op belongs to and whether reads were in flight as it started (for
+        /// [`KernelTime`]).
+        token: u32,
+        reads_beside: bool,
         flops: u64,
         bytes: u64,
         weights: Vec<Extent>,
@@ -399,11 +403,27 @@ enum Job {
 }
 
 /// What the compute thread has done with DRAM, in bytes: the op weights its kernels computed
-/// on (one pass each), and the resident weight pages it loaded because no read had.
+/// on (one pass each), and the resident weight pages it loaded because no read had; and how
+/// long each op's kernel took.
 #[derive(Debug, Default)]
 pub struct KernelBytes {
     pub computed: std::sync::atomic::AtomicU64,
     pub loaded: std::sync::atomic::AtomicU64,
+    pub times: Mutex<Vec<KernelTime>>,
+}
+
+/// One op's kernel as it ran: the bytes it streamed (its weights where they sit in DRAM, each
+/// piece as the op listed it, and the rest of its bytes; every pass), in how many pieces, and
+/// its wall-clock time from the first multiply to the last (not the loads of resident pages
+/// before it, nor the hand-off to and from the compute thread).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KernelTime {
+    pub token: u32,
+    /// Reads were in flight as the op started (the simulator's `reads_beside`).
+    pub reads_beside: bool,
+    pub bytes: u64,
+    pub pieces: usize,
+    pub seconds: f64,
 }
 
 /// The DRAM the compute thread works in, the file it loads resident pages from (when `load`),
@@ -447,6 +467,8 @@ pub struct Real {
     copy_bytes: u64,
     copies: u64,
     base: u64,
+    /// The token under way.
+    token: u32,
 }
 
 /// The DRAM a [`Real`] backend's reads land in.
@@ -555,6 +577,7 @@ impl Real {
             copy_bytes,
             copies: file_bytes / copy_bytes,
             base: 0,
+            token: 0,
         })
     }
 
@@ -875,8 +898,8 @@ unsafe impl Sync for Piece {}
 /// bytes), repeated until the op's `flops` are done, split over rayon's threads in tasks of
 /// about 64 Ki weights (many small columns make one task). The weights are read as i16
 /// (converted to f32 in registers, as a dequantizing kernel does), so the pass runs at memory
-/// speed.
-fn kernel(pieces: &[Piece], flops: u64) {
+/// speed. Returns the bytes it streamed (the pieces', once per pass).
+fn kernel(pieces: &[Piece], flops: u64) -> u64 {
     const TASK: usize = 1 << 16;
     let mut split = Vec::with_capacity(pieces.len());
     for &Piece(p, n) in pieces {
@@ -930,6 +953,7 @@ fn kernel(pieces: &[Piece], flops: u64) {
         })
         .sum();
     std::hint::black_box(s);
+    2 * n * passes
 }
 
 /// The weights the op kernel streams, kept for the whole process, so that each new backend
@@ -949,6 +973,8 @@ fn spawn_op_worker(
     std::thread::spawn(move || -> Result<()> {
         while let Ok(Job::Op {
             j,
+            token,
+            reads_beside,
             flops,
             bytes,
             weights,
@@ -984,8 +1010,23 @@ fn spawn_op_worker(
                 }
                 pieces.push(Piece(arena.as_ptr(), rest));
             }
-            kernel(&pieces, flops);
+            let t = Instant::now();
+            let streamed = kernel(&pieces, flops);
+            let seconds = t.elapsed().as_secs_f64();
             drop(arena);
+            if let Some(m) = &mem {
+                m.counters
+                    .times
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(KernelTime {
+                        token,
+                        reads_beside,
+                        bytes: streamed,
+                        pieces: pieces.len(),
+                        seconds,
+                    });
+            }
             if done
                 .send((Ev::OpDone { op: j }, Instant::now(), None))
                 .is_err()
@@ -1012,6 +1053,8 @@ pub fn op_seconds(bytes: u64, seconds: f64) -> Result<f64> {
         op_tx
             .send(Job::Op {
                 j,
+                token: 0,
+                reads_beside: false,
                 flops: bytes,
                 bytes,
                 weights: Vec::new(),
@@ -1138,6 +1181,7 @@ impl Backend for Real {
         self.units.iter().position(|u| u == name)
     }
     fn begin_token(&mut self, token: u32) {
+        self.token = token;
         self.base = token as u64 % self.copies * self.copy_bytes;
         if let Some(seen) = &mut self.seen {
             seen.fill(0);
@@ -1177,7 +1221,7 @@ impl Backend for Real {
         j: u32,
         op: &Op,
         _unit: usize,
-        _reads_beside: bool,
+        reads_beside: bool,
         _dram: &mut Dram,
     ) -> Result<(Ps, Option<Ps>), SimError> {
         if let Some(seen) = &mut self.seen {
@@ -1195,6 +1239,8 @@ impl Backend for Real {
             .ok_or_else(stopped)?
             .send(Job::Op {
                 j,
+                token: self.token,
+                reads_beside,
                 flops: op.flops,
                 bytes: op.dram_bytes,
                 weights: op.weights.clone(),
@@ -1456,6 +1502,20 @@ mod tests {
         assert!(h.let_go(ext(15, 1)).is_err());
         assert!(h.hold(ext(95, 10)).is_err());
         assert_eq!(h.bytes(), (5, 40));
+    }
+
+    #[test]
+    fn the_kernel_streams_every_piece_once_per_pass_its_flops_need() {
+        let a = vec![1i16; 1000];
+        let b = [2i16; 24];
+        use crate::real::{kernel, Piece};
+        let pieces = [Piece(a.as_ptr(), 1000), Piece(b.as_ptr(), 24)];
+        // One multiply-add (2 FLOPs) per weight: 2048 FLOPs is one pass of 1024 weights.
+        assert_eq!(kernel(&pieces, 2048), 2048);
+        // Three passes' worth, and a partial fourth, round up to four passes.
+        assert_eq!(kernel(&pieces, 3 * 2048 + 2), 4 * 2048);
+        // Fewer FLOPs than weights: still one pass over every weight.
+        assert_eq!(kernel(&pieces[1..], 2), 48);
     }
 
     #[test]

@@ -213,6 +213,8 @@ pub struct RealRun {
     /// (resident weights, loaded first in such a run, buffers, retained reads and cache
     /// fills, each byte once).
     pub held_peak_bytes: Option<u64>,
+    /// Each op's kernel, in the order they ran.
+    pub kernels: Vec<crate::real::KernelTime>,
 }
 
 impl Prepared {
@@ -241,6 +243,7 @@ impl Prepared {
             k.computed.load(Ordering::Relaxed),
             k.loaded.load(Ordering::Relaxed),
         );
+        let kernels = std::mem::take(&mut *k.times.lock().unwrap_or_else(|e| e.into_inner()));
         let (stats, _) = pipe.finish(events, end)?;
         Ok(RealRun {
             stats,
@@ -248,6 +251,7 @@ impl Prepared {
             computed_bytes,
             loaded_bytes,
             held_peak_bytes,
+            kernels,
         })
     }
 }

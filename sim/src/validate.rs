@@ -66,11 +66,23 @@ pub struct Probe {
     pub sequential: (u32, f64),
     /// Mean seconds of the backend's [`BESIDE_READS_OP_BYTES`] op.
     pub op_seconds: f64,
+    /// Bytes/s of calibrate's DRAM read pass with every hardware thread (the device file's
+    /// `[dram]` figure, measured again).
+    pub dram_read: f64,
+}
+
+/// What the probes read into and DRAM bandwidth is measured on, kept for a whole validation.
+pub struct ProbeMemory {
+    /// Where the probes' reads land ([`crate::calibrate::measurement_dram`]).
+    pub dram: Arc<Image>,
+    /// Calibrate's DRAM read pass buffer ([`crate::calibrate::rate_buffer`]).
+    pub rates: Vec<u64>,
 }
 
 /// The DRAM the probes of `weights` read into ([`probe`]): one mapping for a whole validation,
-/// as calibrate measures ([`crate::calibrate::measurement_dram`]).
-pub fn probe_dram(weights: &Path, progress: &mut dyn FnMut(&str)) -> Result<Arc<Image>> {
+/// as calibrate measures ([`crate::calibrate::measurement_dram`]), and the buffer of its DRAM
+/// read pass.
+pub fn probe_memory(weights: &Path, progress: &mut dyn FnMut(&str)) -> Result<ProbeMemory> {
     let file_bytes = std::fs::metadata(weights)?.len();
     if file_bytes < 4 * SEQUENTIAL_BYTES {
         bail!(
@@ -79,19 +91,23 @@ pub fn probe_dram(weights: &Path, progress: &mut dyn FnMut(&str)) -> Result<Arc<
             weights.display()
         );
     }
-    crate::calibrate::measurement_dram(file_bytes, SEQUENTIAL_BYTES, progress)
+    Ok(ProbeMemory {
+        dram: crate::calibrate::measurement_dram(file_bytes, SEQUENTIAL_BYTES, progress)?,
+        rates: crate::calibrate::rate_buffer(),
+    })
 }
 
 /// Re-measures the cells a [`Probe`] holds on `weights` (reads at depth `qd`, `seconds` each,
-/// landing in `dram`, from [`probe_dram`]).
+/// landing in `mem`'s DRAM, from [`probe_memory`]).
 pub fn probe(
     weights: &Path,
     engine: Engine,
     qd: u32,
     seconds: f64,
     seed: u64,
-    dram: &Arc<Image>,
+    mem: &ProbeMemory,
 ) -> Result<Probe> {
+    let dram = &mem.dram;
     let measure = |size: u64, in_order: bool| -> Result<f64> {
         let pattern = ReadPattern { size, qd, in_order };
         let (secs, lat) =
@@ -104,10 +120,14 @@ pub fn probe(
     }
     let sequential = (qd, measure(SEQUENTIAL_BYTES, true)?);
     let op_seconds = crate::real::op_seconds(BESIDE_READS_OP_BYTES, seconds)?;
+    let threads = crate::calibrate::hardware_threads();
+    let dram_read =
+        crate::calibrate::measure_rates(&mem.rates, threads, seconds).dram_read_gb_per_s * 1e9;
     Ok(Probe {
         random,
         sequential,
         op_seconds,
+        dram_read,
     })
 }
 
@@ -126,6 +146,7 @@ pub fn pool(probes: &[&Probe]) -> Probe {
             .collect(),
         sequential: (first.sequential.0, mean(&|p| p.sequential.1)),
         op_seconds: mean(&|p| p.op_seconds),
+        dram_read: mean(&|p| p.dram_read),
     }
 }
 
@@ -267,11 +288,7 @@ pub fn compare(
 /// reads the next copy, so that what a run reads spans more than a cache outside this machine
 /// could hold (a virtual disk's host may cache a file read again and again), as calibrate's
 /// test file does.
-pub fn run(
-    exp: &Experiment,
-    o: &Options,
-    progress: &mut dyn FnMut(&str),
-) -> Result<(Vec<Row>, PathBuf)> {
+pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Validation> {
     let Options {
         ref weights_dir,
         ref out_dir,
@@ -330,6 +347,8 @@ pub fn run(
         reads: usize,
         bytes: u64,
         busy: u64,
+        /// Kernels after warm-up, every round, without and with reads in flight.
+        kernel: [KernelSum; 2],
     }
     let mut pending = Vec::new();
     for point in &exp.points {
@@ -348,6 +367,7 @@ pub fn run(
                 reads: 0,
                 bytes: 0,
                 busy: 0,
+                kernel: Default::default(),
             }),
             Err(e) => match runner::infeasible(&e) {
                 Some(why) => progress(&format!(
@@ -362,7 +382,7 @@ pub fn run(
     // One mapping for every probe: the backend's own DRAM is one copy of the weights, so both
     // fit beside each other (mapping it anew for each probe took ~20 s on this project's VM).
     let probe_mem = if probe_seconds > 0.0 {
-        Some(probe_dram(&weights, progress)?)
+        Some(probe_memory(&weights, progress)?)
     } else {
         None
     };
@@ -395,6 +415,14 @@ pub fn run(
                 .with_context(|| format!("point {} on the real backend", p.point.index))?;
             let (real, r) = (run.stats, run.reads);
             let toks = after_warmup(&real, p.point.config.warmup_tokens as usize);
+            let first = real.tokens.len() - toks.len();
+            for k in run.kernels.iter().filter(|k| k.token as usize >= first) {
+                let sum = &mut p.kernel[k.reads_beside as usize];
+                sum.bytes += k.bytes;
+                sum.seconds += k.seconds;
+                sum.pieces += k.pieces;
+                sum.ops += 1;
+            }
             p.run_means
                 .push(toks.iter().map(|t| ms(t.wall)).sum::<f64>() / toks.len() as f64);
             p.bytes += toks.iter().map(|t| t.read_bytes).sum::<u64>();
@@ -476,6 +504,45 @@ pub fn run(
         ));
         rows.extend(r);
     }
+    let mut efficiency = Vec::new();
+    for p in &pending {
+        let c = &p.point.config;
+        let dpath = crate::paths::resolve(&exp.src, "device", "devices", &c.device)?;
+        let device = Device::load(&dpath)?;
+        let sequential_calibrated = match measured_table(&dpath) {
+            Ok((_, t)) => Some(
+                t.sequential_bytes_per_s(c.io_queue_depth)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", dpath.display()))?,
+            ),
+            Err(_) => None,
+        };
+        let mine: Vec<&Probe> = probes
+            .iter()
+            .filter(|(_, i, _)| *i == p.point.index)
+            .map(|(_, _, m)| m)
+            .collect();
+        let pooled = (!mine.is_empty()).then(|| pool(&mine));
+        let [alone, beside] = p.kernel;
+        let all = alone.plus(&beside);
+        let e = Efficiency {
+            point: p.point.index,
+            policy: c.policy.clone(),
+            dram_budget_gib: c.dram_budget_gib,
+            queue_depth: c.io_queue_depth,
+            read_bytes_per_s: p.bytes as f64 / (p.busy.max(1) as f64 * 1e-12),
+            sequential_calibrated,
+            sequential_probed: pooled.as_ref().map(|m| m.sequential.1),
+            kernel_bytes_per_s: all.bytes_per_s().unwrap_or(0.0),
+            kernel_alone_bytes_per_s: alone.bytes_per_s(),
+            kernel_beside_bytes_per_s: beside.bytes_per_s(),
+            kernel_ops: (alone.ops, beside.ops),
+            mean_piece_bytes: all.bytes as f64 / all.pieces.max(1) as f64,
+            dram_calibrated: device.dram_bus_bytes_per_s as f64,
+            dram_probed: pooled.as_ref().map(|m| m.dram_read),
+        };
+        progress(&e.line());
+        efficiency.push(e);
+    }
     if !keep_weights {
         std::fs::remove_file(&weights).ok();
     }
@@ -483,10 +550,166 @@ pub fn run(
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("validate.csv");
     write_csv(&path, &rows)?;
+    write_efficiency(&dir.join("efficiency.csv"), &efficiency)?;
     if !probes.is_empty() {
         write_probes(&dir.join("probes.csv"), exp, &probes)?;
     }
-    Ok((rows, path))
+    Ok(Validation {
+        rows,
+        path,
+        efficiency,
+    })
+}
+
+/// Kernels' work added up (see [`crate::real::KernelTime`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct KernelSum {
+    bytes: u64,
+    seconds: f64,
+    pieces: usize,
+    ops: usize,
+}
+
+impl KernelSum {
+    fn plus(&self, o: &KernelSum) -> KernelSum {
+        KernelSum {
+            bytes: self.bytes + o.bytes,
+            seconds: self.seconds + o.seconds,
+            pieces: self.pieces + o.pieces,
+            ops: self.ops + o.ops,
+        }
+    }
+    fn bytes_per_s(&self) -> Option<f64> {
+        (self.ops > 0 && self.seconds > 0.0).then(|| self.bytes as f64 / self.seconds)
+    }
+}
+
+/// What [`run`] found and wrote.
+#[derive(Debug)]
+pub struct Validation {
+    /// Simulated against measured, per point, device, metric and statistic.
+    pub rows: Vec<Row>,
+    /// `validate.csv`.
+    pub path: PathBuf,
+    /// The real backend against the machine's own figures, per point (`efficiency.csv`).
+    pub efficiency: Vec<Efficiency>,
+}
+
+/// How close one point's real runs came to what the machine can do (tokens after warm-up, all
+/// rounds): its reads against 1 MiB reads in file order at its queue depth (the streaming
+/// target: dense streaming should reach 85% of it), and its kernels, on the bytes they
+/// touched, against calibrate's DRAM read pass (the sparse kernels' target: 70%). Each against
+/// the device file's figure and, with probes, the same figure measured in the rounds.
+#[derive(Debug, Clone)]
+pub struct Efficiency {
+    pub point: usize,
+    pub policy: String,
+    pub dram_budget_gib: f64,
+    pub queue_depth: u32,
+    /// Bytes read over the time at least one read was in flight.
+    pub read_bytes_per_s: f64,
+    /// The device file's 1 MiB reads in file order at `queue_depth`, bytes/s (none for a
+    /// preset without a measured table).
+    pub sequential_calibrated: Option<f64>,
+    /// The probes' 1 MiB reads in file order before this point's runs, pooled.
+    pub sequential_probed: Option<f64>,
+    /// Bytes the kernels streamed (op weights where the reads put them, and the rest of each
+    /// op's bytes) over the kernels' own time; of the kernels that started with no read in
+    /// flight, and of those that started beside reads (the readers and the disk's interrupts
+    /// share the CPU with them).
+    pub kernel_bytes_per_s: f64,
+    pub kernel_alone_bytes_per_s: Option<f64>,
+    pub kernel_beside_bytes_per_s: Option<f64>,
+    /// Kernels timed: (alone, beside reads).
+    pub kernel_ops: (usize, usize),
+    /// Bytes per piece a kernel streamed (a row, column, bundle or channel run as listed).
+    pub mean_piece_bytes: f64,
+    /// The device file's DRAM bandwidth and the probes' DRAM read pass (pooled), bytes/s.
+    pub dram_calibrated: f64,
+    pub dram_probed: Option<f64>,
+}
+
+impl Efficiency {
+    /// One line for the log.
+    pub fn line(&self) -> String {
+        let pct = |x: f64, of: Option<f64>| match of {
+            Some(v) => format!("{:.1}%", x / v * 100.0),
+            None => "-".into(),
+        };
+        let gb = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.3}", v / 1e9));
+        format!(
+            "efficiency, point {} {} {} GiB: reads {:.3} GB/s while reading = {} of the \
+             calibrated 1 MiB file-order figure at QD {} ({} GB/s), {} of the probed ({}); \
+             kernels {:.2} GB/s on the bytes they touched ({:.1} KiB per piece) = {} of the \
+             calibrated DRAM read ({:.2} GB/s), {} of the probed ({}); alone ({} ops) {} GB/s = \
+             {} of the probed, beside reads ({} ops) {} GB/s = {} of the probed",
+            self.point,
+            self.policy,
+            self.dram_budget_gib,
+            self.read_bytes_per_s / 1e9,
+            pct(self.read_bytes_per_s, self.sequential_calibrated),
+            self.queue_depth,
+            gb(self.sequential_calibrated),
+            pct(self.read_bytes_per_s, self.sequential_probed),
+            gb(self.sequential_probed),
+            self.kernel_bytes_per_s / 1e9,
+            self.mean_piece_bytes / 1024.0,
+            pct(self.kernel_bytes_per_s, Some(self.dram_calibrated)),
+            self.dram_calibrated / 1e9,
+            pct(self.kernel_bytes_per_s, self.dram_probed),
+            gb(self.dram_probed),
+            self.kernel_ops.0,
+            gb(self.kernel_alone_bytes_per_s),
+            self.kernel_alone_bytes_per_s
+                .map_or("-".into(), |k| pct(k, self.dram_probed)),
+            self.kernel_ops.1,
+            gb(self.kernel_beside_bytes_per_s),
+            self.kernel_beside_bytes_per_s
+                .map_or("-".into(), |k| pct(k, self.dram_probed)),
+        )
+    }
+}
+
+/// Writes `efficiency.csv` (GB/s and percent; empty where a figure is missing).
+fn write_efficiency(path: &Path, rows: &[Efficiency]) -> Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    writeln!(
+        f,
+        "point,policy,dram_budget_gib,queue_depth,read_gb_per_s,sequential_calibrated_gb_per_s,\
+         sequential_probed_gb_per_s,read_pct_of_calibrated,read_pct_of_probed,kernel_gb_per_s,\
+         mean_piece_kib,dram_calibrated_gb_per_s,dram_probed_gb_per_s,kernel_pct_of_calibrated,\
+         kernel_pct_of_probed,kernel_alone_ops,kernel_alone_gb_per_s,kernel_beside_ops,\
+         kernel_beside_gb_per_s"
+    )?;
+    let gb = |v: Option<f64>| v.map_or(String::new(), |v| format!("{:.6}", v / 1e9));
+    let pct =
+        |x: f64, of: Option<f64>| of.map_or(String::new(), |v| format!("{:.2}", x / v * 100.0));
+    for e in rows {
+        writeln!(
+            f,
+            "{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{}",
+            e.point,
+            e.policy,
+            e.dram_budget_gib,
+            e.queue_depth,
+            gb(Some(e.read_bytes_per_s)),
+            gb(e.sequential_calibrated),
+            gb(e.sequential_probed),
+            pct(e.read_bytes_per_s, e.sequential_calibrated),
+            pct(e.read_bytes_per_s, e.sequential_probed),
+            gb(Some(e.kernel_bytes_per_s)),
+            e.mean_piece_bytes / 1024.0,
+            gb(Some(e.dram_calibrated)),
+            gb(e.dram_probed),
+            pct(e.kernel_bytes_per_s, Some(e.dram_calibrated)),
+            pct(e.kernel_bytes_per_s, e.dram_probed),
+            e.kernel_ops.0,
+            gb(e.kernel_alone_bytes_per_s),
+            e.kernel_ops.1,
+            gb(e.kernel_beside_bytes_per_s),
+        )?;
+    }
+    Ok(())
 }
 
 /// Writes what each probe measured, one row per real run (`probes.csv`).
@@ -498,7 +721,7 @@ fn write_probes(path: &Path, exp: &Experiment, probes: &[(usize, usize, Probe)])
     }
     writeln!(
         f,
-        "{head},sequential_{}_kib_gb_per_s,op_{}_mib_us",
+        "{head},sequential_{}_kib_gb_per_s,op_{}_mib_us,dram_read_gb_per_s",
         SEQUENTIAL_BYTES >> 10,
         BESIDE_READS_OP_BYTES >> 20
     )?;
@@ -516,9 +739,10 @@ fn write_probes(path: &Path, exp: &Experiment, probes: &[(usize, usize, Probe)])
         }
         writeln!(
             f,
-            "{line},{:.6},{:.1}",
+            "{line},{:.6},{:.1},{:.3}",
             p.sequential.1 / 1e9,
-            p.op_seconds * 1e6
+            p.op_seconds * 1e6,
+            p.dram_read / 1e9
         )?;
     }
     Ok(())
@@ -645,16 +869,19 @@ mod tests {
             random: vec![(16 << 10, 8, 0.2e9), (1 << 20, 8, 1.0e9)],
             sequential: (8, 1.0e9),
             op_seconds: 0.004,
+            dram_read: 20e9,
         };
         let b = Probe {
             random: vec![(16 << 10, 8, 0.4e9), (1 << 20, 8, 2.0e9)],
             sequential: (8, 2.0e9),
             op_seconds: 0.002,
+            dram_read: 30e9,
         };
         let p = pool(&[&a, &b]);
         assert_eq!(p.random, vec![(16 << 10, 8, 0.3e9), (1 << 20, 8, 1.5e9)]);
         assert_eq!(p.sequential, (8, 1.5e9));
         assert!((p.op_seconds - 0.003).abs() < 1e-15);
+        assert_eq!(p.dram_read, 25e9);
         assert_eq!(pool(&[&a]), a);
     }
 
@@ -668,6 +895,7 @@ mod tests {
             random: vec![(16 << 10, 8, 0.2e9), (1 << 20, 8, 1.0e9)],
             sequential: (8, 1.1e9),
             op_seconds: 0.005,
+            dram_read: 25e9,
         };
         let probed = probed_device(&path, &probe).unwrap();
         // The 64 MiB op takes what the probe timed (to the picosecond's rounding of the rate).

@@ -84,9 +84,15 @@ fn check_reads(engine: &str) {
         let copy = real_p.layout.file_bytes.div_ceil(4096) * 4096;
         let file_bytes = write_weight_file(&weights, 3 * copy, 11).unwrap();
         let file = std::fs::File::open(&weights).unwrap();
-        let (real, reads, computed, held_peak) =
+        let (real, reads, computed, held_peak, kernels) =
             match real_p.execute_real(&weights, true, Some(copy)) {
-                Ok(r) => (r.stats, r.reads, r.computed_bytes, r.held_peak_bytes),
+                Ok(r) => (
+                    r.stats,
+                    r.reads,
+                    r.computed_bytes,
+                    r.held_peak_bytes,
+                    r.kernels,
+                ),
                 // Completions arrive in another order than simulated, so buffers can overlap more:
                 // at the tight budget a point the simulation fits may not fit for real (an error,
                 // never an overrun).
@@ -156,6 +162,25 @@ fn check_reads(engine: &str) {
         // the policy's resident weights may be (each tensor's run of pages, at most two pages
         // beyond its bytes).
         assert!(computed > 0, "{what}");
+        // Each op's kernel was timed, in token order, every token; together they streamed at
+        // least the listed weights (an odd byte at a weight run's start or end is skipped).
+        assert!(
+            kernels.windows(2).all(|w| w[0].token <= w[1].token),
+            "{what}"
+        );
+        for t in 0..real.tokens.len() as u32 {
+            assert!(kernels.iter().any(|k| k.token == t), "{what}: token {t}");
+        }
+        assert!(
+            kernels.iter().all(|k| k.seconds > 0.0 && k.pieces > 0),
+            "{what}"
+        );
+        let streamed: u64 = kernels.iter().map(|k| k.bytes).sum();
+        let pieces: usize = kernels.iter().map(|k| k.pieces).sum();
+        assert!(
+            streamed + 2 * pieces as u64 >= computed,
+            "{what}: {streamed} < {computed}"
+        );
         // A fresh policy: its cache starts empty, as in the run above.
         let mut timed_p = runner::prepare(&exp, point, &mut cache).unwrap();
         match timed_p.execute_real(&weights, false, None) {
@@ -185,7 +210,7 @@ fn validate_twice(
     text: &str,
     file_gib: f64,
     probe_seconds: f64,
-) -> (Vec<flashsim::validate::Row>, PathBuf) {
+) -> flashsim::validate::Validation {
     let path = dir.join("v.toml");
     std::fs::write(&path, text).unwrap();
     let exp = Experiment::load(&path).unwrap();
@@ -214,7 +239,24 @@ fn validate_writes_simulated_against_measured() {
             "dram_budget_gib = [0.0008, 0.004]",
             "dram_budget_gib = [0.0001, 0.002]",
         );
-    let (rows, csv) = validate_twice(tmp.path(), &text, 0.0, 0.0);
+    let flashsim::validate::Validation {
+        rows,
+        path: csv,
+        efficiency,
+    } = validate_twice(tmp.path(), &text, 0.0, 0.0);
+    // Without probes, each point's efficiency is against the device file alone (a preset:
+    // no measured sequential figure).
+    assert_eq!(efficiency.len(), 2);
+    for e in &efficiency {
+        assert!(
+            e.read_bytes_per_s > 0.0 && e.kernel_bytes_per_s > 0.0,
+            "{e:?}"
+        );
+        assert!(e.kernel_ops.0 + e.kernel_ops.1 > 0, "{e:?}");
+        assert!(e.mean_piece_bytes > 0.0, "{e:?}");
+        assert_eq!((e.sequential_probed, e.dram_probed), (None, None), "{e:?}");
+        assert_eq!(e.sequential_calibrated, None, "{e:?}");
+    }
     // Two points, 4 metrics, ms/token with mean/P50/P90/P99: 7 rows each.
     assert_eq!(rows.len(), 14);
     assert!(rows
@@ -255,7 +297,34 @@ fn validate_probes_the_machine_before_each_run_and_simulates_on_what_it_found() 
         .collect::<Vec<_>>()
         .join("\n");
     // 16 MiB of copies: room for 1 MiB probe reads at random offsets.
-    let (rows, csv) = validate_twice(tmp.path(), &text, 1.0 / 64.0, 0.05);
+    let flashsim::validate::Validation {
+        rows,
+        path: csv,
+        efficiency,
+    } = validate_twice(tmp.path(), &text, 1.0 / 64.0, 0.05);
+    // Each point's reads and kernels against the calibrated figures and the probed ones.
+    assert_eq!(efficiency.len(), 2);
+    for e in &efficiency {
+        let seq = e.sequential_calibrated.expect("a calibrated device file");
+        assert!(seq > 0.0 && e.sequential_probed.unwrap() > 0.0, "{e:?}");
+        assert!(
+            e.dram_calibrated > 0.0 && e.dram_probed.unwrap() > 0.0,
+            "{e:?}"
+        );
+        assert!(
+            e.read_bytes_per_s > 0.0 && e.kernel_bytes_per_s > 0.0,
+            "{e:?}"
+        );
+    }
+    let eff = std::fs::read_to_string(csv.with_file_name("efficiency.csv")).unwrap();
+    assert_eq!(eff.lines().count(), 3, "{eff}");
+    // Every figure present but, where every kernel ran alone or every one beside reads, the
+    // other side's rate.
+    for l in eff.lines().skip(1) {
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!(f.len(), 19, "{l}");
+        assert!(f[..16].iter().all(|v| !v.is_empty()), "{l}");
+    }
     // Two points, 7 rows each, for the calibrated device file and for the probed device.
     let count = |d: &str| rows.iter().filter(|r| r.device == d).count();
     assert_eq!((count("calibrated"), count("probed")), (14, 14));
@@ -277,7 +346,7 @@ fn validate_probes_the_machine_before_each_run_and_simulates_on_what_it_found() 
     assert!(lines[0].starts_with("round,point,policy,dram_budget_gib,queue_depth,random_16_kib"));
     for l in &lines[1..] {
         let f: Vec<f64> = l.split(',').skip(5).map(|v| v.parse().unwrap()).collect();
-        assert_eq!(f.len(), 5, "{l}");
+        assert_eq!(f.len(), 6, "{l}");
         assert!(f.iter().all(|&v| v > 0.0), "{l}");
     }
 }

@@ -22,6 +22,11 @@
 //! device as it was in each round, the simulated tokens pooled over the rounds as the measured
 //! ones are). The probed comparison checks the
 //! model given the hardware's state; the calibrated one also checks that the state held.
+//!
+//! Efficiency (`efficiency.csv`): per point, what the real backend's reads delivered while
+//! reading against 1 MiB reads in file order at its queue depth, and what its kernels streamed
+//! on the bytes they touched against the DRAM read pass: each against the device file's figure
+//! and the probes' (see [`Efficiency`]).
 
 use crate::calibrate::{quantile, Engine, BESIDE_READS_OP_BYTES};
 use crate::device::Device;

@@ -355,6 +355,8 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
         /// Kernels after warm-up, every round, without and with reads in flight.
         kernel: [KernelSum; 2],
     }
+    // Bytes read over the time at least one read was in flight.
+    let read_bytes_per_s = |p: &Pending| p.bytes as f64 / (p.busy.max(1) as f64 * 1e-12);
     let mut pending = Vec::new();
     for point in &exp.points {
         let c = &point.config;
@@ -505,7 +507,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
         progress(&format!(
             "{line}; {} reads per run, {:.3} GB/s while reading",
             p.reads,
-            p.bytes as f64 / (p.busy.max(1) as f64 * 1e-12) / 1e9
+            read_bytes_per_s(p) / 1e9
         ));
         rows.extend(r);
     }
@@ -534,7 +536,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             policy: c.policy.clone(),
             dram_budget_gib: c.dram_budget_gib,
             queue_depth: c.io_queue_depth,
-            read_bytes_per_s: p.bytes as f64 / (p.busy.max(1) as f64 * 1e-12),
+            read_bytes_per_s: read_bytes_per_s(p),
             sequential_calibrated,
             sequential_probed: pooled.as_ref().map(|m| m.sequential.1),
             kernel_bytes_per_s: all.bytes_per_s().unwrap_or(0.0),

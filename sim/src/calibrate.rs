@@ -261,9 +261,15 @@ pub(crate) fn cell_of(size: u64, qd: u32, elapsed: f64, mut lat: Vec<f64>) -> Ce
     }
 }
 
-/// The buffer DRAM bandwidth is read from: 256 MiB, 8x larger than any last-level cache here.
-pub fn rate_buffer() -> Vec<u64> {
-    (0..(256u64 << 20) / 8).collect()
+/// The buffer DRAM bandwidth is read from: 256 MiB, 8x larger than any last-level cache here,
+/// the same kind of DRAM the backend's kernels read ([`crate::real::Mapping`]: huge pages where
+/// the kernel grants them).
+pub fn rate_buffer() -> Result<crate::real::Mapping> {
+    let mut m = crate::real::Mapping::new(256 << 20)?;
+    for (i, w) in m.words_mut().iter_mut().enumerate() {
+        *w = i as u64;
+    }
+    Ok(m)
 }
 
 /// DRAM read bandwidth and f32 GEMV rate with `threads` threads.
@@ -368,6 +374,13 @@ fn environment(o: &Options) -> Vec<(String, String)> {
         ),
         ("threads".into(), threads.to_string()),
         (
+            "transparent huge pages".into(),
+            format!(
+                "{} (the DRAM measured and the backend's ask for them)",
+                transparent_huge_pages()
+            ),
+        ),
+        (
             "test file".into(),
             format!(
                 "{} MiB, O_DIRECT, random aligned offsets",
@@ -395,6 +408,20 @@ fn environment(o: &Options) -> Vec<(String, String)> {
             ),
         ),
     ]
+}
+
+/// The kernel's transparent huge page mode (the bracketed word of
+/// `/sys/kernel/mm/transparent_hugepage/enabled`: `always`, `madvise` or `never`), which decides
+/// whether [`crate::real::Mapping`]'s advice is honoured.
+pub(crate) fn transparent_huge_pages() -> String {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .ok()
+        .and_then(|s| {
+            let a = s.find('[')?;
+            let b = s[a..].find(']')?;
+            Some(s[a + 1..a + b].to_string())
+        })
+        .unwrap_or_else(|| "unknown (no /sys/kernel/mm/transparent_hugepage)".into())
 }
 
 /// A `/proc/meminfo` figure, KiB.
@@ -861,11 +888,11 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         .take_while(|&t| t < max_threads)
         .collect();
     counts.push(max_threads);
-    let buf = rate_buffer();
+    let buf = rate_buffer()?;
     let rates: Vec<Rates> = counts
         .iter()
         .map(|&t| {
-            let r = measure_rates(&buf, t, o.seconds_per_point.max(0.05));
+            let r = measure_rates(buf.words(), t, o.seconds_per_point.max(0.05));
             progress(&format!(
                 "{t} thread(s): DRAM read {:.2} GB/s, f32 GEMV {:.2} GFLOP/s",
                 r.dram_read_gb_per_s, r.gemv_gflops

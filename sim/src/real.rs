@@ -98,8 +98,7 @@ pub fn aligned(e: Extent) -> Extent {
 /// completed), and the only bytes two of them may touch at once are the edges of 4 KiB pages
 /// that two widened reads share, which both fill with the same file bytes.
 pub struct Image {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
+    map: Mapping,
     /// Per 4 KiB page, whether it holds the file's bytes (a read or a load brought them in).
     valid: Vec<std::sync::atomic::AtomicU64>,
 }
@@ -111,26 +110,11 @@ unsafe impl Sync for Image {}
 impl Image {
     /// A zeroed, populated mapping of at least `bytes` (rounded up to [`ALIGN`]).
     pub fn new(bytes: u64) -> Result<Self> {
-        let len = (bytes.max(1).div_ceil(ALIGN as u64) * ALIGN as u64) as usize;
-        // SAFETY: an anonymous private mapping; no file, no address hint.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("mapping {len} B of DRAM for the weights"));
-        }
-        let pages = len / ALIGN;
+        let map = Mapping::new(bytes as usize)
+            .with_context(|| format!("mapping {bytes} B of DRAM for the weights"))?;
+        let pages = map.len / ALIGN;
         Ok(Image {
-            ptr: std::ptr::NonNull::new(p.cast()).expect("mmap returned a non-null address"),
-            len,
+            map,
             valid: (0..pages.div_ceil(64))
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
@@ -138,17 +122,17 @@ impl Image {
     }
 
     fn check(&self, e: Extent) -> Result<()> {
-        if e.offset + e.bytes > self.len as u64 {
-            anyhow::bail!("{e:?} lies beyond DRAM's {} B", self.len);
+        if e.offset + e.bytes > self.map.len as u64 {
+            anyhow::bail!("{e:?} lies beyond DRAM's {} B", self.map.len);
         }
         Ok(())
     }
 
     /// Where byte `offset` of the file sits.
     fn at(&self, offset: u64) -> *mut u8 {
-        debug_assert!(offset <= self.len as u64);
+        debug_assert!(offset <= self.map.len as u64);
         // SAFETY: within the mapping (checked by the callers).
-        unsafe { self.ptr.as_ptr().add(offset as usize) }
+        unsafe { self.map.ptr.as_ptr().add(offset as usize) }
     }
 
     /// The pages `e` touches.
@@ -215,12 +199,113 @@ impl Image {
 
     /// The whole mapping as bytes.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the whole mapping; see the type's comment.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        self.map.bytes()
     }
 }
 
-impl Drop for Image {
+/// Anonymous DRAM, zeroed and populated when made (page faults are not timed), starting on a
+/// 2 MiB boundary and advised for transparent huge pages (`MADV_HUGEPAGE`: honoured where
+/// `/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`, as a runtime that
+/// allocates its weight buffers that way gets them). The kernels gather 8-50 KiB pieces
+/// scattered over hundreds of MiB: with 4 KiB pages each piece is one or more TLB misses. On
+/// this project's VM, alternating both kinds of mapping in one process (12 rounds, medians):
+/// 8 KiB pieces 16 KiB apart 17.1 -> 19.2 GB/s, 8 KiB every 24 KiB 17.8 -> 19.7, 44 KiB every
+/// 110 KiB 22.7 -> 25.2, one contiguous run 25.2 -> 26.1, calibrate's DRAM read pass 25.1 ->
+/// 25.9. The DRAM read pass reads the same kind of mapping ([`crate::calibrate::rate_buffer`]),
+/// so the kernels are measured against the same memory they run on.
+pub struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// Plain memory owned by this value; its users order who writes and reads it (see [`Image`]).
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// The boundary the mapping starts on: one x86-64 huge page.
+    const HUGE: usize = 2 << 20;
+
+    /// At least `bytes` (rounded up to [`ALIGN`]) of zeroed, populated DRAM.
+    pub fn new(bytes: usize) -> Result<Self> {
+        let len = bytes.max(1).next_multiple_of(ALIGN);
+        let span = len
+            .checked_add(Self::HUGE)
+            .context("a mapping larger than the address space")?;
+        // SAFETY: an anonymous private mapping; no file, no address hint.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                span,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("mapping {len} B of DRAM"));
+        }
+        let base = p as usize;
+        let head = base.next_multiple_of(Self::HUGE) - base;
+        // SAFETY: the unused head and tail of the mapping just made, each unmapped once; the
+        // advice only concerns this mapping (where the kernel has no huge pages it fails, and
+        // the mapping stays as it is); every write is within it.
+        let start = unsafe {
+            if head > 0 {
+                libc::munmap(p, head);
+            }
+            let start = p.cast::<u8>().add(head);
+            let tail = span - head - len;
+            if tail > 0 {
+                libc::munmap(start.add(len).cast(), tail);
+            }
+            libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE);
+            // Populate now (the first write to each page faults it in, a huge page where
+            // granted): a runtime allocates its buffers before it runs.
+            for at in (0..len).step_by(ALIGN) {
+                std::ptr::write_volatile(start.add(at), 0);
+            }
+            start
+        };
+        Ok(Mapping {
+            ptr: std::ptr::NonNull::new(start).expect("mmap returned a non-null address"),
+            len,
+        })
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty (never: a mapping has at least one page).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole mapping as bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the whole mapping, alive as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The whole mapping as 64-bit words, to write.
+    pub fn words_mut(&mut self) -> &mut [u64] {
+        // SAFETY: the whole mapping, alive as long as `self`, 2 MiB-aligned, borrowed
+        // exclusively.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.len / 8) }
+    }
+
+    /// The whole mapping as 64-bit words.
+    pub fn words(&self) -> &[u64] {
+        // SAFETY: as `words_mut`, shared.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.len / 8) }
+    }
+}
+
+impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
@@ -569,8 +654,8 @@ impl Real {
             last: Ps::ZERO,
             workers,
             reads: Vec::new(),
-            held: verify.then(|| Held::new(image.len as u64)),
-            seen: verify.then(|| vec![0; image.len]),
+            held: verify.then(|| Held::new(image.map.len() as u64)),
+            seen: verify.then(|| vec![0; image.map.len()]),
             image,
             file,
             counters,
@@ -1021,7 +1106,7 @@ impl<'a> Ahead<'a> {
 /// The weights the op kernel streams, kept for the whole process, so that each new backend
 /// (a validation runs dozens) does not fault in a fresh arena again: on this project's VM that
 /// cost 80-110 ms in the first token of every run for a 256 MiB arena.
-static ARENA: Mutex<Vec<i16>> = Mutex::new(Vec::new());
+static ARENA: Mutex<Option<Mapping>> = Mutex::new(None);
 
 /// The backend's compute thread: runs each op's [`kernel`] on the op's weights in DRAM (`mem`;
 /// none when calibrating, where ops list no weights) and the rest of its bytes from the arena,
@@ -1067,10 +1152,14 @@ fn spawn_op_worker(
             let rest = (bytes.saturating_sub(listed) / 2) as usize;
             if rest > 0 || pieces.is_empty() {
                 let rest = rest.max(1);
-                if arena.len() < rest {
-                    arena.resize(rest, 3);
+                if arena.as_ref().is_none_or(|a| a.len() < 2 * rest) {
+                    let mut a = Mapping::new(2 * rest)?;
+                    // Small nonzero weights (3 in every 16 bits), as the arena always held.
+                    a.words_mut().fill(0x0003_0003_0003_0003);
+                    *arena = Some(a);
                 }
-                pieces.push(Piece(arena.as_ptr(), rest));
+                let a = arena.as_ref().expect("made above");
+                pieces.push(Piece(a.bytes().as_ptr().cast(), rest));
             }
             let t = Instant::now();
             let streamed = kernel(&pieces, flops);
@@ -1171,7 +1260,7 @@ pub fn read_latencies(
     let slots = crate::calibrate::slots(file_bytes, size)?;
     // A stream starts at a chunk the seed picks (each pass of calibrate's another).
     let mut next = crate::calibrate::splitmix(&mut (seed ^ 0x5e9)) % slots;
-    let region = dram.len as u64;
+    let region = dram.map.len() as u64;
     if region == 0 || !region.is_multiple_of(size) {
         anyhow::bail!("reads of {size} B do not tile {region} B of DRAM");
     }
@@ -1564,6 +1653,20 @@ mod tests {
         assert!(h.let_go(ext(15, 1)).is_err());
         assert!(h.hold(ext(95, 10)).is_err());
         assert_eq!(h.bytes(), (5, 40));
+    }
+
+    #[test]
+    fn a_mapping_is_zeroed_page_rounded_and_starts_on_a_huge_page() {
+        use crate::real::Mapping;
+        let mut m = Mapping::new((5 << 20) + 1).unwrap();
+        assert_eq!(m.len(), (5 << 20) + 4096);
+        assert_eq!(m.bytes().as_ptr() as usize % (2 << 20), 0);
+        assert!(m.bytes().iter().all(|&b| b == 0));
+        assert_eq!(m.words().len(), m.len() / 8);
+        // Every byte is writable, the last page's too.
+        m.words_mut().fill(u64::MAX);
+        assert!(m.bytes().iter().all(|&b| b == 0xff));
+        assert_eq!(Mapping::new(0).unwrap().len(), 4096);
     }
 
     #[test]

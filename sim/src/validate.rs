@@ -81,7 +81,7 @@ pub struct ProbeMemory {
     /// Where the probes' reads land ([`crate::calibrate::measurement_dram`]).
     pub dram: Arc<Image>,
     /// Calibrate's DRAM read pass buffer ([`crate::calibrate::rate_buffer`]).
-    pub rates: Vec<u64>,
+    pub rates: crate::real::Mapping,
 }
 
 /// The DRAM the probes of `weights` read into ([`probe`]): one mapping for a whole validation,
@@ -98,7 +98,7 @@ pub fn probe_memory(weights: &Path, progress: &mut dyn FnMut(&str)) -> Result<Pr
     }
     Ok(ProbeMemory {
         dram: crate::calibrate::measurement_dram(file_bytes, SEQUENTIAL_BYTES, progress)?,
-        rates: crate::calibrate::rate_buffer(),
+        rates: crate::calibrate::rate_buffer()?,
     })
 }
 
@@ -127,7 +127,7 @@ pub fn probe(
     let op_seconds = crate::real::op_seconds(BESIDE_READS_OP_BYTES, seconds)?;
     let threads = crate::calibrate::hardware_threads();
     let dram_read =
-        crate::calibrate::measure_rates(&mem.rates, threads, seconds).dram_read_gb_per_s * 1e9;
+        crate::calibrate::measure_rates(mem.rates.words(), threads, seconds).dram_read_gb_per_s * 1e9;
     Ok(Probe {
         random,
         sequential,

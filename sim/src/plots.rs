@@ -574,22 +574,42 @@ fn draw_curves<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Curves) -> 
 /// policies coloured, with the line of perfect agreement and ±10% bands.
 pub fn draw_validation(rows: &[crate::validate::Row], base: &Path) -> Result<Vec<PathBuf>> {
     let probed = rows.iter().any(|r| r.device == "probed");
-    let pts: Vec<(String, f64, f64, bool)> = rows
+    let pts: Vec<ValidationPoint> = rows
         .iter()
         .filter(|r| r.metric == "ms_per_token" && r.stat == "mean")
-        .map(|r| {
-            let filled = !probed || r.device == "probed";
-            (r.policy.clone(), r.measured_ms, r.simulated_ms, filled)
+        .map(|r| ValidationPoint {
+            policy: r.policy.clone(),
+            measured_ms: r.measured_ms,
+            simulated_ms: r.simulated_ms,
+            measured_ci95_ms: r.measured_ci95_ms.unwrap_or(0.0),
+            filled: !probed || r.device == "probed",
         })
         .collect();
     both!(base, draw_validation_on, &pts)
 }
 
+/// One point of the validation figure: its mean ms per token, with the measured mean's 95%
+/// interval drawn as a horizontal bar.
+struct ValidationPoint {
+    policy: String,
+    measured_ms: f64,
+    simulated_ms: f64,
+    measured_ci95_ms: f64,
+    /// Probed (filled) or the calibrated device file (hollow), where both were simulated.
+    filled: bool,
+}
+
 fn draw_validation_on<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
-    pts: &[(String, f64, f64, bool)],
+    pts: &[ValidationPoint],
 ) -> Result<()> {
-    let (lo, hi) = log_range(pts.iter().flat_map(|p| [p.1, p.2]));
+    let (lo, hi) = log_range(pts.iter().flat_map(|p| {
+        [
+            p.simulated_ms,
+            p.measured_ms + p.measured_ci95_ms,
+            (p.measured_ms - p.measured_ci95_ms).max(p.measured_ms / 2.0),
+        ]
+    }));
     let mut chart = ChartBuilder::on(&root)
         .caption("simulated vs measured time per token", ("sans-serif", 18))
         .margin(15)
@@ -618,22 +638,46 @@ fn draw_validation_on<DB: DrawingBackend>(
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], style));
         }
     }
-    let mut policies: Vec<&str> = pts.iter().map(|p| p.0.as_str()).collect();
-    policies.dedup();
+    let mut policies: Vec<&str> = pts.iter().map(|p| p.policy.as_str()).collect();
     policies.sort();
     policies.dedup();
     for (i, pol) in policies.iter().enumerate() {
         let c = colour(i);
+        let mine = || pts.iter().filter(|p| p.policy == *pol);
         chart
-            .draw_series(pts.iter().filter(|p| p.0 == *pol).map(|p| {
-                let style = if p.3 { c.filled() } else { c.stroke_width(2) };
-                Circle::new((p.1, p.2), 5, style)
+            .draw_series(mine().filter(|p| p.measured_ci95_ms > 0.0).map(|p| {
+                ErrorBar::new_horizontal(
+                    p.simulated_ms,
+                    (p.measured_ms - p.measured_ci95_ms).max(p.measured_ms / 2.0),
+                    p.measured_ms,
+                    p.measured_ms + p.measured_ci95_ms,
+                    c.stroke_width(1),
+                    6,
+                )
+            }))
+            .map_err(err)?;
+        chart
+            .draw_series(mine().map(|p| {
+                let style = if p.filled {
+                    c.filled()
+                } else {
+                    c.stroke_width(2)
+                };
+                Circle::new((p.measured_ms, p.simulated_ms), 5, style)
             }))
             .map_err(err)?
             .label(pol.to_string())
             .legend(move |(x, y)| Circle::new((x + 7, y), 5, c.filled()));
     }
-    if pts.iter().any(|p| !p.3) {
+    if pts.iter().any(|p| p.measured_ci95_ms > 0.0) {
+        let grey = RGBColor(90, 90, 90).stroke_width(1);
+        chart
+            .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+            .map_err(err)?
+            .label("95% interval of the measured mean")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], grey));
+    }
+    if pts.iter().any(|p| !p.filled) {
         for (filled, label) in [
             (true, "probed (each round, pooled)"),
             (false, "calibrated device file"),

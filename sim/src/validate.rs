@@ -126,8 +126,9 @@ pub fn probe(
     let sequential = (qd, measure(SEQUENTIAL_BYTES, true)?);
     let op_seconds = crate::real::op_seconds(BESIDE_READS_OP_BYTES, seconds)?;
     let threads = crate::calibrate::hardware_threads();
-    let dram_read =
-        crate::calibrate::measure_rates(mem.rates.words(), threads, seconds).dram_read_gb_per_s * 1e9;
+    let dram_read = crate::calibrate::measure_rates(mem.rates.words(), threads, seconds)
+        .dram_read_gb_per_s
+        * 1e9;
     Ok(Probe {
         random,
         sequential,
@@ -220,12 +221,86 @@ pub struct Row {
     pub stat: &'static str,
     pub simulated_ms: f64,
     pub measured_ms: f64,
+    /// For a mean: the half-width of the 95% confidence interval of the measured mean, from
+    /// the real runs' own means (Student's t; none with fewer than two runs). Storage and CPU
+    /// drift between runs, so this, not the tokens' spread, says how well the runs pin the
+    /// mean down: a simulated mean within it is as close as the runs can tell.
+    pub measured_ci95_ms: Option<f64>,
 }
 
 impl Row {
     pub fn diff_pct(&self) -> f64 {
         (self.simulated_ms / self.measured_ms - 1.0) * 100.0
     }
+
+    /// The half-width of the measured mean's 95% interval, in percent of the measured mean.
+    pub fn measured_ci95_pct(&self) -> Option<f64> {
+        self.measured_ci95_ms.map(|h| h / self.measured_ms * 100.0)
+    }
+
+    /// Whether the simulated value lies within the measured mean's 95% interval.
+    pub fn within_ci95(&self) -> Option<bool> {
+        self.measured_ci95_ms
+            .map(|h| (self.simulated_ms - self.measured_ms).abs() <= h)
+    }
+}
+
+/// Two-sided 95% quantiles of Student's t with 1..=30 degrees of freedom.
+const T95: [f64; 30] = [
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+    2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+    2.052, 2.048, 2.045, 2.042,
+];
+
+/// The half-width of the 95% confidence interval of the mean of `xs` (Student's t, the normal
+/// quantile beyond 30 degrees of freedom); none for fewer than two values.
+pub fn ci95_half_width(xs: &[f64]) -> Option<f64> {
+    let n = xs.len();
+    if n < 2 {
+        return None;
+    }
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let t = T95.get(n - 2).copied().unwrap_or(1.960);
+    Some(t * (var / n as f64).sqrt())
+}
+
+/// Per device (`calibrated`, `probed`), how the simulated mean ms per token compares with the
+/// measured one over the points: one line each, for the log.
+pub fn summary(rows: &[Row]) -> Vec<String> {
+    let mut out = Vec::new();
+    for device in DEVICES {
+        let heads: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.device == device && r.metric == "ms_per_token" && r.stat == "mean")
+            .collect();
+        if heads.is_empty() {
+            continue;
+        }
+        let n = heads.len();
+        let within10 = heads.iter().filter(|r| r.diff_pct().abs() < 10.0).count();
+        let in_ci = heads
+            .iter()
+            .filter(|r| r.within_ci95() == Some(true))
+            .count();
+        let with_ci = heads.iter().filter(|r| r.within_ci95().is_some()).count();
+        let mean_abs = heads.iter().map(|r| r.diff_pct().abs()).sum::<f64>() / n as f64;
+        let cis: Vec<f64> = heads.iter().filter_map(|r| r.measured_ci95_pct()).collect();
+        let mut line = format!(
+            "{device}: {within10} of {n} points within 10% of the measured mean ms/token, \
+             mean |error| {mean_abs:.1}%"
+        );
+        if with_ci > 0 {
+            line += &format!(
+                "; {in_ci} of {with_ci} within the measured mean's 95% interval (its half-width \
+                 {:.1}-{:.1}% of the mean)",
+                cis.iter().copied().fold(f64::INFINITY, f64::min),
+                cis.iter().copied().fold(0.0, f64::max)
+            );
+        }
+        out.push(line);
+    }
+    out
 }
 
 fn ms(p: Ps) -> f64 {
@@ -248,7 +323,7 @@ pub fn after_warmup(s: &RunStats, warmup: usize) -> &[TokenStats] {
 }
 
 /// The comparison rows of one point from its simulated and measured tokens (after warm-up; the
-/// measured ones pooled over repeats).
+/// measured ones pooled over repeats: `runs` is how many tokens each run gave, in order).
 pub fn compare(
     point: usize,
     policy: &str,
@@ -256,6 +331,7 @@ pub fn compare(
     device: &'static str,
     st: &[TokenStats],
     rt: &[TokenStats],
+    runs: &[usize],
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     for (metric, f) in METRICS {
@@ -266,13 +342,24 @@ pub fn compare(
         };
         let (a, b) = (series(st), series(rt));
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let mut stats = vec![("mean", mean(&a), mean(&b))];
+        // Each run's own mean, for the interval of the pooled one.
+        let mut at = 0;
+        let mut run_means = Vec::with_capacity(runs.len());
+        for &n in runs {
+            let Some(run) = rt.get(at..at + n) else { break };
+            run_means.push(mean(&run.iter().map(|t| ms(f(t))).collect::<Vec<_>>()));
+            at += n;
+        }
+        let ci = (at == rt.len())
+            .then(|| ci95_half_width(&run_means))
+            .flatten();
+        let mut stats = vec![("mean", mean(&a), mean(&b), ci)];
         if metric == "ms_per_token" {
             for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-                stats.push((name, quantile(&a, q), quantile(&b, q)));
+                stats.push((name, quantile(&a, q), quantile(&b, q), None));
             }
         }
-        for (stat, s, m) in stats {
+        for (stat, s, m, ci) in stats {
             rows.push(Row {
                 point,
                 policy: policy.to_string(),
@@ -282,6 +369,7 @@ pub fn compare(
                 stat,
                 simulated_ms: s,
                 measured_ms: m,
+                measured_ci95_ms: ci,
             });
         }
     }
@@ -348,6 +436,8 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
         /// Simulated on each run's probed device, pooled.
         probed: Vec<TokenStats>,
         pooled: Vec<TokenStats>,
+        /// Tokens each real run added to `pooled`, in order.
+        run_tokens: Vec<usize>,
         run_means: Vec<f64>,
         reads: usize,
         bytes: u64,
@@ -370,6 +460,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
                 sim,
                 probed: Vec::new(),
                 pooled: Vec::new(),
+                run_tokens: Vec::new(),
                 run_means: Vec::new(),
                 reads: 0,
                 bytes: 0,
@@ -436,6 +527,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             p.busy += toks.iter().map(|t| t.flash_busy.0).sum::<u64>();
             p.reads = r.len();
             p.pooled.extend_from_slice(toks);
+            p.run_tokens.push(toks.len());
         }
         // Each point simulated on the device as this round's probes found it: their figures
         // pooled over the round's runs on the same device and queue depth (one 0.5 s probe
@@ -475,11 +567,16 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             "calibrated",
             after_warmup(&p.sim, c.warmup_tokens as usize),
             &p.pooled,
+            &p.run_tokens,
         );
         let head = &r[0];
         let runs: Vec<String> = p.run_means.iter().map(|m| format!("{m:.0}")).collect();
+        let ci = head
+            .measured_ci95_ms
+            .map_or(String::new(), |h| format!(" ± {h:.2}"));
         let mut line = format!(
-            "point {} {} {} GiB: ms/token measured {:.2} (runs {} ms), simulated {:.2} ({:+.1}%)",
+            "point {} {} {} GiB: ms/token measured {:.2}{ci} (runs {} ms), simulated {:.2} \
+             ({:+.1}%)",
             p.point.index,
             c.policy,
             c.dram_budget_gib,
@@ -496,6 +593,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
                 "probed",
                 &p.probed,
                 &p.pooled,
+                &p.run_tokens,
             );
             line += &format!(
                 ", probed {:.2} ({:+.1}%)",
@@ -510,6 +608,9 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             read_bytes_per_s(p) / 1e9
         ));
         rows.extend(r);
+    }
+    for line in summary(&rows) {
+        progress(&line);
     }
     let mut efficiency = Vec::new();
     for p in &pending {
@@ -763,12 +864,13 @@ pub fn write_csv(path: &Path, rows: &[Row]) -> Result<()> {
     let mut f = std::fs::File::create(path)?;
     writeln!(
         f,
-        "point,policy,dram_budget_gib,device,metric,stat,simulated_ms,measured_ms,diff_pct"
+        "point,policy,dram_budget_gib,device,metric,stat,simulated_ms,measured_ms,diff_pct,\
+         measured_ci95_ms"
     )?;
     for r in rows {
         writeln!(
             f,
-            "{},{},{},{},{},{},{:.6},{:.6},{:.3}",
+            "{},{},{},{},{},{},{:.6},{:.6},{:.3},{}",
             r.point,
             r.policy,
             r.dram_budget_gib,
@@ -777,7 +879,9 @@ pub fn write_csv(path: &Path, rows: &[Row]) -> Result<()> {
             r.stat,
             r.simulated_ms,
             r.measured_ms,
-            r.diff_pct()
+            r.diff_pct(),
+            r.measured_ci95_ms
+                .map_or(String::new(), |h| format!("{h:.6}"))
         )?;
     }
     Ok(())
@@ -800,13 +904,18 @@ pub fn read_csv(path: &Path) -> Result<Vec<Row>> {
         .map(|(i, line)| {
             let f: Vec<&str> = line.split(',').collect();
             let bad = || anyhow::anyhow!("{}:{}: not a validate.csv row", path.display(), i + 2);
-            // Tables written before probes have no `device` column: all calibrated.
+            // Tables written before probes have no `device` column (all calibrated), before
+            // intervals no `measured_ci95_ms`.
             let (device, f) = match f.len() {
-                9 => (known(f[3], &DEVICES)?, [&f[..3], &f[4..]].concat()),
+                9 | 10 => (known(f[3], &DEVICES)?, [&f[..3], &f[4..]].concat()),
                 8 => ("calibrated", f),
                 _ => return Err(bad()),
             };
             let num = |s: &str| s.parse::<f64>().map_err(|_| bad());
+            let ci = match f.get(8) {
+                Some(&"") | None => None,
+                Some(v) => Some(num(v)?),
+            };
             Ok(Row {
                 point: f[0].parse().map_err(|_| bad())?,
                 policy: f[1].to_string(),
@@ -816,6 +925,7 @@ pub fn read_csv(path: &Path) -> Result<Vec<Row>> {
                 stat: known(f[4], &["mean", "p50", "p90", "p99"])?,
                 simulated_ms: num(f[5])?,
                 measured_ms: num(f[6])?,
+                measured_ci95_ms: ci,
             })
         })
         .collect()
@@ -937,6 +1047,59 @@ mod tests {
     }
 
     #[test]
+    fn the_measured_mean_gets_the_interval_of_its_runs_means() {
+        // 1, 2, 3, 4: mean 2.5, s = 1.291, t(3) = 3.182: 3.182 * 1.291 / 2.
+        let h = ci95_half_width(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert!(
+            (h - 3.182 * (5.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-12,
+            "{h}"
+        );
+        assert_eq!(ci95_half_width(&[7.0]), None);
+        assert_eq!(ci95_half_width(&[7.0, 7.0]), Some(0.0));
+        let tok = |ms: u64| TokenStats {
+            wall: Ps(ms * 1_000_000_000),
+            ..Default::default()
+        };
+        // Simulated 10 ms; measured: a run of tokens 8, 10 (mean 9) and one of 11, 13, 12 (12).
+        let sim = [tok(10); 3];
+        let real = [tok(8), tok(10), tok(11), tok(13), tok(12)];
+        let rows = compare(0, "dip", 1.0, "calibrated", &sim, &real, &[2, 3]);
+        let head = &rows[0];
+        assert_eq!((head.metric, head.stat), ("ms_per_token", "mean"));
+        // The pooled mean is the tokens' (10.8), the interval the two runs' means' (9, 12).
+        assert!((head.measured_ms - 10.8).abs() < 1e-12);
+        let want = 12.706 * (4.5f64 / 2.0).sqrt();
+        assert!((head.measured_ci95_ms.unwrap() - want).abs() < 1e-9);
+        assert_eq!(head.within_ci95(), Some(true));
+        // Quantile rows carry none; one run gives none; runs that do not add up give none.
+        assert!(rows
+            .iter()
+            .filter(|r| r.stat != "mean")
+            .all(|r| r.measured_ci95_ms.is_none()));
+        assert_eq!(
+            compare(0, "dip", 1.0, "calibrated", &sim, &real, &[5])[0].measured_ci95_ms,
+            None
+        );
+        assert_eq!(
+            compare(0, "dip", 1.0, "calibrated", &sim, &real, &[2, 2])[0].measured_ci95_ms,
+            None
+        );
+        // The summary counts it within 10% (-7.4%) and within its interval.
+        let lines = summary(&rows);
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("calibrated: 1 of 1 points within 10%"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains("1 of 1 within the measured mean's 95% interval"),
+            "{}",
+            lines[0]
+        );
+    }
+
+    #[test]
     fn a_written_table_reads_back_and_a_bad_row_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("validate.csv");
@@ -949,6 +1112,7 @@ mod tests {
             stat: "p90",
             simulated_ms: 12.5,
             measured_ms: 10.0,
+            measured_ci95_ms: Some(3.0),
         }];
         write_csv(&path, &rows).unwrap();
         let back = read_csv(&path).unwrap();
@@ -962,6 +1126,14 @@ mod tests {
             ),
             (3, "probed", "flash_busy_ms", "p90", 25.0)
         );
+        assert_eq!(back[0].measured_ci95_ms, Some(3.0));
+        assert_eq!(back[0].within_ci95(), Some(true));
+        // A table from before intervals (9 columns) and one from before probes (8).
+        std::fs::write(&path, "header\n1,dip,1,probed,ms_per_token,mean,1,2,-50\n").unwrap();
+        let back = read_csv(&path).unwrap();
+        assert_eq!((back[0].device, back[0].measured_ci95_ms), ("probed", None));
+        std::fs::write(&path, "header\n1,dip,1,ms_per_token,mean,1,2,-50\n").unwrap();
+        assert_eq!(read_csv(&path).unwrap()[0].device, "calibrated");
         std::fs::write(&path, "header\n1,dip,1,no_such_metric,mean,1,1,0\n").unwrap();
         let e = read_csv(&path).unwrap_err().to_string();
         assert!(e.contains("unknown name `no_such_metric`"), "{e}");

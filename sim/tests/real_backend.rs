@@ -262,8 +262,19 @@ fn validate_writes_simulated_against_measured() {
     assert!(rows
         .iter()
         .all(|r| r.simulated_ms >= 0.0 && r.measured_ms > 0.0 || r.metric != "ms_per_token"));
-    let text = std::fs::read_to_string(csv).unwrap();
+    // Two rounds: every mean has the interval of its two runs' means, no quantile has one.
+    for r in &rows {
+        let h = r.measured_ci95_ms;
+        assert_eq!(h.is_some(), r.stat == "mean", "{r:?}");
+        assert!(h.is_none_or(|h| h.is_finite() && h >= 0.0), "{r:?}");
+    }
+    let text = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(text.lines().count(), 15);
+    let back = flashsim::validate::read_csv(&csv).unwrap();
+    for (a, b) in rows.iter().zip(&back) {
+        let (x, y) = (a.measured_ci95_ms, b.measured_ci95_ms);
+        assert!(x.zip(y).is_none_or(|(x, y)| (x - y).abs() < 1e-6) && x.is_some() == y.is_some());
+    }
     assert!(!tmp.path().join("flashsim-weights-real-test.bin").exists());
 }
 

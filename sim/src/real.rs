@@ -211,8 +211,11 @@ impl Image {
 /// this project's VM, alternating both kinds of mapping in one process (12 rounds, medians):
 /// 8 KiB pieces 16 KiB apart 17.1 -> 19.2 GB/s, 8 KiB every 24 KiB 17.8 -> 19.7, 44 KiB every
 /// 110 KiB 22.7 -> 25.2, one contiguous run 25.2 -> 26.1, calibrate's DRAM read pass 25.1 ->
-/// 25.9. The DRAM read pass reads the same kind of mapping ([`crate::calibrate::rate_buffer`]),
-/// so the kernels are measured against the same memory they run on.
+/// 25.9; the same benchmark an hour later: 19.9 -> 20.2, 19.2 -> 19.6, 23.7 -> 24.7, 25.5 ->
+/// 27.2, 24.6 -> 28.2 (the VM's memory rate drifts by more than that from minute to minute;
+/// `validate` showed no change beyond it). The DRAM read pass reads the same kind of mapping
+/// ([`crate::calibrate::rate_buffer`]), so the kernels are measured against the same memory
+/// they run on.
 pub struct Mapping {
     ptr: std::ptr::NonNull<u8>,
     len: usize,

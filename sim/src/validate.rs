@@ -322,6 +322,19 @@ pub fn after_warmup(s: &RunStats, warmup: usize) -> &[TokenStats] {
     &s.tokens[warmup.min(s.tokens.len().saturating_sub(1))..]
 }
 
+/// The mean of metric `f` over each run's tokens, `runs` giving how many tokens each run
+/// added to `rt`, in order; none when they do not add up to `rt`.
+fn per_run_means(rt: &[TokenStats], runs: &[usize], f: Metric) -> Option<Vec<f64>> {
+    let mut at = 0;
+    let mut means = Vec::with_capacity(runs.len());
+    for &n in runs {
+        let run = rt.get(at..at + n)?;
+        means.push(run.iter().map(|t| ms(f(t))).sum::<f64>() / n.max(1) as f64);
+        at += n;
+    }
+    (at == rt.len()).then_some(means)
+}
+
 /// The comparison rows of one point from its simulated and measured tokens (after warm-up; the
 /// measured ones pooled over repeats: `runs` is how many tokens each run gave, in order).
 pub fn compare(
@@ -343,16 +356,7 @@ pub fn compare(
         let (a, b) = (series(st), series(rt));
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         // Each run's own mean, for the interval of the pooled one.
-        let mut at = 0;
-        let mut run_means = Vec::with_capacity(runs.len());
-        for &n in runs {
-            let Some(run) = rt.get(at..at + n) else { break };
-            run_means.push(mean(&run.iter().map(|t| ms(f(t))).collect::<Vec<_>>()));
-            at += n;
-        }
-        let ci = (at == rt.len())
-            .then(|| ci95_half_width(&run_means))
-            .flatten();
+        let ci = per_run_means(rt, runs, f).and_then(|m| ci95_half_width(&m));
         let mut stats = vec![("mean", mean(&a), mean(&b), ci)];
         if metric == "ms_per_token" {
             for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
@@ -438,7 +442,6 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
         pooled: Vec<TokenStats>,
         /// Tokens each real run added to `pooled`, in order.
         run_tokens: Vec<usize>,
-        run_means: Vec<f64>,
         reads: usize,
         bytes: u64,
         busy: u64,
@@ -461,7 +464,6 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
                 probed: Vec::new(),
                 pooled: Vec::new(),
                 run_tokens: Vec::new(),
-                run_means: Vec::new(),
                 reads: 0,
                 bytes: 0,
                 busy: 0,
@@ -521,8 +523,6 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
                 sum.pieces += k.pieces;
                 sum.ops += 1;
             }
-            p.run_means
-                .push(toks.iter().map(|t| ms(t.wall)).sum::<f64>() / toks.len() as f64);
             p.bytes += toks.iter().map(|t| t.read_bytes).sum::<u64>();
             p.busy += toks.iter().map(|t| t.flash_busy.0).sum::<u64>();
             p.reads = r.len();
@@ -570,7 +570,12 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             &p.run_tokens,
         );
         let head = &r[0];
-        let runs: Vec<String> = p.run_means.iter().map(|m| format!("{m:.0}")).collect();
+        // METRICS[0] is ms per token.
+        let runs: Vec<String> = per_run_means(&p.pooled, &p.run_tokens, METRICS[0].1)
+            .unwrap_or_default()
+            .iter()
+            .map(|m| format!("{m:.0}"))
+            .collect();
         let ci = head
             .measured_ci95_ms
             .map_or(String::new(), |h| format!(" ± {h:.2}"));

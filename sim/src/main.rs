@@ -474,6 +474,9 @@ fn run(cli: Cli) -> Result<()> {
                     r.diff_pct()
                 );
             }
+            for line in flashsim::validate::summary(&rows) {
+                println!("{line}");
+            }
             for e in &efficiency {
                 println!("{}", e.line());
             }

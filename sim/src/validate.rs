@@ -436,6 +436,8 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
     // minutes) spreads over all points instead of landing on one.
     struct Pending<'p> {
         point: &'p crate::experiment::Point,
+        /// The point's device file.
+        device_path: PathBuf,
         sim: RunStats,
         /// Simulated on each run's probed device, pooled.
         probed: Vec<TokenStats>,
@@ -460,6 +462,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
         match sim {
             Ok(sim) => pending.push(Pending {
                 point,
+                device_path: crate::paths::resolve(&exp.src, "device", "devices", &c.device)?,
                 sim,
                 probed: Vec::new(),
                 pooled: Vec::new(),
@@ -549,9 +552,8 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             if same.is_empty() {
                 continue;
             }
-            let dpath = crate::paths::resolve(&exp.src, "device", "devices", &c.device)?;
             let mut sim_p = runner::prepare(exp, p.point, &mut cache)?;
-            sim_p.device = probed_device(&dpath, &pool(&same))?;
+            sim_p.device = probed_device(&p.device_path, &pool(&same))?;
             let sim = sim_p.simulate(false)?.0;
             p.probed
                 .extend_from_slice(after_warmup(&sim, c.warmup_tokens as usize));
@@ -614,15 +616,12 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
         ));
         rows.extend(r);
     }
-    for line in summary(&rows) {
-        progress(&line);
-    }
     let mut efficiency = Vec::new();
     for p in &pending {
         let c = &p.point.config;
-        let dpath = crate::paths::resolve(&exp.src, "device", "devices", &c.device)?;
-        let device = Device::load(&dpath)?;
-        let sequential_calibrated = match measured_table(&dpath) {
+        let dpath = &p.device_path;
+        let device = Device::load(dpath)?;
+        let sequential_calibrated = match measured_table(dpath) {
             Ok((_, t)) => Some(
                 t.sequential_bytes_per_s(c.io_queue_depth)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", dpath.display()))?,
@@ -653,7 +652,6 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             dram_calibrated: device.dram_bus_bytes_per_s as f64,
             dram_probed: pooled.as_ref().map(|m| m.dram_read),
         };
-        progress(&e.line());
         efficiency.push(e);
     }
     if !keep_weights {

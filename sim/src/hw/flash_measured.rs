@@ -104,7 +104,6 @@ impl MeasuredConfig {
         Measured::new(&chunk, &self.queue_depths, &x)
     }
 
-    /// `table` with this file's sequential figures, where it has any.
     /// Bytes/s of 1 MiB reads in file order at depth `q`, as the model serves them (the
     /// table's 1 MiB figure where it has no sequential figures).
     pub fn sequential_bytes_per_s(&self, q: u32) -> Result<f64, String> {
@@ -113,6 +112,7 @@ impl MeasuredConfig {
         Ok(m.throughput(SEQUENTIAL_BYTES, qc) * m.sequential_ratio(qc))
     }
 
+    /// `table` with this file's sequential figures, where it has any.
     fn with_sequential_figures(&self, table: Measured) -> Result<Measured, String> {
         if self.sequential_queue_depths.is_empty() && self.sequential_gb_per_s.is_empty() {
             return Ok(table);

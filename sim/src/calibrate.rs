@@ -261,11 +261,55 @@ pub(crate) fn cell_of(size: u64, qd: u32, elapsed: f64, mut lat: Vec<f64>) -> Ce
     }
 }
 
-/// The buffer DRAM bandwidth is read from: 256 MiB, 8x larger than any last-level cache here,
-/// the same kind of DRAM the backend's kernels read ([`crate::real::Mapping`]: huge pages where
-/// the kernel grants them).
+/// The largest CPU cache the kernel reports for CPU 0 (sysfs `cache/index*/size`, e.g.
+/// `491520K`), bytes; `None` where it reports none. On a VM this is the host's cache as the
+/// hypervisor describes it, shared with its other guests.
+pub fn last_level_cache_bytes() -> Option<u64> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    dir.filter_map(|e| {
+        let size = std::fs::read_to_string(e.ok()?.path().join("size")).ok()?;
+        parse_cache_size(size.trim())
+    })
+    .max()
+}
+
+/// `491520K`, `32M`, `1024` (bytes) as bytes.
+fn parse_cache_size(s: &str) -> Option<u64> {
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let unit = match unit.trim() {
+        "" => 1,
+        "K" | "KB" | "KiB" => 1 << 10,
+        "M" | "MB" | "MiB" => 1 << 20,
+        "G" | "GB" | "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+/// How many bytes a DRAM measurement reads before it reads the same byte again, so that no
+/// cache holds what it reads: four times the last-level cache, at least 256 MiB (when no cache
+/// is reported, 8x the largest seen on this project's machines before a 480 MiB one), at most a
+/// quarter of the memory available; a multiple of 2 MiB.
+pub fn beyond_cache_bytes() -> u64 {
+    beyond_cache(last_level_cache_bytes(), available_bytes())
+}
+
+fn beyond_cache(llc: Option<u64>, available: u64) -> u64 {
+    let want = (4 * llc.unwrap_or(0)).max(256 << 20);
+    want.min(available / 4)
+        .max(64 << 20)
+        .next_multiple_of(2 << 20)
+}
+
+/// The buffer DRAM bandwidth is read from ([`beyond_cache_bytes`] large), the same kind of
+/// DRAM the backend's kernels read ([`crate::real::Mapping`]: huge pages where the kernel
+/// grants them).
 pub fn rate_buffer() -> Result<crate::real::Mapping> {
-    let mut m = crate::real::Mapping::new(256 << 20)?;
+    let mut m = crate::real::Mapping::new(beyond_cache_bytes() as usize)?;
     for (i, w) in m.words_mut().iter_mut().enumerate() {
         *w = i as u64;
     }
@@ -286,7 +330,8 @@ pub fn measure_rates(buf: &[u64], threads: usize, seconds: f64) -> Rates {
         work / start.elapsed().as_secs_f64()
     };
     let passes = |per_pass_s: f64| ((seconds / per_pass_s).ceil() as usize).clamp(1, 64);
-    let mem_passes = passes(0.03);
+    // A pass over the buffer takes about its size over 10 GB/s.
+    let mem_passes = passes((words * 8) as f64 / 10e9);
     let dram = run(&|t| {
         let part = &buf[(t * chunk).min(words)..((t + 1) * chunk).min(words)];
         let mut acc = 0u64;
@@ -355,24 +400,76 @@ fn today() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn cpu_model() -> String {
+    read_first_line("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into())
+}
+
+/// The environment a device file records (the `# key: value` comments before its first
+/// setting, as [`device_toml`] writes them); none for a preset.
+pub fn recorded_environment(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .take_while(|l| l.is_empty() || l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.trim_start_matches('#').split_once(':')?;
+            Some((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// How this machine differs from the one a device file was calibrated on, one line per
+/// figure (CPU model, hardware threads, kernel release); empty when they match or the file
+/// records no environment. Its figures need not describe another machine: the same VM image
+/// has run on AMD EPYC and Intel Xeon hosts for this project.
+pub fn differences_from_recorded(text: &str) -> Vec<String> {
+    let here = [
+        ("cpu", cpu_model()),
+        ("threads", hardware_threads().to_string()),
+        ("kernel", kernel_release()),
+    ];
+    differences(&recorded_environment(text), &here)
+}
+
+fn differences(recorded: &[(String, String)], here: &[(&str, String)]) -> Vec<String> {
+    here.iter()
+        .filter_map(|(k, now)| {
+            let (_, then) = recorded.iter().find(|(rk, _)| rk == k)?;
+            (then != now).then(|| format!("{k}: {then} when calibrated, {now} here"))
+        })
+        .collect()
+}
+
 /// The measured environment, one `# key: value` comment line each.
 fn environment(o: &Options) -> Vec<(String, String)> {
     let threads = hardware_threads();
     vec![
         ("date".into(), today()),
-        (
-            "kernel".into(),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into()),
-        ),
+        ("kernel".into(), kernel_release()),
         ("directory".into(), o.dir.display().to_string()),
         ("filesystem".into(), filesystem(&o.dir)),
-        (
-            "cpu".into(),
-            read_first_line("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into()),
-        ),
+        ("cpu".into(), cpu_model()),
         ("threads".into(), threads.to_string()),
+        (
+            "last-level cache".into(),
+            match last_level_cache_bytes() {
+                Some(b) => format!(
+                    "{} MiB (sysfs); DRAM is measured over {} MiB, never the same byte again \
+                     within that",
+                    b >> 20,
+                    beyond_cache_bytes() >> 20
+                ),
+                None => format!(
+                    "not reported; DRAM is measured over {} MiB",
+                    beyond_cache_bytes() >> 20
+                ),
+            },
+        ),
         (
             "transparent huge pages".into(),
             format!(
@@ -689,7 +786,8 @@ pub fn device_toml(
     s.push_str(
         "# The real backend's ops (its kernel streaming 16-bit weights, one multiply-add each, on\n\
          # all threads), timed on the backend's own path from hand-off to reported end, mean of\n\
-         # repeats, by op size:",
+         # repeats, each op on weights no op touched since the ops took turns over the DRAM\n\
+         # measurement's span (see last-level cache above), by op size:",
     );
     for &(b, t) in &ops.points {
         s.push_str(&format!(
@@ -701,7 +799,7 @@ pub fn device_toml(
     }
     s.push_str(&format!(
         "\n# Fitted: time = dispatch_overhead_us + bytes / mem_bandwidth, the rate from the ops of\n\
-         # 64 MiB and more (beyond the CPU's caches; {:.0}% of the DRAM read bandwidth above), the\n\
+         # 64 MiB and more (past the fixed costs of small ops; {:.0}% of the DRAM read bandwidth above), the\n\
          # overhead what the smallest op took beyond its bytes at that rate.\n",
         100.0 * ops.gb_per_s
             / rates
@@ -833,6 +931,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     }
     // The backend's 64 MiB op while reads of each kind run beside it (the readers and the
     // disk's interrupts share the CPU with the kernel).
+    let mut timer = crate::real::OpTimer::new(256 << 20)?;
     let mut beside = Vec::new();
     for (kib, qd) in [(4u64, 8u32), (64, 8), (1024, 8)] {
         let secs = o.seconds_per_point.max(0.5);
@@ -848,7 +947,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
                 )
             });
             std::thread::sleep(std::time::Duration::from_secs_f64(0.1 * secs));
-            let t = crate::real::op_seconds(BESIDE_READS_OP_BYTES, 0.7 * secs);
+            let t = timer.seconds(BESIDE_READS_OP_BYTES, 0.7 * secs);
             reads.join().expect("reader thread")?;
             t
         })?;
@@ -864,10 +963,10 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         std::fs::remove_file(&path).ok();
     }
     // The real backend's ops, 1 to 256 MiB of 16-bit weights (a sparse slice of a 7B matrix up
-    // to an LM head), on the backend's own path.
+    // to an LM head), on the backend's own path, each on weights beyond the caches.
     let mut points = Vec::new();
     for mib in [1u64, 4, 16, 64, 128, 256] {
-        let t = crate::real::op_seconds(mib << 20, o.seconds_per_point)?;
+        let t = timer.seconds(mib << 20, o.seconds_per_point)?;
         progress(&format!(
             "backend op of {mib:>3} MiB (GEMV over 16-bit weights, all threads): {:>9.1} µs, {:.2} GB/s",
             t * 1e6,
@@ -924,4 +1023,46 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         )?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cache_sizes_parse_and_measurements_reach_beyond_them() {
+        use super::{beyond_cache, parse_cache_size};
+        assert_eq!(parse_cache_size("491520K"), Some(480 << 20));
+        assert_eq!(parse_cache_size("32M"), Some(32 << 20));
+        assert_eq!(parse_cache_size("1024"), Some(1024));
+        assert_eq!(parse_cache_size("12X"), None);
+        assert_eq!(parse_cache_size(""), None);
+        // Four times the cache, a multiple of 2 MiB; at least 256 MiB; at most a quarter of
+        // what is available.
+        assert_eq!(beyond_cache(Some(480 << 20), 20 << 30), 1920 << 20);
+        assert_eq!(beyond_cache(Some(32 << 20), 20 << 30), 256 << 20);
+        assert_eq!(beyond_cache(None, 20 << 30), 256 << 20);
+        assert_eq!(beyond_cache(Some(480 << 20), 4 << 30), 1 << 30);
+        assert_eq!(beyond_cache(Some(3 << 20), 1 << 30), 256 << 20);
+        assert_eq!(beyond_cache(Some((100 << 20) + 1), 20 << 30) % (2 << 20), 0);
+    }
+
+    #[test]
+    fn a_device_file_records_its_machine_and_a_different_one_is_named() {
+        use super::{differences, recorded_environment};
+        let text = "# Measured by `flashsim calibrate`\n# date: 2026-11-21\n# cpu: AMD EPYC\n\
+                    # threads: 2\n# kernel: 6.18\nname = \"x\"\n# cpu: not this one\n";
+        let env = recorded_environment(text);
+        assert_eq!(env.len(), 4, "{env:?}");
+        assert_eq!(env[1], ("cpu".to_string(), "AMD EPYC".to_string()));
+        let here = [
+            ("cpu", "Intel(R) Xeon(R) Processor".to_string()),
+            ("threads", "2".to_string()),
+            ("kernel", "6.18".to_string()),
+        ];
+        assert_eq!(
+            differences(&env, &here),
+            vec!["cpu: AMD EPYC when calibrated, Intel(R) Xeon(R) Processor here".to_string()]
+        );
+        // A preset records no machine: nothing to compare.
+        assert!(differences(&recorded_environment("name = \"ufs\"\n"), &here).is_empty());
+    }
 }

@@ -447,6 +447,7 @@ fn run(cli: Cli) -> Result<()> {
                 rows,
                 path,
                 efficiency,
+                warnings,
             } = flashsim::validate::run(&exp, &o, &mut |l| eprintln!("{l}"))?;
             println!(
                 "{:>5}  {:<16} {:>7}  {:<10} {:<14} {:<5} {:>12} {:>12} {:>8}",
@@ -479,6 +480,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             for e in &efficiency {
                 println!("{}", e.line());
+            }
+            for w in &warnings {
+                println!("{w}");
             }
             let dir = path.parent().expect("results dir").to_path_buf();
             let plots = plots::draw_validation(&rows, &dir.join("validate"))?;

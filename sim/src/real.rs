@@ -514,12 +514,11 @@ pub struct KernelTime {
     pub seconds: f64,
 }
 
-/// The DRAM the compute thread works in, the file it loads resident pages from (when `load`),
-/// and its counters.
+/// The DRAM the compute thread works in, the file it loads resident pages from (when it
+/// loads them: a timed run; not when verifying, nor when timing ops), and its counters.
 struct OpMemory {
     image: Arc<Image>,
-    file: Arc<File>,
-    load: bool,
+    loads_from: Option<Arc<File>>,
     counters: Arc<KernelBytes>,
 }
 
@@ -641,8 +640,7 @@ impl Real {
             done_tx,
             Some(OpMemory {
                 image: image.clone(),
-                file: file.clone(),
-                load: !verify,
+                loads_from: (!verify).then(|| file.clone()),
                 counters: counters.clone(),
             }),
         ));
@@ -1135,9 +1133,9 @@ fn spawn_op_worker(
             if let Some(m) = &mem {
                 for &e in &weights {
                     m.image.check(e)?;
-                    if m.load {
+                    if let Some(file) = &m.loads_from {
                         for run in m.image.missing(e) {
-                            m.image.read_from(&m.file, run, run)?;
+                            m.image.read_from(file, run, run)?;
                             m.counters.loaded.fetch_add(run.bytes, Ordering::Relaxed);
                         }
                     }
@@ -1192,44 +1190,99 @@ fn spawn_op_worker(
     })
 }
 
-/// The mean time (s) an op of `bytes` (one multiply-add per 16-bit weight) takes in the real
-/// backend, measured on the backend's own path: handed to the compute thread, run by
-/// the kernel on rayon's pool, its end reported back, one op at a time as the pipeline's chain
-/// runs them. After a warm-up op, ops repeat until `seconds` have passed (at least 5). The mean,
-/// not the best run, since the simulator is checked against the backend's mean ms/token;
-/// `calibrate` fits the unit's dispatch overhead and memory rate to these times.
-pub fn op_seconds(bytes: u64, seconds: f64) -> Result<f64> {
-    let (op_tx, op_rx) = channel::<Job>();
-    let (done_tx, done_rx) = channel();
-    let worker = spawn_op_worker(op_rx, done_tx, None);
-    let run = |j: u32| -> Result<f64> {
-        let t = Instant::now();
-        op_tx
-            .send(Job::Op {
-                j,
-                token: 0,
-                reads_beside: false,
-                flops: bytes,
-                bytes,
-                weights: Vec::new(),
-            })
-            .map_err(|_| anyhow::anyhow!("the compute thread stopped"))?;
-        let (_, at, _) = done_rx
-            .recv()
-            .map_err(|_| anyhow::anyhow!("the compute thread stopped"))?;
-        Ok(at.saturating_duration_since(t).as_secs_f64())
-    };
-    run(0)?;
-    let start = Instant::now();
-    let mut times = Vec::new();
-    while times.len() < 5 || start.elapsed().as_secs_f64() < seconds {
-        times.push(run(times.len() as u32 + 1)?);
+/// Times the real backend's ops for `calibrate` and `validate`'s probes, on the backend's own
+/// path: each op handed to the compute thread, run by the kernel on rayon's pool, its end
+/// reported back, one op at a time as the pipeline's chain runs them. Each op computes on
+/// weights no op touched recently: the ops take turns over a mapping
+/// [`crate::calibrate::beyond_cache_bytes`] large (and at least four of the largest op), as a
+/// token's ops stream weights the previous token's left hundreds of MiB before. On a VM of this
+/// project whose CPU reports a 480 MiB last-level cache, a 64 MiB read pass over the same
+/// buffer again and again ran at a median 29-36 GB/s (p90 44-64) where passes over 128 MiB to
+/// 2 GiB ran at 17-23: an op timed over one arena measures the cache, not DRAM.
+pub struct OpTimer {
+    image: Arc<Image>,
+    next: u64,
+}
+
+impl OpTimer {
+    /// A timer for ops of at most `largest_op` bytes.
+    pub fn new(largest_op: u64) -> Result<Self> {
+        Self::over(crate::calibrate::beyond_cache_bytes().max(4 * largest_op))
     }
-    drop(op_tx);
-    worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("the compute thread panicked"))??;
-    Ok(times.iter().sum::<f64>() / times.len() as f64)
+
+    /// A timer whose ops take turns over `span` bytes.
+    pub fn over(span: u64) -> Result<Self> {
+        let mut image = Image::new(span)
+            .with_context(|| format!("mapping {} MiB of DRAM to time ops on", span >> 20))?;
+        // Small nonzero weights (3 in every 16 bits), as the backend's arena holds: pages of
+        // zeros might be one shared page to a hypervisor that merges them.
+        image.map.words_mut().fill(0x0003_0003_0003_0003);
+        Ok(OpTimer {
+            image: Arc::new(image),
+            next: 0,
+        })
+    }
+
+    /// Bytes of DRAM the ops take turns over.
+    pub fn span_bytes(&self) -> u64 {
+        self.image.map.len as u64
+    }
+
+    /// The mean time (s) of an op of `bytes` (one multiply-add per 16-bit weight): after a
+    /// warm-up op, ops repeat until `seconds` have passed (at least 5). The mean, not the best
+    /// run, since the simulator is checked against the backend's mean ms/token; `calibrate`
+    /// fits the unit's dispatch overhead and memory rate to these times.
+    pub fn seconds(&mut self, bytes: u64, seconds: f64) -> Result<f64> {
+        let span = self.span_bytes();
+        let bytes = bytes.next_multiple_of(2);
+        if bytes == 0 || bytes > span {
+            anyhow::bail!("an op of {bytes} B does not fit the {span} B the ops are timed on");
+        }
+        let (op_tx, op_rx) = channel::<Job>();
+        let (done_tx, done_rx) = channel();
+        let mem = OpMemory {
+            image: self.image.clone(),
+            loads_from: None,
+            counters: Arc::new(KernelBytes::default()),
+        };
+        let worker = spawn_op_worker(op_rx, done_tx, Some(mem));
+        let mut run = |j: u32| -> Result<f64> {
+            if self.next + bytes > span {
+                self.next = 0;
+            }
+            let weights = vec![Extent {
+                offset: self.next,
+                bytes,
+            }];
+            self.next += bytes;
+            let t = Instant::now();
+            op_tx
+                .send(Job::Op {
+                    j,
+                    token: 0,
+                    reads_beside: false,
+                    flops: bytes,
+                    bytes,
+                    weights,
+                })
+                .map_err(|_| anyhow::anyhow!("the compute thread stopped"))?;
+            let (_, at, _) = done_rx
+                .recv()
+                .map_err(|_| anyhow::anyhow!("the compute thread stopped"))?;
+            Ok(at.saturating_duration_since(t).as_secs_f64())
+        };
+        run(0)?;
+        let start = Instant::now();
+        let mut times = Vec::new();
+        while times.len() < 5 || start.elapsed().as_secs_f64() < seconds {
+            times.push(run(times.len() as u32 + 1)?);
+        }
+        drop(op_tx);
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the compute thread panicked"))??;
+        Ok(times.iter().sum::<f64>() / times.len() as f64)
+    }
 }
 
 /// What [`read_latencies`] reads: `size`-byte reads, `qd` in flight, at random offsets or in
@@ -1670,6 +1723,22 @@ mod tests {
         m.words_mut().fill(u64::MAX);
         assert!(m.bytes().iter().all(|&b| b == 0xff));
         assert_eq!(Mapping::new(0).unwrap().len(), 4096);
+    }
+
+    #[test]
+    fn timed_ops_take_turns_over_their_span_and_a_larger_op_is_refused() {
+        let mut t = crate::real::OpTimer::over(8 << 20).unwrap();
+        assert_eq!(t.span_bytes(), 8 << 20);
+        let s = t.seconds(3 << 20, 0.0).unwrap();
+        assert!(s > 0.0 && s < 1.0, "{s}");
+        // Slots at 0, 3 and (8 < 9) back to 0 MiB: after at least six ops the next one starts
+        // at 3 or 6 MiB, never where the last one did.
+        assert!(t.next == 3 << 20 || t.next == 6 << 20, "{}", t.next);
+        // An odd size is rounded up to whole 16-bit weights; one larger than the span fails.
+        t.seconds(1001, 0.0).unwrap();
+        assert!(t.next.is_multiple_of(2) && t.next <= (8 << 20));
+        let e = t.seconds((8 << 20) + 2, 0.0).unwrap_err().to_string();
+        assert!(e.contains("does not fit"), "{e}");
     }
 
     #[test]

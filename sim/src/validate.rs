@@ -82,6 +82,8 @@ pub struct ProbeMemory {
     pub dram: Arc<Image>,
     /// Calibrate's DRAM read pass buffer ([`crate::calibrate::rate_buffer`]).
     pub rates: crate::real::Mapping,
+    /// What the probes' op is timed on, as calibrate times it.
+    pub ops: crate::real::OpTimer,
 }
 
 /// The DRAM the probes of `weights` read into ([`probe`]): one mapping for a whole validation,
@@ -99,6 +101,7 @@ pub fn probe_memory(weights: &Path, progress: &mut dyn FnMut(&str)) -> Result<Pr
     Ok(ProbeMemory {
         dram: crate::calibrate::measurement_dram(file_bytes, SEQUENTIAL_BYTES, progress)?,
         rates: crate::calibrate::rate_buffer()?,
+        ops: crate::real::OpTimer::new(BESIDE_READS_OP_BYTES)?,
     })
 }
 
@@ -110,7 +113,7 @@ pub fn probe(
     qd: u32,
     seconds: f64,
     seed: u64,
-    mem: &ProbeMemory,
+    mem: &mut ProbeMemory,
 ) -> Result<Probe> {
     let dram = &mem.dram;
     let measure = |size: u64, in_order: bool| -> Result<f64> {
@@ -124,7 +127,7 @@ pub fn probe(
         random.push((kib * 1024, qd, measure(kib * 1024, false)?));
     }
     let sequential = (qd, measure(SEQUENTIAL_BYTES, true)?);
-    let op_seconds = crate::real::op_seconds(BESIDE_READS_OP_BYTES, seconds)?;
+    let op_seconds = mem.ops.seconds(BESIDE_READS_OP_BYTES, seconds)?;
     let threads = crate::calibrate::hardware_threads();
     let dram_read = crate::calibrate::measure_rates(mem.rates.words(), threads, seconds)
         .dram_read_gb_per_s
@@ -409,15 +412,33 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
     if exp.points.is_empty() {
         bail!("the experiment has no points");
     }
+    // A calibrated device file describes the machine it was measured on.
+    let mut warnings = Vec::new();
+    let mut devices: Vec<PathBuf> = Vec::new();
+    for point in &exp.points {
+        let path = crate::paths::resolve(&exp.src, "device", "devices", &point.config.device)?;
+        if devices.contains(&path) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let differ = crate::calibrate::differences_from_recorded(&text);
+        if !differ.is_empty() {
+            let w = format!(
+                "warning: {} was calibrated on another machine ({}); its figures need not \
+                 describe this one: run `flashsim calibrate` here first",
+                path.display(),
+                differ.join("; ")
+            );
+            progress(&w);
+            warnings.push(w);
+        }
+        devices.push(path);
+    }
     if probe_seconds > 0.0 {
         // Before minutes of writing the weight file: every device must be one a probe scales.
-        for point in &exp.points {
-            measured_table(&crate::paths::resolve(
-                &exp.src,
-                "device",
-                "devices",
-                &point.config.device,
-            )?)?;
+        for path in &devices {
+            measured_table(path)?;
         }
     }
     let weights = weights_dir.join(format!("flashsim-weights-{}.bin", exp.name()));
@@ -484,7 +505,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
     let mut probes = Vec::new();
     // One mapping for every probe: the backend's own DRAM is one copy of the weights, so both
     // fit beside each other (mapping it anew for each probe took ~20 s on this project's VM).
-    let probe_mem = if probe_seconds > 0.0 {
+    let mut probe_mem = if probe_seconds > 0.0 {
         Some(probe_memory(&weights, progress)?)
     } else {
         None
@@ -499,7 +520,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
         for p in &mut pending {
             // Each run from a fresh policy; tokens pooled over the rounds.
             let mut real_p = runner::prepare(exp, p.point, &mut cache)?;
-            if let Some(dram) = &probe_mem {
+            if let Some(mem) = &mut probe_mem {
                 let c = &p.point.config;
                 let seed = c.seed ^ (round as u64) << 32 ^ p.point.index as u64;
                 let m = probe(
@@ -508,7 +529,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
                     c.io_queue_depth,
                     probe_seconds,
                     seed,
-                    dram,
+                    mem,
                 )
                 .with_context(|| format!("probing before point {}", p.point.index))?;
                 probes.push((round, p.point.index, m));
@@ -669,6 +690,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
         rows,
         path,
         efficiency,
+        warnings,
     })
 }
 
@@ -704,6 +726,8 @@ pub struct Validation {
     pub path: PathBuf,
     /// The real backend against the machine's own figures, per point (`efficiency.csv`).
     pub efficiency: Vec<Efficiency>,
+    /// Device files calibrated on another machine than this one.
+    pub warnings: Vec<String>,
 }
 
 /// How close one point's real runs came to what the machine can do (tokens after warm-up, all

@@ -63,6 +63,7 @@ fn calibrates_a_small_file_into_a_loadable_measured_device() {
         "# filesystem:",
         "# cpu:",
         "# threads:",
+        "# last-level cache:",
         "# date:",
     ] {
         assert!(
@@ -70,6 +71,12 @@ fn calibrates_a_small_file_into_a_loadable_measured_device() {
             "environment line {key} missing:\n{text}"
         );
     }
+    // Read back as the machine it describes: this one.
+    assert!(calibrate::recorded_environment(&text).len() >= 8);
+    assert_eq!(
+        calibrate::differences_from_recorded(&text),
+        Vec::<String>::new()
+    );
     let device = Device::load(&path).unwrap();
     assert_eq!(device.name, "calibrated-test");
     assert!(device.dram_bus_bytes_per_s > 0);

@@ -243,7 +243,10 @@ fn validate_writes_simulated_against_measured() {
         rows,
         path: csv,
         efficiency,
+        warnings,
     } = validate_twice(tmp.path(), &text, 0.0, 0.0);
+    // A preset records no machine to differ from.
+    assert!(warnings.is_empty(), "{warnings:?}");
     // Without probes, each point's efficiency is against the device file alone (a preset:
     // no measured sequential figure).
     assert_eq!(efficiency.len(), 2);
@@ -312,7 +315,22 @@ fn validate_probes_the_machine_before_each_run_and_simulates_on_what_it_found() 
         rows,
         path: csv,
         efficiency,
+        warnings,
     } = validate_twice(tmp.path(), &text, 1.0 / 64.0, 0.05);
+    // The committed device file names the machine it was calibrated on: a warning when this one
+    // differs (CPU, threads or kernel), naming the file and each difference.
+    let differ = flashsim::calibrate::differences_from_recorded(
+        &std::fs::read_to_string(&calibrated).unwrap(),
+    );
+    assert_eq!(
+        warnings.len(),
+        usize::from(!differ.is_empty()),
+        "{warnings:?}"
+    );
+    for w in &warnings {
+        assert!(w.contains("vm-ext4-virtio.toml"), "{w}");
+        assert!(differ.iter().all(|d| w.contains(d.as_str())), "{w}");
+    }
     // Each point's reads and kernels against the calibrated figures and the probed ones.
     assert_eq!(efficiency.len(), 2);
     for e in &efficiency {

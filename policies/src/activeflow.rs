@@ -30,7 +30,7 @@ use crate::cache::{LfuAdmit, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, InterleaveRegion, WeightLayout};
 use crate::plan::{
-    kept_share, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Op, OpKind, Read,
+    kept_share, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Op, OpKind, Pieces, Read,
     TokenPlan,
 };
 use crate::policy::{
@@ -552,6 +552,10 @@ impl Policy for ActiveFlow {
                 } else {
                     Vec::new()
                 };
+                let mut pieces = Pieces::default();
+                for &c in &mask {
+                    pieces.unit([region.channel(l, c as u64)]);
+                }
                 plan.ops.push(Op {
                     kind,
                     layer: Some(l),
@@ -559,6 +563,7 @@ impl Policy for ActiveFlow {
                     flops,
                     dram_bytes: bytes,
                     weights,
+                    pieces: pieces.count(),
                 });
                 if o == Oper::Down {
                     // `self.keys` holds the magnitudes of h this mask was chosen from.

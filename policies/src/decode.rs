@@ -3,7 +3,7 @@
 //! the LM head. A policy starts from these and changes what it sparsifies.
 
 use crate::layout::{TensorExtent, WeightLayout};
-use crate::plan::{op_weights, Op, OpKind};
+use crate::plan::{op_weights, Op, OpKind, Pieces};
 use flashsim_workloads::shape::{ModelShape, TensorKind};
 
 /// Index of layer `l`'s attention op in [`dense_ops`].
@@ -40,15 +40,19 @@ pub fn dense_ops(
         let (mut params, mut bytes) = (0, 0);
         let (mut ffn_params, mut ffn_bytes) = (0, 0);
         let (mut attn_w, mut ffn_w) = (Vec::new(), Vec::new());
+        // Whole matrices: one run each, or one for several that lie back to back.
+        let (mut attn_p, mut ffn_p) = (Pieces::default(), Pieces::default());
         for t in layout.layer(l) {
             if t.shape.kind.is_attention() {
                 params += t.shape.params();
                 bytes += t.bytes;
                 attn_w.push(t.whole());
+                attn_p.unit([t.whole()]);
             } else {
                 ffn_params += t.shape.params();
                 ffn_bytes += t.bytes;
                 ffn_w.push(t.whole());
+                ffn_p.unit([t.whole()]);
             }
         }
         let listed = |v: Vec<_>| if weights { op_weights(v) } else { Vec::new() };
@@ -59,6 +63,7 @@ pub fn dense_ops(
             flops: 2 * params + attn_flops,
             dram_bytes: bytes + kv,
             weights: listed(attn_w),
+            pieces: attn_p.count(),
         });
         ops.push(Op {
             kind: OpKind::Ffn,
@@ -67,6 +72,7 @@ pub fn dense_ops(
             flops: 2 * ffn_params,
             dram_bytes: ffn_bytes,
             weights: listed(ffn_w),
+            pieces: ffn_p.count(),
         });
     }
     let head = lm_head(layout);
@@ -81,6 +87,7 @@ pub fn dense_ops(
         } else {
             Vec::new()
         },
+        pieces: 1,
     });
     ops
 }

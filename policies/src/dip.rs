@@ -19,7 +19,7 @@ use crate::cache::{Belady, Lfu, Lru, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
 use crate::plan::{
-    kept_share, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Op, OpKind, Read,
+    kept_share, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Op, OpKind, Pieces, Read,
     TokenPlan,
 };
 use crate::policy::{
@@ -451,6 +451,10 @@ impl Policy for Dip {
                 } else {
                     Vec::new()
                 };
+                let mut pieces = Pieces::default();
+                for &c in &sel {
+                    pieces.unit(kinds.iter().map(|&k| tensor(k).unit(c as u64)));
+                }
                 let (flops, bytes) = if act == Act::XMlp {
                     let mats = if shape.gated { 2 } else { 1 };
                     (
@@ -470,6 +474,7 @@ impl Policy for Dip {
                     flops,
                     dram_bytes: bytes,
                     weights,
+                    pieces: pieces.count(),
                 });
                 extents.clear();
                 for &kind in kinds {

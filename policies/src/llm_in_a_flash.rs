@@ -22,8 +22,8 @@ use crate::cache::{SlidingWindow, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
 use crate::plan::{
-    f16_quanta, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Magnitude, Op, OpKind,
-    Read, TokenPlan, F16_QUANTUM,
+    f16_quanta, index_runs, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Magnitude, Op,
+    OpKind, Read, TokenPlan, F16_QUANTUM,
 };
 use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
@@ -382,6 +382,7 @@ impl Policy for LlmInAFlash {
                     dram_bytes: 2 * access.evicted.len() as u64 * nb,
                     // A copy within DRAM, not a product with the weights.
                     weights: Vec::new(),
+                    pieces: 0,
                 });
             }
             let ffn = plan.ops.len() as u32;
@@ -408,6 +409,21 @@ impl Policy for LlmInAFlash {
                 }
                 weights = op_weights(weights);
             }
+            // Runs of adjacent neurons, each as many pieces as a neuron has extents (its bundle,
+            // or its row or column of each FFN matrix).
+            let runs = if windowed {
+                index_runs((0..self.keys.len() as u32).filter(|&i| window.contains(i)))
+            } else {
+                index_runs(predicted.iter().copied())
+            };
+            let per_neuron = if ctx.layout.bundles(l).is_some() {
+                1
+            } else {
+                ctx.layout
+                    .layer(l)
+                    .filter(|t| t.shape.kind.is_ffn())
+                    .count() as u64
+            };
             plan.ops.push(Op {
                 kind: OpKind::Ffn,
                 layer: Some(l),
@@ -416,6 +432,7 @@ impl Policy for LlmInAFlash {
                 flops: 2 * w * (if shape.gated { 3 } else { 2 }) * shape.hidden as u64,
                 dram_bytes: w * nb,
                 weights,
+                pieces: runs * per_neuron,
             });
             extents.clear();
             for &i in &access.misses {

@@ -92,6 +92,11 @@ pub struct Op {
     /// otherwise, which costs the simulator nothing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<Extent>,
+    /// How many separate runs of DRAM the op's weights lie in ([`Pieces`]; 1 for one whole
+    /// matrix, one per run of adjacent rows or columns for a gathering op, 0 for an op that
+    /// multiplies by no weights): the compute model charges each run
+    /// `piece_overhead_ns`. Counted always, whether `weights` is listed or not.
+    pub pieces: u64,
 }
 
 impl Op {
@@ -99,6 +104,51 @@ impl Op {
     pub fn weight_bytes(&self) -> u64 {
         self.weights.iter().map(|e| e.bytes).sum()
     }
+}
+
+/// Counts the runs an op's weights form when they are listed unit by unit in ascending order
+/// (channels, columns, neurons), each unit giving its extents in the same order of tensors (a
+/// DIP input channel's gate then up column; a neuron's gate, up and down vectors): an extent
+/// continues a run where the same tensor's extent of the unit before it ended. Two runs that
+/// meet across tensors count apart (at most one more piece per tensor than
+/// [`op_weights`] merges them into).
+#[derive(Debug, Clone, Default)]
+pub struct Pieces {
+    ends: Vec<u64>,
+    pieces: u64,
+}
+
+impl Pieces {
+    /// The next unit's extents.
+    pub fn unit(&mut self, extents: impl IntoIterator<Item = Extent>) {
+        for (j, e) in extents.into_iter().enumerate() {
+            if j == self.ends.len() {
+                self.ends.push(u64::MAX);
+            }
+            if self.ends[j] != e.offset {
+                self.pieces += 1;
+            }
+            self.ends[j] = e.end();
+        }
+    }
+
+    /// The runs so far.
+    pub fn count(&self) -> u64 {
+        self.pieces
+    }
+}
+
+/// How many runs of consecutive integers `ascending` holds (`[1, 2, 3, 7, 9, 10]`: 3).
+pub fn index_runs(ascending: impl IntoIterator<Item = u32>) -> u64 {
+    let mut last: Option<u32> = None;
+    let mut runs = 0;
+    for i in ascending {
+        if last.is_none_or(|l| l.checked_add(1) != Some(i)) {
+            runs += 1;
+        }
+        last = Some(i);
+    }
+    runs
 }
 
 /// `extents` as an op's weight list: sorted, adjacent and overlapping ones merged (no size
@@ -312,5 +362,39 @@ mod magnitude_tests {
             assert_eq!(got, key.magnitude(), "{key:#06x}");
         }
         assert_eq!(super::f16_quanta(0x7bff), 65504 << 24);
+    }
+}
+
+#[cfg(test)]
+mod piece_tests {
+    use super::{index_runs, Extent, Pieces};
+
+    #[test]
+    fn pieces_count_runs_per_tensor_and_index_runs_count_consecutive_indices() {
+        assert_eq!(index_runs([1, 2, 3, 7, 9, 10]), 3);
+        assert_eq!(index_runs([]), 0);
+        assert_eq!(index_runs([0, u32::MAX]), 2);
+        // Columns 0, 1, 2 and 5 of two tensors (8-byte units at 0 and at 1000): two runs in
+        // each tensor.
+        let mut p = Pieces::default();
+        for c in [0u64, 1, 2, 5] {
+            p.unit([
+                Extent {
+                    offset: 8 * c,
+                    bytes: 8,
+                },
+                Extent {
+                    offset: 1000 + 8 * c,
+                    bytes: 8,
+                },
+            ]);
+        }
+        assert_eq!(p.count(), 4);
+        // Whole matrices back to back are one run; a gap starts another.
+        let mut p = Pieces::default();
+        for (offset, bytes) in [(0, 10), (10, 5), (20, 5)] {
+            p.unit([Extent { offset, bytes }]);
+        }
+        assert_eq!(p.count(), 2);
     }
 }

@@ -309,6 +309,14 @@ mod op_weight_tests {
                     };
                     assert_eq!(op.weight_bytes(), want, "{what}");
                     assert!(op.weight_bytes() > 0 || op.kind == OpKind::DramManagement);
+                    // The runs counted without the list (the plans are equal below) are the
+                    // listed runs, or a few more where runs of two tensors meet.
+                    let merged = op.weights.len() as u64;
+                    assert!(
+                        merged <= op.pieces && op.pieces <= merged + 3,
+                        "{what}: {} pieces, {merged} merged runs",
+                        op.pieces
+                    );
                     op.weights.clear();
                 }
                 // The extents a cache lets go of are the bytes the accounting frees (ActiveFlow's

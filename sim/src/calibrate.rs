@@ -567,7 +567,15 @@ pub struct OpTimes {
     /// A [`BESIDE_READS_OP_BYTES`] op timed while reads ran beside it: (read KiB, queue
     /// depth, mean seconds). Empty until measured.
     pub beside_reads: Vec<(u64, u32, f64)>,
+    /// Ops over pieces ([`GATHERED_OPS`]): (piece bytes, stride bytes, op bytes, mean seconds).
+    /// Empty until measured.
+    pub gathered: Vec<(u64, u64, u64, f64)>,
 }
+
+/// The gathered ops calibrate times, 64 MiB of weights each: (piece, stride) bytes. DIP's
+/// 8 KiB down columns of a 7B FFN with half of them kept (every 16 KiB), and ActiveFlow's
+/// mean run of channels in `validate-vm` (51 KiB) with 60% of them left out (every 128 KiB).
+pub const GATHERED_OPS: [(u64, u64); 2] = [(8 << 10, 16 << 10), (51 << 10, 128 << 10)];
 
 /// The op timed beside reads: a decode-sized matrix.
 pub const BESIDE_READS_OP_BYTES: u64 = 64 << 20;
@@ -607,7 +615,29 @@ impl OpTimes {
             gb_per_s: bytes_per_s / 1e9,
             points,
             beside_reads: Vec::new(),
+            gathered: Vec::new(),
         })
+    }
+
+    /// What each piece of the gathered ops cost beyond the fitted time of as many contiguous
+    /// bytes, ns, per kind of op.
+    pub fn piece_costs_ns(&self) -> Vec<f64> {
+        self.gathered
+            .iter()
+            .map(|&(piece, _, bytes, t)| {
+                (t - self.fitted_seconds(bytes)) / (bytes / piece) as f64 * 1e9
+            })
+            .collect()
+    }
+
+    /// The compute unit's `piece_overhead_ns`: the mean of [`Self::piece_costs_ns`], or 0 when
+    /// none was measured or the pieces cost nothing beyond their bytes.
+    pub fn piece_overhead_ns(&self) -> f64 {
+        let c = self.piece_costs_ns();
+        if c.is_empty() {
+            return 0.0;
+        }
+        (c.iter().sum::<f64>() / c.len() as f64).max(0.0)
     }
 
     /// Seconds the fit gives an op of `bytes`.
@@ -828,6 +858,29 @@ pub fn device_toml(
             ops.beside_reads_slowdown()
         ));
     }
+    if !ops.gathered.is_empty() {
+        s.push_str("# Ops over pieces of their weights (as DIP and ActiveFlow gather columns):");
+        for (&(piece, stride, bytes, t), cost) in ops.gathered.iter().zip(ops.piece_costs_ns()) {
+            s.push_str(&format!(
+                " {} KiB every {} KiB, {} MiB -> {:.1} us ({:.2} GB/s, {:.0} ns per piece beyond \
+                 the fit);",
+                piece >> 10,
+                stride >> 10,
+                bytes >> 20,
+                t * 1e6,
+                bytes as f64 / t / 1e9,
+                cost
+            ));
+        }
+        s.push_str(
+            "\n# Their mean: what each separate run of an op's weights costs (the kernel's stream\n\
+             # restarts at every run).\n",
+        );
+        s.push_str(&format!(
+            "piece_overhead_ns = {:.1}\n",
+            ops.piece_overhead_ns()
+        ));
+    }
     s
 }
 
@@ -976,10 +1029,25 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     }
     let mut ops = OpTimes::fit(points)?;
     ops.beside_reads = beside;
+    for (piece, stride) in GATHERED_OPS {
+        let bytes = (64 << 20) / piece * piece;
+        let t = timer.gathered_seconds(bytes, piece, stride, o.seconds_per_point)?;
+        progress(&format!(
+            "backend op of {} MiB in {} KiB pieces every {} KiB: {:>9.1} µs, {:.2} GB/s",
+            bytes >> 20,
+            piece >> 10,
+            stride >> 10,
+            t * 1e6,
+            bytes as f64 / t / 1e9
+        ));
+        ops.gathered.push((piece, stride, bytes, t));
+    }
     progress(&format!(
-        "backend ops fitted: {:.1} µs + bytes / {:.2} GB/s; {:.3}x slower beside reads",
+        "backend ops fitted: {:.1} µs + bytes / {:.2} GB/s + {:.0} ns per piece; {:.3}x slower \
+         beside reads",
         ops.overhead_us,
         ops.gb_per_s,
+        ops.piece_overhead_ns(),
         ops.beside_reads_slowdown()
     ));
     let max_threads = hardware_threads();

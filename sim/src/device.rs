@@ -133,6 +133,11 @@ impl Device {
                     format!("must be at least 1, got {}", c.beside_reads_slowdown),
                 ));
             }
+            if !(c.piece_overhead_ns >= 0.0 && c.piece_overhead_ns.is_finite()) {
+                return Err(src.invalid(&key("piece_overhead_ns"), "must be zero or positive"));
+            }
+            let piece = Ps::from_us(c.piece_overhead_ns / 1e3)
+                .map_err(|e| src.invalid(&key("piece_overhead_ns"), e.to_string()))?;
             units.push(
                 ComputeUnit::new(
                     name,
@@ -140,6 +145,7 @@ impl Device {
                     gb_per_s_to_bytes(bw * c.mem_efficiency),
                     overhead,
                 )
+                .with_piece_overhead(piece)
                 .with_beside_reads_slowdown(c.beside_reads_slowdown),
             );
         }
@@ -202,7 +208,8 @@ impl flashsim_policies::DeviceRates for Rates<'_> {
 
     fn op_seconds(&self, unit: &str, flops: u64, dram_bytes: u64) -> Option<f64> {
         let u = self.device.units.iter().find(|u| u.name == unit)?;
-        let own = u.op_time(flops, dram_bytes, false).ok()?.as_s();
+        // One run: the policy asks before it knows which weights the op will gather.
+        let own = u.op_time(flops, dram_bytes, 1, false).ok()?.as_s();
         let bus = dram_bytes as f64 / self.device.dram_bus_bytes_per_s as f64;
         Some(own.max(bus))
     }

@@ -149,7 +149,8 @@ impl Backend for Simulated {
     ) -> Result<(Ps, Option<Ps>), SimError> {
         let unit = &mut self.0.units[unit];
         let start = now.max(unit.free_at());
-        let own = start.checked_add(unit.op_time(op.flops, op.dram_bytes, reads_beside)?)?;
+        let own =
+            start.checked_add(unit.op_time(op.flops, op.dram_bytes, op.pieces, reads_beside)?)?;
         let done = own.max(dram.transfer(start, op.dram_bytes)?);
         unit.occupy(done);
         Ok((start, Some(done)))

@@ -1233,9 +1233,27 @@ impl OpTimer {
     /// run, since the simulator is checked against the backend's mean ms/token; `calibrate`
     /// fits the unit's dispatch overhead and memory rate to these times.
     pub fn seconds(&mut self, bytes: u64, seconds: f64) -> Result<f64> {
-        let span = self.span_bytes();
         let bytes = bytes.next_multiple_of(2);
-        if bytes == 0 || bytes > span {
+        self.gathered_seconds(bytes, bytes, bytes, seconds)
+    }
+
+    /// The same for an op whose `bytes` lie in pieces of `piece` bytes every `stride` bytes
+    /// (`bytes` a multiple of `piece`; `piece` even and at most `stride`), as a gathering
+    /// policy's columns or channels lie in its weights.
+    pub fn gathered_seconds(
+        &mut self,
+        bytes: u64,
+        piece: u64,
+        stride: u64,
+        seconds: f64,
+    ) -> Result<f64> {
+        let span = self.span_bytes();
+        if piece == 0 || !piece.is_multiple_of(2) || piece > stride || !bytes.is_multiple_of(piece)
+        {
+            anyhow::bail!("{bytes} B in pieces of {piece} B every {stride} B is not an op");
+        }
+        let reach = bytes / piece * stride;
+        if bytes == 0 || reach > span {
             anyhow::bail!("an op of {bytes} B does not fit the {span} B the ops are timed on");
         }
         let (op_tx, op_rx) = channel::<Job>();
@@ -1247,14 +1265,16 @@ impl OpTimer {
         };
         let worker = spawn_op_worker(op_rx, done_tx, Some(mem));
         let mut run = |j: u32| -> Result<f64> {
-            if self.next + bytes > span {
+            if self.next + reach > span {
                 self.next = 0;
             }
-            let weights = vec![Extent {
-                offset: self.next,
-                bytes,
-            }];
-            self.next += bytes;
+            let weights: Vec<Extent> = (0..bytes / piece)
+                .map(|i| Extent {
+                    offset: self.next + i * stride,
+                    bytes: piece,
+                })
+                .collect();
+            self.next += reach;
             let t = Instant::now();
             op_tx
                 .send(Job::Op {
@@ -1739,6 +1759,21 @@ mod tests {
         assert!(t.next.is_multiple_of(2) && t.next <= (8 << 20));
         let e = t.seconds((8 << 20) + 2, 0.0).unwrap_err().to_string();
         assert!(e.contains("does not fit"), "{e}");
+        // 1 MiB in 8 KiB pieces every 16 KiB reaches 2 MiB: from 0, 2, 4, 6 MiB in turn.
+        t.next = 0;
+        assert!(t.gathered_seconds(1 << 20, 8 << 10, 16 << 10, 0.0).unwrap() > 0.0);
+        assert!(
+            t.next.is_multiple_of(2 << 20) && t.next <= (8 << 20),
+            "{}",
+            t.next
+        );
+        for (bytes, piece, stride) in [(1000, 3, 8), (1024, 8, 4), (1000, 16, 32), (8, 0, 8)] {
+            let e = t
+                .gathered_seconds(bytes, piece, stride, 0.0)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("is not an op"), "{e}");
+        }
     }
 
     #[test]

@@ -30,6 +30,13 @@ impl Ps {
             None => Err(SimError::TimeOverflow),
         }
     }
+    /// `n` times this duration.
+    pub fn checked_mul(self, n: u64) -> Result<Ps, SimError> {
+        match self.0.checked_mul(n) {
+            Some(t) => Ok(Ps(t)),
+            None => Err(SimError::TimeOverflow),
+        }
+    }
     /// `self - d`, or zero when `d` is later.
     pub fn saturating_sub(self, d: Ps) -> Ps {
         Ps(self.0.saturating_sub(d.0))

@@ -168,8 +168,25 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     let over = ops.overhead_us * 1e-6;
     let alone = ops.fitted_seconds(calibrate::BESIDE_READS_OP_BYTES) - over;
     ops.beside_reads = vec![(4, 8, over + 1.25 * alone), (1024, 8, over + 1.75 * alone)];
+    // Gathered ops 0.5 and 1.5 µs per piece slower than as many contiguous bytes: 1 µs.
+    let gathered = |piece: u64, stride: u64, ns: f64| {
+        let bytes = (64u64 << 20) / piece * piece;
+        let t = ops.fitted_seconds(bytes) + (bytes / piece) as f64 * ns * 1e-9;
+        (piece, stride, bytes, t)
+    };
+    ops.gathered = vec![
+        gathered(8 << 10, 16 << 10, 500.0),
+        gathered(51 << 10, 128 << 10, 1500.0),
+    ];
+    let costs = ops.piece_costs_ns();
+    assert!(
+        (costs[0] - 500.0).abs() < 1e-3 && (costs[1] - 1500.0).abs() < 1e-3,
+        "{costs:?}"
+    );
     let text = calibrate::device_toml(&o, &cells, &[cell(1024, 1, 1.0)], &rates, &ops);
     assert!(text.contains("beside_reads_slowdown = 1.500"), "{text}");
+    assert!(text.contains("piece_overhead_ns = 1000.0"), "{text}");
+    assert!(text.contains("8 KiB every 16 KiB, 64 MiB ->"), "{text}");
     assert!(text.contains("sequential_gb_per_s = [1.000000]"), "{text}");
     assert!(
         text.contains("# Clamped (noise): 256 KiB QD 4: 2.500 GB/s measured, more than 4x QD 1 (0.500); set to 2.000"),
@@ -185,14 +202,21 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     let unit = &dev.units[0];
     let b = 16u64 << 20;
     assert_eq!(
-        unit.op_time(b, b, false).unwrap(),
-        unit.op_time(0, b, false).unwrap()
+        unit.op_time(b, b, 1, false).unwrap(),
+        unit.op_time(0, b, 1, false).unwrap()
     );
     // Beside reads, 1.5x beyond the dispatch overhead.
-    let overhead = unit.op_time(0, 0, true).unwrap().as_s();
-    let ratio = (unit.op_time(b, b, true).unwrap().as_s() - overhead)
-        / (unit.op_time(b, b, false).unwrap().as_s() - overhead);
+    let overhead = unit.op_time(0, 0, 0, true).unwrap().as_s();
+    let ratio = (unit.op_time(b, b, 0, true).unwrap().as_s() - overhead)
+        / (unit.op_time(b, b, 0, false).unwrap().as_s() - overhead);
     assert!((ratio - 1.5).abs() < 1e-6, "{ratio}");
+    // Each piece 1 µs more; beside reads slowed as the rates are.
+    let extra = |beside| {
+        unit.op_time(0, b, 10, beside).unwrap().as_us()
+            - unit.op_time(0, b, 0, beside).unwrap().as_us()
+    };
+    assert!((extra(false) - 10.0).abs() < 1e-6, "{}", extra(false));
+    assert!((extra(true) - 15.0).abs() < 1e-6, "{}", extra(true));
     // The sequential figure: 1 MiB at QD 1 in file order at 1 GB/s, after a first random read.
     let mib = 1u64 << 20;
     let mut f = dev.flash.fresh();

@@ -30,8 +30,8 @@ use crate::cache::{LfuAdmit, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, InterleaveRegion, WeightLayout};
 use crate::plan::{
-    kept_share, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Op, OpKind, Pieces, Read,
-    TokenPlan,
+    index_runs, kept_share, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Op, OpKind,
+    Read, TokenPlan,
 };
 use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
@@ -552,10 +552,13 @@ impl Policy for ActiveFlow {
                 } else {
                     Vec::new()
                 };
-                let mut pieces = Pieces::default();
-                for &c in &mask {
-                    pieces.unit([region.channel(l, c as u64)]);
-                }
+                // Channel c of a layer lies next to channel c + 1 only where the region holds
+                // one layer; interleaved with others, every channel is a run of its own.
+                let pieces = if region.layers == 1 {
+                    index_runs(&mask)
+                } else {
+                    mask.len() as u64
+                };
                 plan.ops.push(Op {
                     kind,
                     layer: Some(l),
@@ -563,7 +566,7 @@ impl Policy for ActiveFlow {
                     flops,
                     dram_bytes: bytes,
                     weights,
-                    pieces: pieces.count(),
+                    pieces,
                 });
                 if o == Oper::Down {
                     // `self.keys` holds the magnitudes of h this mask was chosen from.

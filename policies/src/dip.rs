@@ -19,8 +19,8 @@ use crate::cache::{Belady, Lfu, Lru, UnitCache};
 use crate::decode;
 use crate::layout::{coalesce, Major, WeightLayout};
 use crate::plan::{
-    kept_share, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Op, OpKind, Pieces, Read,
-    TokenPlan,
+    index_runs, kept_share, op_weights, AppliedMask, DramChange, Extent, IssueAfter, Op, OpKind,
+    Read, TokenPlan,
 };
 use crate::policy::{
     param_key, parse_params, Policy, PolicyContext, PolicyEntry, PolicyError, PolicySetup,
@@ -451,10 +451,10 @@ impl Policy for Dip {
                 } else {
                     Vec::new()
                 };
-                let mut pieces = Pieces::default();
-                for &c in &sel {
-                    pieces.unit(kinds.iter().map(|&k| tensor(k).unit(c as u64)));
-                }
+                // A tensor's units (columns here) lie back to back: each run of kept channels
+                // is one run of bytes in each tensor (what `Pieces` would count, at a fraction
+                // of the cost: this runs for every layer of every token).
+                let pieces = index_runs(&sel) * kinds.len() as u64;
                 let (flops, bytes) = if act == Act::XMlp {
                     let mats = if shape.gated { 2 } else { 1 };
                     (
@@ -474,7 +474,7 @@ impl Policy for Dip {
                     flops,
                     dram_bytes: bytes,
                     weights,
-                    pieces: pieces.count(),
+                    pieces,
                 });
                 extents.clear();
                 for &kind in kinds {

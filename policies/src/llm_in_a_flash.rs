@@ -412,9 +412,13 @@ impl Policy for LlmInAFlash {
             // Runs of adjacent neurons, each as many pieces as a neuron has extents (its bundle,
             // or its row or column of each FFN matrix).
             let runs = if windowed {
-                index_runs((0..self.keys.len() as u32).filter(|&i| window.contains(i)))
+                // Neurons in the window whose predecessor is not.
+                let n = self.keys.len() as u32;
+                (0..n)
+                    .filter(|&i| window.contains(i) && (i == 0 || !window.contains(i - 1)))
+                    .count() as u64
             } else {
-                index_runs(predicted.iter().copied())
+                index_runs(&predicted)
             };
             let per_neuron = if ctx.layout.bundles(l).is_some() {
                 1

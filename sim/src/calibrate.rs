@@ -182,6 +182,8 @@ pub struct Cell {
 #[derive(Debug, Clone, Copy)]
 pub struct Rates {
     pub threads: usize,
+    /// Bytes of the buffer the DRAM read pass read ([`rate_buffer`]).
+    pub buffer_bytes: u64,
     pub dram_read_gb_per_s: f64,
     pub gemv_gflops: f64,
 }
@@ -368,6 +370,7 @@ pub fn measure_rates(buf: &[u64], threads: usize, seconds: f64) -> Rates {
     });
     Rates {
         threads,
+        buffer_bytes: (words * 8) as u64,
         dram_read_gb_per_s: dram / 1e9,
         gemv_gflops: gemv / 1e9,
     }
@@ -459,15 +462,10 @@ fn environment(o: &Options) -> Vec<(String, String)> {
             "last-level cache".into(),
             match last_level_cache_bytes() {
                 Some(b) => format!(
-                    "{} MiB (sysfs); DRAM is measured over {} MiB, never the same byte again \
-                     within that",
-                    b >> 20,
-                    beyond_cache_bytes() >> 20
+                    "{} MiB (sysfs); DRAM and ops are measured beyond it (below)",
+                    b >> 20
                 ),
-                None => format!(
-                    "not reported; DRAM is measured over {} MiB",
-                    beyond_cache_bytes() >> 20
-                ),
+                None => "not reported".into(),
             },
         ),
         (
@@ -570,6 +568,9 @@ pub struct OpTimes {
     /// Ops over pieces ([`GATHERED_OPS`]): (piece bytes, stride bytes, op bytes, mean seconds).
     /// Empty until measured.
     pub gathered: Vec<(u64, u64, u64, f64)>,
+    /// Bytes of DRAM the timed ops took turns over ([`crate::real::OpTimer::span_bytes`]); 0
+    /// until measured.
+    pub span_bytes: u64,
 }
 
 /// The gathered ops calibrate times, 64 MiB of weights each: (piece, stride) bytes. DIP's
@@ -616,6 +617,7 @@ impl OpTimes {
             points,
             beside_reads: Vec::new(),
             gathered: Vec::new(),
+            span_bytes: 0,
         })
     }
 
@@ -774,7 +776,10 @@ pub fn device_toml(
         .expect("at least one thread count");
     s.push_str("[dram]\n# Installed memory (/proc/meminfo).\n");
     s.push_str(&format!("capacity_gib = {:.3}\n", dram_gib()));
-    s.push_str("# Read bandwidth of a 256 MiB buffer, by threads:");
+    s.push_str(&format!(
+        "# Read bandwidth of a {} MiB buffer, by threads:",
+        best.buffer_bytes >> 20
+    ));
     for r in rates {
         s.push_str(&format!(
             " {} -> {:.2} GB/s;",
@@ -816,9 +821,15 @@ pub fn device_toml(
     s.push_str(
         "# The real backend's ops (its kernel streaming 16-bit weights, one multiply-add each, on\n\
          # all threads), timed on the backend's own path from hand-off to reported end, mean of\n\
-         # repeats, each op on weights no op touched since the ops took turns over the DRAM\n\
-         # measurement's span (see last-level cache above), by op size:",
+         # repeats",
     );
+    if ops.span_bytes > 0 {
+        s.push_str(&format!(
+            ", each op on weights no op touched recently (the ops took turns over {} MiB)",
+            ops.span_bytes >> 20
+        ));
+    }
+    s.push_str(", by op size:");
     for &(b, t) in &ops.points {
         s.push_str(&format!(
             " {} MiB -> {:.1} us ({:.2} GB/s);",
@@ -1029,6 +1040,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     }
     let mut ops = OpTimes::fit(points)?;
     ops.beside_reads = beside;
+    ops.span_bytes = timer.span_bytes();
     for (piece, stride) in GATHERED_OPS {
         let bytes = (64 << 20) / piece * piece;
         let t = timer.gathered_seconds(bytes, piece, stride, o.seconds_per_point)?;

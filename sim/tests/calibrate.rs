@@ -71,6 +71,9 @@ fn calibrates_a_small_file_into_a_loadable_measured_device() {
             "environment line {key} missing:\n{text}"
         );
     }
+    // The ops' span and the DRAM buffer are recorded as they were.
+    assert!(text.contains("(the ops took turns over "), "{text}");
+    assert!(text.contains("# Read bandwidth of a "), "{text}");
     // Read back as the machine it describes: this one.
     assert!(calibrate::recorded_environment(&text).len() >= 8);
     assert_eq!(
@@ -160,6 +163,7 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     ];
     let rates = [calibrate::Rates {
         threads: 1,
+        buffer_bytes: 1920 << 20,
         dram_read_gb_per_s: 10.0,
         gemv_gflops: 5.0,
     }];
@@ -186,6 +190,11 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     let text = calibrate::device_toml(&o, &cells, &[cell(1024, 1, 1.0)], &rates, &ops);
     assert!(text.contains("beside_reads_slowdown = 1.500"), "{text}");
     assert!(text.contains("piece_overhead_ns = 1000.0"), "{text}");
+    // The sizes the measurements used, as measured.
+    assert!(
+        text.contains("# Read bandwidth of a 1920 MiB buffer, by threads:"),
+        "{text}"
+    );
     assert!(text.contains("8 KiB every 16 KiB, 64 MiB ->"), "{text}");
     assert!(text.contains("sequential_gb_per_s = [1.000000]"), "{text}");
     assert!(

@@ -3,7 +3,7 @@
 //! the LM head. A policy starts from these and changes what it sparsifies.
 
 use crate::layout::{TensorExtent, WeightLayout};
-use crate::plan::{op_weights, Op, OpKind, Pieces};
+use crate::plan::{extent_runs, op_weights, Op, OpKind};
 use flashsim_workloads::shape::{ModelShape, TensorKind};
 
 /// Index of layer `l`'s attention op in [`dense_ops`].
@@ -40,21 +40,19 @@ pub fn dense_ops(
         let (mut params, mut bytes) = (0, 0);
         let (mut ffn_params, mut ffn_bytes) = (0, 0);
         let (mut attn_w, mut ffn_w) = (Vec::new(), Vec::new());
-        // Whole matrices: one run each, or one for several that lie back to back.
-        let (mut attn_p, mut ffn_p) = (Pieces::default(), Pieces::default());
         for t in layout.layer(l) {
             if t.shape.kind.is_attention() {
                 params += t.shape.params();
                 bytes += t.bytes;
                 attn_w.push(t.whole());
-                attn_p.unit([t.whole()]);
             } else {
                 ffn_params += t.shape.params();
                 ffn_bytes += t.bytes;
                 ffn_w.push(t.whole());
-                ffn_p.unit([t.whole()]);
             }
         }
+        // Whole matrices: one run each, or one for several that lie back to back.
+        let (attn_p, ffn_p) = (extent_runs(&attn_w), extent_runs(&ffn_w));
         let listed = |v: Vec<_>| if weights { op_weights(v) } else { Vec::new() };
         ops.push(Op {
             kind: OpKind::Attention,
@@ -63,7 +61,7 @@ pub fn dense_ops(
             flops: 2 * params + attn_flops,
             dram_bytes: bytes + kv,
             weights: listed(attn_w),
-            pieces: attn_p.count(),
+            pieces: attn_p,
         });
         ops.push(Op {
             kind: OpKind::Ffn,
@@ -72,7 +70,7 @@ pub fn dense_ops(
             flops: 2 * ffn_params,
             dram_bytes: ffn_bytes,
             weights: listed(ffn_w),
-            pieces: ffn_p.count(),
+            pieces: ffn_p,
         });
     }
     let head = lm_head(layout);

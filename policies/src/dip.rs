@@ -452,8 +452,7 @@ impl Policy for Dip {
                     Vec::new()
                 };
                 // A tensor's units (columns here) lie back to back: each run of kept channels
-                // is one run of bytes in each tensor (what `Pieces` would count, at a fraction
-                // of the cost: this runs for every layer of every token).
+                // is one run of bytes in each tensor.
                 let pieces = index_runs(&sel) * kinds.len() as u64;
                 let (flops, bytes) = if act == Act::XMlp {
                     let mats = if shape.gated { 2 } else { 1 };

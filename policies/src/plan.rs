@@ -92,8 +92,8 @@ pub struct Op {
     /// otherwise, which costs the simulator nothing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<Extent>,
-    /// How many separate runs of DRAM the op's weights lie in ([`Pieces`]; 1 for one whole
-    /// matrix, one per run of adjacent rows or columns for a gathering op, 0 for an op that
+    /// How many separate runs of DRAM the op's weights lie in (1 for one whole matrix, or
+    /// several back to back; one per run of adjacent rows or columns for a gathering op, 0 for an op that
     /// multiplies by no weights): the compute model charges each run
     /// `piece_overhead_ns`. Counted always, whether `weights` is listed or not.
     pub pieces: u64,
@@ -106,36 +106,16 @@ impl Op {
     }
 }
 
-/// Counts the runs an op's weights form when they are listed unit by unit in ascending order
-/// (channels, columns, neurons), each unit giving its extents in the same order of tensors (a
-/// DIP input channel's gate then up column; a neuron's gate, up and down vectors): an extent
-/// continues a run where the same tensor's extent of the unit before it ended. Two runs that
-/// meet across tensors count apart (at most one more piece per tensor than
-/// [`op_weights`] merges them into).
-#[derive(Debug, Clone, Default)]
-pub struct Pieces {
-    ends: Vec<u64>,
-    pieces: u64,
-}
-
-impl Pieces {
-    /// The next unit's extents.
-    pub fn unit(&mut self, extents: impl IntoIterator<Item = Extent>) {
-        for (j, e) in extents.into_iter().enumerate() {
-            if j == self.ends.len() {
-                self.ends.push(u64::MAX);
-            }
-            if self.ends[j] != e.offset {
-                self.pieces += 1;
-            }
-            self.ends[j] = e.end();
-        }
+/// How many runs `extents`, in file order, form: one more wherever an extent does not start
+/// where the one before it ended (whole matrices that lie back to back are one run).
+pub fn extent_runs(extents: &[Extent]) -> u64 {
+    if extents.is_empty() {
+        return 0;
     }
-
-    /// The runs so far.
-    pub fn count(&self) -> u64 {
-        self.pieces
-    }
+    1 + extents
+        .windows(2)
+        .filter(|w| w[1].offset != w[0].end())
+        .count() as u64
 }
 
 /// How many runs of consecutive integers `ascending` holds (`[1, 2, 3, 7, 9, 10]`: 3). One
@@ -367,35 +347,18 @@ mod magnitude_tests {
 
 #[cfg(test)]
 mod piece_tests {
-    use super::{index_runs, Extent, Pieces};
+    use super::{extent_runs, index_runs, Extent};
 
     #[test]
-    fn pieces_count_runs_per_tensor_and_index_runs_count_consecutive_indices() {
+    fn runs_of_indices_and_of_extents() {
         assert_eq!(index_runs(&[1, 2, 3, 7, 9, 10]), 3);
         assert_eq!(index_runs(&[]), 0);
         assert_eq!(index_runs(&[5]), 1);
         assert_eq!(index_runs(&[0, u32::MAX]), 2);
-        // Columns 0, 1, 2 and 5 of two tensors (8-byte units at 0 and at 1000): two runs in
-        // each tensor.
-        let mut p = Pieces::default();
-        for c in [0u64, 1, 2, 5] {
-            p.unit([
-                Extent {
-                    offset: 8 * c,
-                    bytes: 8,
-                },
-                Extent {
-                    offset: 1000 + 8 * c,
-                    bytes: 8,
-                },
-            ]);
-        }
-        assert_eq!(p.count(), 4);
         // Whole matrices back to back are one run; a gap starts another.
-        let mut p = Pieces::default();
-        for (offset, bytes) in [(0, 10), (10, 5), (20, 5)] {
-            p.unit([Extent { offset, bytes }]);
-        }
-        assert_eq!(p.count(), 2);
+        let e = |offset, bytes| Extent { offset, bytes };
+        assert_eq!(extent_runs(&[e(0, 10), e(10, 5), e(20, 5)]), 2);
+        assert_eq!(extent_runs(&[e(0, 10)]), 1);
+        assert_eq!(extent_runs(&[]), 0);
     }
 }

@@ -20,7 +20,7 @@
 //! `NAME.csv` with one row per (size, queue depth): requests, throughput, mean/P50/P99 latency.
 
 use crate::hw::flash_measured::SEQUENTIAL_BYTES;
-use crate::real::ReadPattern;
+use crate::real::{ReadOrder, ReadPattern};
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -574,9 +574,17 @@ pub struct OpTimes {
 }
 
 /// The gathered ops calibrate times, 64 MiB of weights each: (piece, stride) bytes. DIP's
-/// 8 KiB down columns of a 7B FFN with half of them kept (every 16 KiB), and ActiveFlow's
-/// mean run of channels in `validate-vm` (51 KiB) with 60% of them left out (every 128 KiB).
-pub const GATHERED_OPS: [(u64, u64); 2] = [(8 << 10, 16 << 10), (51 << 10, 128 << 10)];
+/// 8 KiB down columns of a 7B FFN with half of them kept (every 16 KiB), its 22 KiB gate/up
+/// columns likewise, ActiveFlow's mean run of channels in `validate-vm` (51 KiB) with 60% of
+/// them left out (every 128 KiB), and 256 KiB runs (long bundles), past any ramp seen so far.
+/// On this project's VM the cost of a piece grew with its size up to ~40-50 KiB and then
+/// stayed; the stride did not matter (throwaway measurement, 16-640 KiB strides).
+pub const GATHERED_OPS: [(u64, u64); 4] = [
+    (8 << 10, 16 << 10),
+    (22 << 10, 44 << 10),
+    (51 << 10, 128 << 10),
+    (256 << 10, 640 << 10),
+];
 
 /// The op timed beside reads: a decode-sized matrix.
 pub const BESIDE_READS_OP_BYTES: u64 = 64 << 20;
@@ -632,14 +640,31 @@ impl OpTimes {
             .collect()
     }
 
-    /// The compute unit's `piece_overhead_ns`: the mean of [`Self::piece_costs_ns`], or 0 when
-    /// none was measured or the pieces cost nothing beyond their bytes.
-    pub fn piece_overhead_ns(&self) -> f64 {
-        let c = self.piece_costs_ns();
-        if c.is_empty() {
-            return 0.0;
+    /// The compute unit's piece ramp, (`piece_ramp_kib` in bytes, `piece_ramp_gb_per_s`),
+    /// fitted to [`Self::piece_costs_ns`]: a piece of `m` bytes costs `k · min(m, R)` beyond
+    /// the contiguous fit (its first `R` bytes stream at `1 / (1 / rate + k)`), `R` a multiple
+    /// of 4 KiB up to the largest piece (the smallest of equal fits) and `k` its least-squares
+    /// slope. None when nothing was measured or the pieces cost nothing beyond their bytes.
+    pub fn piece_ramp(&self) -> Option<(u64, f64)> {
+        let pts: Vec<(f64, f64)> = self
+            .gathered
+            .iter()
+            .zip(self.piece_costs_ns())
+            .map(|(&(piece, ..), ns)| (piece as f64, ns * 1e-9))
+            .collect();
+        let largest = self.gathered.iter().map(|g| g.0).max()?;
+        let mut best: Option<(f64, u64, f64)> = None;
+        for r in (1..=largest.div_ceil(4096)).map(|i| i * 4096) {
+            let x = |m: f64| m.min(r as f64);
+            let sxx: f64 = pts.iter().map(|&(m, _)| x(m) * x(m)).sum();
+            let k = (pts.iter().map(|&(m, c)| x(m) * c).sum::<f64>() / sxx).max(0.0);
+            let sse: f64 = pts.iter().map(|&(m, c)| (c - k * x(m)).powi(2)).sum();
+            if best.is_none_or(|b| sse < b.0 * (1.0 - 1e-9)) {
+                best = Some((sse, r, k));
+            }
         }
-        (c.iter().sum::<f64>() / c.len() as f64).max(0.0)
+        let (_, r, k) = best?;
+        (k > 0.0).then(|| (r, 1.0 / (1.0 / (self.gb_per_s * 1e9) + k) / 1e9))
     }
 
     /// Seconds the fit gives an op of `bytes`.
@@ -661,11 +686,58 @@ impl OpTimes {
     }
 }
 
+/// The `[flash]` lines of the near figures (`near`: cells of near reads, any order; none
+/// writes nothing).
+fn near_toml(near: &[Cell]) -> String {
+    let mut sizes: Vec<u64> = near.iter().map(|c| c.size_bytes).collect();
+    let mut qds: Vec<u32> = near.iter().map(|c| c.queue_depth).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    qds.sort_unstable();
+    qds.dedup();
+    if sizes.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(
+        "# Reads in ascending file order, each 0-{} KiB (uniform, 4 KiB steps) past where the one\n\
+         # before it ended (as DIP and ActiveFlow read the channels they keep), by chunk size (rows)\n\
+         # and queue depth (columns); a read that starts at most near_gap_kib past the end of the\n\
+         # one submitted before it runs at the table's rate times their ratio to it:\n",
+        NEAR_GAP_BYTES >> 10
+    );
+    s.push_str(&format!(
+        "near_gap_kib = {:?}\n",
+        (NEAR_GAP_BYTES >> 10) as f64
+    ));
+    s.push_str(&format!(
+        "near_chunk_kib = {:?}\n",
+        sizes.iter().map(|&b| (b / 1024) as f64).collect::<Vec<_>>()
+    ));
+    s.push_str(&format!("near_queue_depths = {qds:?}\n"));
+    s.push_str("near_gb_per_s = [\n");
+    for &size in &sizes {
+        let row: Vec<String> = qds
+            .iter()
+            .map(|&q| {
+                let c = near
+                    .iter()
+                    .find(|c| c.size_bytes == size && c.queue_depth == q)
+                    .expect("every near cell measured");
+                format!("{:.6}", c.throughput_gb_per_s.max(1e-6))
+            })
+            .collect();
+        s.push_str(&format!("  [{}],  # {} KiB\n", row.join(", "), size / 1024));
+    }
+    s.push_str("]\n");
+    s
+}
+
 /// The device file for these measurements.
 pub fn device_toml(
     o: &Options,
     cells: &[Cell],
     sequential: &[Cell],
+    near: &[Cell],
     rates: &[Rates],
     ops: &OpTimes,
 ) -> String {
@@ -728,6 +800,7 @@ pub fn device_toml(
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    s.push_str(&near_toml(near));
     // The measured model rejects a cell faster than its queue depth allows (q / q0 times the
     // first column: concurrency cannot make a request faster than alone); on a noisy disk a
     // cell can measure so. Such a cell is lowered to the bound and the file says so.
@@ -883,20 +956,35 @@ pub fn device_toml(
                 cost
             ));
         }
-        s.push_str(
-            "\n# Their mean: what each separate run of an op's weights costs (the kernel's stream\n\
-             # restarts at every run).\n",
-        );
-        s.push_str(&format!(
-            "piece_overhead_ns = {:.1}\n",
-            ops.piece_overhead_ns()
-        ));
+        s.push('\n');
+        if let Some((bytes, gb_per_s)) = ops.piece_ramp() {
+            s.push_str(
+                "# Fitted (least squares): the first piece_ramp_kib of every separate run of an op's\n\
+                 # weights streams at piece_ramp_gb_per_s (the prefetcher starts over at each run:\n\
+                 # a piece's cost grows with it up to the ramp, then stays).\n",
+            );
+            s.push_str(&format!(
+                "piece_ramp_kib = {:.1}\npiece_ramp_gb_per_s = {gb_per_s:.3}\n",
+                bytes as f64 / 1024.0
+            ));
+        } else {
+            s.push_str("# The pieces cost nothing beyond their bytes: no piece ramp.\n");
+        }
     }
     s
 }
 
 /// The queue depths of the sequential figures (of the measured model's request size).
 const SEQUENTIAL_QDS: [u32; 2] = [1, 8];
+
+/// Near reads (ascending, each 0 to this many bytes past the end of the one before it) are
+/// measured at the table's sizes up to [`NEAR_MAX_BYTES`], at [`SEQUENTIAL_QDS`]. 64 KiB: DIP's
+/// and ActiveFlow's reads of the channels they keep on validate-vm's 7B shape lie 0-64 KiB
+/// apart for 60-75% of them (the rest up to 1 MiB, where the advantage had faded).
+pub const NEAR_GAP_BYTES: u64 = 64 << 10;
+/// The largest size near reads are measured at: beyond it the gap is small beside the read
+/// and the ratio is held (the model clamps).
+pub const NEAR_MAX_BYTES: u64 = 256 << 10;
 
 /// Runs the whole calibration; returns the device file written.
 pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
@@ -922,19 +1010,30 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let file = open_direct(&path, false)?;
     let largest = o.sizes_kib.last().copied().unwrap_or(1024).max(1024) * 1024;
     let dram = measurement_dram(o.file_bytes, largest, progress)?;
-    // The table's cells (random offsets) and, beside its 1 MiB row, 1 MiB reads in file order
-    // at QD 1 and 8 (a streaming reader: the sequential figures), all measured in the same
-    // alternating passes so that the disk's drift spreads over both.
+    // The table's cells (random offsets), beside each row up to 256 KiB its near reads at QD 1
+    // and 8, and beside its 1 MiB row, 1 MiB reads in file order at QD 1 and 8 (a streaming
+    // reader: the sequential figures), all measured in the same alternating passes so that the
+    // disk's drift spreads over them all.
     let random = |size: u64, qd: u32| ReadPattern {
         size,
         qd,
-        in_order: false,
+        order: ReadOrder::Random,
     };
-    let mut grid: Vec<ReadPattern> = o
-        .sizes_kib
-        .iter()
-        .flat_map(|&kib| o.queue_depths.iter().map(move |&qd| random(kib * 1024, qd)))
-        .collect();
+    let near = ReadOrder::Near {
+        gap_bytes: NEAR_GAP_BYTES,
+    };
+    let mut grid: Vec<ReadPattern> = Vec::new();
+    for &kib in &o.sizes_kib {
+        let size = kib * 1024;
+        grid.extend(o.queue_depths.iter().map(|&qd| random(size, qd)));
+        if size <= NEAR_MAX_BYTES {
+            grid.extend(SEQUENTIAL_QDS.iter().map(|&qd| ReadPattern {
+                size,
+                qd,
+                order: near,
+            }));
+        }
+    }
     let at = grid
         .iter()
         .rposition(|p| p.size <= SEQUENTIAL_BYTES)
@@ -945,7 +1044,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             ReadPattern {
                 size: SEQUENTIAL_BYTES,
                 qd: *qd,
-                in_order: true,
+                order: ReadOrder::InOrder,
             },
         );
     }
@@ -971,15 +1070,24 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             pooled[i].1.extend(lat);
         }
     }
-    let (mut cells, mut sequential) = (Vec::new(), Vec::new());
+    let (mut cells, mut sequential, mut nears) = (Vec::new(), Vec::new(), Vec::new());
     for (p, (secs, lat)) in grid.iter().zip(pooled) {
         let c = cell_of(p.size, p.qd, secs, lat);
-        if p.in_order {
+        if p.order == ReadOrder::InOrder {
             progress(&format!(
                 "sequential 1 MiB QD {}: {:.3} GB/s",
                 p.qd, c.throughput_gb_per_s
             ));
             sequential.push(c);
+        } else if p.order == near {
+            progress(&format!(
+                "{:>5} KiB  QD {:>3}, near (0-{} KiB apart, ascending): {:.3} GB/s",
+                p.size / 1024,
+                p.qd,
+                NEAR_GAP_BYTES >> 10,
+                c.throughput_gb_per_s
+            ));
+            nears.push(c);
         } else {
             progress(&format!(
                 "{:>5} KiB  QD {:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads)",
@@ -1055,11 +1163,12 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         ops.gathered.push((piece, stride, bytes, t));
     }
     progress(&format!(
-        "backend ops fitted: {:.1} µs + bytes / {:.2} GB/s + {:.0} ns per piece; {:.3}x slower \
-         beside reads",
+        "backend ops fitted: {:.1} µs + bytes / {:.2} GB/s; each piece's first {:.0} KiB at \
+         {:.2} GB/s; {:.3}x slower beside reads",
         ops.overhead_us,
         ops.gb_per_s,
-        ops.piece_overhead_ns(),
+        ops.piece_ramp().map_or(0.0, |r| r.0 as f64 / 1024.0),
+        ops.piece_ramp().map_or(ops.gb_per_s, |r| r.1),
         ops.beside_reads_slowdown()
     ));
     let max_threads = hardware_threads();
@@ -1081,7 +1190,10 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         .collect();
     std::fs::create_dir_all(&o.out_dir)?;
     let out = o.out_dir.join(format!("{}.toml", o.name));
-    std::fs::write(&out, device_toml(o, &cells, &sequential, &rates, &ops))?;
+    std::fs::write(
+        &out,
+        device_toml(o, &cells, &sequential, &nears, &rates, &ops),
+    )?;
     std::fs::create_dir_all(&o.plots_dir)?;
     let mut csv = File::create(o.plots_dir.join(format!("{}.csv", o.name)))?;
     writeln!(

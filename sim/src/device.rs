@@ -138,6 +138,24 @@ impl Device {
             }
             let piece = Ps::from_us(c.piece_overhead_ns / 1e3)
                 .map_err(|e| src.invalid(&key("piece_overhead_ns"), e.to_string()))?;
+            for (k, v) in [
+                ("piece_ramp_kib", c.piece_ramp_kib),
+                ("piece_ramp_gb_per_s", c.piece_ramp_gb_per_s),
+            ] {
+                if !(v >= 0.0 && v.is_finite()) {
+                    return Err(src.invalid(&key(k), format!("must be zero or positive, got {v}")));
+                }
+            }
+            if (c.piece_ramp_kib > 0.0) != (c.piece_ramp_gb_per_s > 0.0) {
+                return Err(src.invalid(
+                    &key(if c.piece_ramp_kib > 0.0 {
+                        "piece_ramp_kib"
+                    } else {
+                        "piece_ramp_gb_per_s"
+                    }),
+                    "piece_ramp_kib and piece_ramp_gb_per_s go together: give both or neither",
+                ));
+            }
             units.push(
                 ComputeUnit::new(
                     name,
@@ -146,6 +164,10 @@ impl Device {
                     overhead,
                 )
                 .with_piece_overhead(piece)
+                .with_piece_ramp(
+                    (c.piece_ramp_kib * 1024.0).round() as u64,
+                    c.piece_ramp_gb_per_s * 1e9,
+                )
                 .with_beside_reads_slowdown(c.beside_reads_slowdown),
             );
         }

@@ -1305,29 +1305,43 @@ impl OpTimer {
     }
 }
 
-/// What [`read_latencies`] reads: `size`-byte reads, `qd` in flight, at random offsets or in
-/// file order.
-#[derive(Debug, Clone, Copy)]
+/// What [`read_latencies`] reads: `size`-byte reads, `qd` in flight, in the order `order`
+/// says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadPattern {
     pub size: u64,
     pub qd: u32,
-    pub in_order: bool,
+    pub order: ReadOrder,
 }
 
-/// Reads of `size` bytes at random `size`-aligned offsets of `path` (or, `in_order`, the file's
-/// consecutive chunks in turn: a streaming reader), `qd` in flight, through
+/// Where each read of a [`ReadPattern`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOrder {
+    /// At a random `size`-aligned offset of the file.
+    Random,
+    /// Where the read before it ended (the file's consecutive chunks in turn: a streaming
+    /// reader).
+    InOrder,
+    /// After the read before it, 0 to `gap_bytes` (uniform, in 4 KiB steps) past its end: a
+    /// policy reading the scattered rows or columns it kept in file order. A read that would
+    /// pass the file's end starts again at a random chunk.
+    Near { gap_bytes: u64 },
+}
+
+/// Reads of `size` bytes of `path` in the order `order` says, `qd` in flight, through
 /// the real backend's own path: each read handed to its readers (`engine`) and its completion
 /// reported back to this thread, which then issues the next, as the pipeline does, until
 /// `seconds` have passed (and at least 4 reads per slot). What `calibrate` measures, so that the
 /// table carries the backend's per-read cost along with the disk's. The reads land in `dram`
 /// (a populated mapping, as the pipeline's land in the backend's) at their file offset modulo
-/// its size, which must be a multiple of `size`: on this project's virtual disk, reads into a
+/// its size, which must be a multiple of `size` (near reads: one that would pass its end starts
+/// again at a random chunk): on this project's virtual disk, reads into a
 /// few reused buffers measured up to half as fast as reads spread over a large mapping.
 /// Returns the seconds taken and each read's latency (µs).
 pub fn read_latencies(
     path: &Path,
     engine: Engine,
-    ReadPattern { size, qd, in_order }: ReadPattern,
+    ReadPattern { size, qd, order }: ReadPattern,
     seconds: f64,
     seed: u64,
     dram: &Arc<Image>,
@@ -1355,14 +1369,26 @@ pub fn read_latencies(
     let deadline = std::time::Duration::from_secs_f64(seconds);
     real.start_clock();
     let start = Instant::now();
+    // Where the read before ended (near reads).
+    let mut end = None;
     let mut submit = |real: &mut Real, slot: u32, issued: &mut [Ps]| -> Result<()> {
-        let chunk = if in_order {
-            next += 1;
-            (next - 1) % slots
-        } else {
-            crate::calibrate::splitmix(&mut state) % slots
+        let random = crate::calibrate::splitmix(&mut state) % slots * size;
+        let offset = match order {
+            ReadOrder::Random => random,
+            ReadOrder::InOrder => {
+                next += 1;
+                (next - 1) % slots * size
+            }
+            ReadOrder::Near { gap_bytes } => {
+                const STEP: u64 = crate::calibrate::ALIGN as u64;
+                let gap = crate::calibrate::splitmix(&mut state) % (gap_bytes / STEP + 1) * STEP;
+                match end.map(|e: u64| e + gap) {
+                    Some(at) if at + size <= file_bytes && at % region + size <= region => at,
+                    _ => random,
+                }
+            }
         };
-        let offset = chunk * size;
+        end = Some(offset + size);
         issued[slot as usize] = real.now_of(Instant::now());
         // The read lands in DRAM at its offset within the region.
         real.base = offset - offset % region;

@@ -34,7 +34,7 @@ use crate::executor::{RunStats, TokenStats};
 use crate::experiment::Experiment;
 use crate::hw::compute::ComputeConfig;
 use crate::hw::flash_measured::{MeasuredConfig, SEQUENTIAL_BYTES};
-use crate::real::{Image, ReadPattern};
+use crate::real::{Image, ReadOrder, ReadPattern};
 use crate::runner::{self, Cache};
 use crate::time::Ps;
 use anyhow::{bail, Context, Result};
@@ -116,17 +116,17 @@ pub fn probe(
     mem: &mut ProbeMemory,
 ) -> Result<Probe> {
     let dram = &mem.dram;
-    let measure = |size: u64, in_order: bool| -> Result<f64> {
-        let pattern = ReadPattern { size, qd, in_order };
+    let measure = |size: u64, order: ReadOrder| -> Result<f64> {
+        let pattern = ReadPattern { size, qd, order };
         let (secs, lat) =
             crate::real::read_latencies(weights, engine, pattern, seconds, seed, dram)?;
         Ok(crate::calibrate::cell_of(size, qd, secs, lat).throughput_gb_per_s * 1e9)
     };
     let mut random = Vec::new();
     for kib in PROBE_SIZES_KIB {
-        random.push((kib * 1024, qd, measure(kib * 1024, false)?));
+        random.push((kib * 1024, qd, measure(kib * 1024, ReadOrder::Random)?));
     }
-    let sequential = (qd, measure(SEQUENTIAL_BYTES, true)?);
+    let sequential = (qd, measure(SEQUENTIAL_BYTES, ReadOrder::InOrder)?);
     let op_seconds = mem.ops.seconds(BESIDE_READS_OP_BYTES, seconds)?;
     let threads = crate::calibrate::hardware_threads();
     let dram_read = crate::calibrate::measure_rates(mem.rates.words(), threads, seconds)
@@ -174,13 +174,32 @@ pub fn probed_device(path: &Path, p: &Probe) -> Result<Device> {
                 .clone()
                 .try_into()
                 .with_context(|| format!("{}: [compute.{name}]", path.display()))?;
-            // The probe's op is one run of weights.
+            // The probe's op is one run of weights: its memory time as the file has it (the
+            // ramp's first bytes at the ramp rate, the rest at the memory rate) against the
+            // probe's; both rates scaled by their ratio.
             let beyond =
                 p.op_seconds - (c.dispatch_overhead_us + c.piece_overhead_ns * 1e-3) * 1e-6;
+            let bytes = BESIDE_READS_OP_BYTES as f64;
+            let ramp = (c.piece_ramp_kib * 1024.0).min(bytes);
+            let rate = c.mem_bandwidth_gb_per_s * c.mem_efficiency * 1e9;
+            let then = if c.piece_ramp_gb_per_s > 0.0 && ramp > 0.0 {
+                (bytes - ramp) / rate + ramp / (c.piece_ramp_gb_per_s * 1e9)
+            } else {
+                bytes / rate
+            };
             // A unit deserialized as one is a table.
             if let (Some(unit), true) = (unit.as_table_mut(), beyond > 0.0) {
-                let gb_per_s = BESIDE_READS_OP_BYTES as f64 / beyond / 1e9 / c.mem_efficiency;
-                unit.insert("mem_bandwidth_gb_per_s".into(), gb_per_s.into());
+                let scale = then / beyond;
+                unit.insert(
+                    "mem_bandwidth_gb_per_s".into(),
+                    (c.mem_bandwidth_gb_per_s * scale).into(),
+                );
+                if c.piece_ramp_gb_per_s > 0.0 {
+                    unit.insert(
+                        "piece_ramp_gb_per_s".into(),
+                        (c.piece_ramp_gb_per_s * scale).into(),
+                    );
+                }
             }
         }
     }
@@ -972,6 +991,10 @@ mod tests {
             throughput_gb_per_s: vec![vec![0.1, 0.4], vec![0.5, 1.0], vec![1.0, 1.6]],
             sequential_queue_depths: vec![1, 8],
             sequential_gb_per_s: vec![1.2, 2.0],
+            near_gap_kib: 64.0,
+            near_chunk_kib: vec![16.0, 64.0],
+            near_queue_depths: vec![8],
+            near_gb_per_s: vec![vec![0.5], vec![0.9]],
         }
     }
 
@@ -993,6 +1016,12 @@ mod tests {
         }
         for (g, then) in t.sequential_gb_per_s.iter().zip([1.2, 2.0]) {
             assert!((g / (then * 0.75) - 1.0).abs() < 1e-9, "{g}");
+        }
+        // The near figures as the table's rows of their sizes: 16 KiB by 0.5, 64 KiB (1/3 of
+        // the way from 16 KiB to 1 MiB on log size) by 0.5^(2/3) · 1.2^(1/3).
+        let f64k = 0.5f64.powf(2.0 / 3.0) * 1.2f64.powf(1.0 / 3.0);
+        for (g, want) in t.near_gb_per_s.iter().zip([0.5 * 0.5, 0.9 * f64k]) {
+            assert!((g[0] / want - 1.0).abs() < 1e-9, "{g:?} vs {want}");
         }
         // One probe size: every row by the same ratio; beyond it, clamped.
         // The table at 64 KiB QD 8: 2/3 of the way from 16 to 128 KiB on log size, so

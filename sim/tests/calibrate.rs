@@ -172,24 +172,38 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     let over = ops.overhead_us * 1e-6;
     let alone = ops.fitted_seconds(calibrate::BESIDE_READS_OP_BYTES) - over;
     ops.beside_reads = vec![(4, 8, over + 1.25 * alone), (1024, 8, over + 1.75 * alone)];
-    // Gathered ops 0.5 and 1.5 µs per piece slower than as many contiguous bytes: 1 µs.
-    let gathered = |piece: u64, stride: u64, ns: f64| {
+    // Gathered ops whose pieces cost 50 ps per byte of their first 40 KiB beyond as many
+    // contiguous bytes: 8 KiB pieces 409.6 ns, 22 KiB 1126.4 ns, 51 and 256 KiB 2048 ns.
+    let ramp = 40u64 << 10;
+    let gathered = |piece: u64, stride: u64| {
         let bytes = (64u64 << 20) / piece * piece;
+        let ns = 0.05 * piece.min(ramp) as f64;
         let t = ops.fitted_seconds(bytes) + (bytes / piece) as f64 * ns * 1e-9;
         (piece, stride, bytes, t)
     };
-    ops.gathered = vec![
-        gathered(8 << 10, 16 << 10, 500.0),
-        gathered(51 << 10, 128 << 10, 1500.0),
-    ];
+    ops.gathered = calibrate::GATHERED_OPS
+        .iter()
+        .map(|&(p, s)| gathered(p, s))
+        .collect();
     let costs = ops.piece_costs_ns();
-    assert!(
-        (costs[0] - 500.0).abs() < 1e-3 && (costs[1] - 1500.0).abs() < 1e-3,
-        "{costs:?}"
-    );
-    let text = calibrate::device_toml(&o, &cells, &[cell(1024, 1, 1.0)], &rates, &ops);
+    for (c, want) in costs.iter().zip([409.6, 1126.4, 2048.0, 2048.0]) {
+        assert!((c - want).abs() < 1e-3, "{costs:?}");
+    }
+    let (r, gb) = ops.piece_ramp().unwrap();
+    assert_eq!(r, ramp);
+    let want_gb = 1.0 / (1.0 / ops.gb_per_s + 0.05);
+    assert!((gb / want_gb - 1.0).abs() < 1e-9, "{gb} vs {want_gb}");
+    // Near reads (0-64 KiB apart, ascending) 1.5x the random ones at 4 KiB, 1.25x at 64 KiB.
+    let near = [
+        cell(64, 4, 1.5),
+        cell(4, 1, 0.06),
+        cell(4, 4, 0.18),
+        cell(64, 1, 0.5),
+    ];
+    let text = calibrate::device_toml(&o, &cells, &[cell(1024, 1, 1.0)], &near, &rates, &ops);
     assert!(text.contains("beside_reads_slowdown = 1.500"), "{text}");
-    assert!(text.contains("piece_overhead_ns = 1000.0"), "{text}");
+    assert!(text.contains("piece_ramp_kib = 40.0\n"), "{text}");
+    assert!(!text.contains("piece_overhead_ns"), "{text}");
     // The sizes the measurements used, as measured.
     assert!(
         text.contains("# Read bandwidth of a 1920 MiB buffer, by threads:"),
@@ -197,6 +211,11 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     );
     assert!(text.contains("8 KiB every 16 KiB, 64 MiB ->"), "{text}");
     assert!(text.contains("sequential_gb_per_s = [1.000000]"), "{text}");
+    assert!(text.contains("near_gap_kib = 64.0\n"), "{text}");
+    assert!(text.contains("near_chunk_kib = [4.0, 64.0]\n"), "{text}");
+    assert!(text.contains("near_queue_depths = [1, 4]\n"), "{text}");
+    assert!(text.contains("[0.060000, 0.180000],  # 4 KiB"), "{text}");
+    assert!(text.contains("[0.500000, 1.500000],  # 64 KiB"), "{text}");
     assert!(
         text.contains("# Clamped (noise): 256 KiB QD 4: 2.500 GB/s measured, more than 4x QD 1 (0.500); set to 2.000"),
         "{text}"
@@ -219,13 +238,29 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     let ratio = (unit.op_time(b, b, 0, true).unwrap().as_s() - overhead)
         / (unit.op_time(b, b, 0, false).unwrap().as_s() - overhead);
     assert!((ratio - 1.5).abs() < 1e-6, "{ratio}");
-    // Each piece 1 µs more; beside reads slowed as the rates are.
-    let extra = |beside| {
-        unit.op_time(0, b, 10, beside).unwrap().as_us()
-            - unit.op_time(0, b, 0, beside).unwrap().as_us()
+    // Ten pieces of 16 MiB: ten ramps of 40 KiB, 2.048 µs each; beside reads slowed as the
+    // rates are. 2000 pieces of 8 KiB: each its 8 KiB at the ramp's cost (409.6 ns).
+    let extra = |bytes, pieces, beside| {
+        unit.op_time(0, bytes, pieces, beside).unwrap().as_us()
+            - unit.op_time(0, bytes, 0, beside).unwrap().as_us()
     };
-    assert!((extra(false) - 10.0).abs() < 1e-6, "{}", extra(false));
-    assert!((extra(true) - 15.0).abs() < 1e-6, "{}", extra(true));
+    // The rate is printed to 3 decimals: 0.1% of the ramp's cost.
+    assert!(
+        (extra(b, 10, false) / 20.48 - 1.0).abs() < 1e-3,
+        "{}",
+        extra(b, 10, false)
+    );
+    assert!(
+        (extra(b, 10, true) / 30.72 - 1.0).abs() < 1e-3,
+        "{}",
+        extra(b, 10, true)
+    );
+    let small = 2000 * 8192;
+    assert!(
+        (extra(small, 2000, false) / 819.2 - 1.0).abs() < 1e-3,
+        "{}",
+        extra(small, 2000, false)
+    );
     // The sequential figure: 1 MiB at QD 1 in file order at 1 GB/s, after a first random read.
     let mib = 1u64 << 20;
     let mut f = dev.flash.fresh();
@@ -235,6 +270,21 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
         t2.checked_sub(t1).unwrap(),
         transfer_time(mib, 1_000_000_000).unwrap()
     );
+    // Near: 64 KiB at QD 1 starting 4 KiB past the end of the read before runs at 0.5 GB/s
+    // (the table's 0.4 times the measured 1.25); 64 KiB past its end still near; 68 KiB past it
+    // a random read at the table's 0.4 GB/s.
+    let kib64 = 64u64 << 10;
+    let us = |t: Ps| t.as_us();
+    let near_us = transfer_time(kib64, 500_000_000).unwrap().as_us();
+    let random_us = transfer_time(kib64, 400_000_000).unwrap().as_us();
+    let t3 = f.submit(t2, 2 * mib + 4096, kib64).unwrap();
+    assert!((us(t3) - us(t2) - near_us).abs() < 1e-3, "{t2:?} {t3:?}");
+    let t4 = f.submit(t3, 2 * mib + 4096 + 2 * kib64, kib64).unwrap();
+    assert!((us(t4) - us(t3) - near_us).abs() < 1e-3, "{t3:?} {t4:?}");
+    let t5 = f
+        .submit(t4, 2 * mib + 4096 + 4 * kib64 + 4096, kib64)
+        .unwrap();
+    assert!((us(t5) - us(t4) - random_us).abs() < 1e-3, "{t4:?} {t5:?}");
 }
 
 #[test]

@@ -186,6 +186,71 @@ fn measured_sequential_figures_apply_to_reads_in_file_order_only() {
 }
 
 #[test]
+fn measured_near_figures_apply_to_reads_a_little_past_the_one_before_only() {
+    // 16 KiB at random offsets: 0.1 GB/s at QD 1, 0.4 at QD 8; ascending with gaps of at most
+    // 64 KiB: 0.12 and 0.5 GB/s (1.2x and 1.25x). 1 MiB reads carry no near figure: clamped
+    // to the 16 KiB ratio.
+    let kib = 1024u64;
+    let m = Measured::new(
+        &[16.0 * 1024.0, 1048576.0],
+        &[1, 8],
+        &[vec![0.1e9, 0.4e9], vec![1e9, 2e9]],
+    )
+    .unwrap()
+    .with_near(64 * kib, &[16.0 * 1024.0], &[1, 8], &[vec![0.12e9, 0.5e9]])
+    .unwrap();
+    let mut f = m.fresh();
+    let t1 = f.submit(Ps::ZERO, 0, 16 * kib).unwrap();
+    assert_eq!(t1, transfer_time(16 * kib, 100_000_000).unwrap());
+    // 4 KiB past the end: near, 0.12 GB/s.
+    let t2 = f.submit(t1, 20 * kib, 16 * kib).unwrap();
+    let near = t2.checked_sub(t1).unwrap().as_us();
+    let want = transfer_time(16 * kib, 120_000_000).unwrap().as_us();
+    report("measured near 16 KiB QD1 (µs)", want, near);
+    assert!((near - want).abs() < 1e-3, "{near} vs {want}");
+    // Behind the read before, or more than 64 KiB past it: random.
+    for offset in [0, 36 * kib + 64 * kib + 4096] {
+        let t = f.submit(t2, offset, 16 * kib).unwrap();
+        assert_eq!(
+            t.checked_sub(t2).unwrap(),
+            transfer_time(16 * kib, 100_000_000).unwrap(),
+            "{offset}"
+        );
+        f = m.fresh();
+        f.submit(Ps::ZERO, 0, 16 * kib).unwrap();
+        f.submit(t1, 20 * kib, 16 * kib).unwrap();
+    }
+    // Kept 8 deep, 16 KiB reads 16 KiB apart deliver the near figure, 1 MiB apart the table's.
+    let stream = |gap: u64| {
+        let mut f = m.fresh();
+        let mut in_flight: std::collections::BinaryHeap<std::cmp::Reverse<Ps>> = Default::default();
+        let (mut now, mut last) = (Ps::ZERO, Ps::ZERO);
+        for i in 0..4000u64 {
+            if in_flight.len() == 8 {
+                now = in_flight.pop().unwrap().0;
+            }
+            let done = f.submit(now, i * (16 * kib + gap), 16 * kib).unwrap();
+            last = last.max(done);
+            in_flight.push(std::cmp::Reverse(done));
+        }
+        4000.0 * (16 * kib) as f64 / (last.0 as f64 / PS_PER_S as f64)
+    };
+    let d = report("measured near 16 KiB QD8 (B/s)", 0.5e9, stream(16 * kib));
+    assert!(d.abs() < 0.01, "{d}");
+    let d = report("measured far 16 KiB QD8 (B/s)", 0.4e9, stream(kib << 10));
+    assert!(d.abs() < 0.01, "{d}");
+    // Shapes must match; a gap is needed.
+    let base = || Measured::new(&[16384.0], &[1], &[vec![1e8]]).unwrap();
+    assert!(base()
+        .with_near(64 * kib, &[16384.0], &[1, 8], &[vec![1e8]])
+        .is_err());
+    assert!(base().with_near(0, &[16384.0], &[1], &[vec![1e8]]).is_err());
+    assert!(base()
+        .with_near(64 * kib, &[16384.0], &[1], &[vec![-1.0]])
+        .is_err());
+}
+
+#[test]
 fn ops_slow_down_only_where_reads_run_beside_them() {
     use flashsim::runner::{prepare, Cache};
     // Llama-2-7B on the UFS 4.0 phone, one point per policy setting; each simulated with the

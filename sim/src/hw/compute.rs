@@ -1,8 +1,10 @@
 //! Compute units (CPU, GPU, NPU as named units) with a roofline cost per op:
 //! `time = dispatch overhead + max(FLOPs / (peak · efficiency), memory)` where
-//! `memory = bytes / (bandwidth · efficiency) + pieces · piece overhead` and `pieces` counts the
-//! separate runs of DRAM the op's weights lie in. Decode at batch 1 is matrix-vector work, so
-//! the memory term usually wins.
+//! `memory = bytes / (bandwidth · efficiency) + pieces · piece overhead + ramp`, `pieces`
+//! counting the separate runs of DRAM the op's weights lie in and `ramp` what the first
+//! `piece_ramp_kib` of each run costs beyond the memory rate (streamed at `piece_ramp_gb_per_s`
+//! instead: `ramp = min(bytes, pieces · R) · (1 / ramp rate − 1 / memory rate)`). Decode at
+//! batch 1 is matrix-vector work, so the memory term usually wins.
 
 use crate::error::SimError;
 use crate::time::{transfer_time, Ps};
@@ -39,6 +41,16 @@ pub struct ComputeConfig {
     /// Xeon host) per piece.
     #[serde(default)]
     pub piece_overhead_ns: f64,
+    /// The first `piece_ramp_kib` of every run of an op's weights streams at
+    /// `piece_ramp_gb_per_s` rather than at the memory rate: the hardware prefetcher ramps up
+    /// again at each run, so short runs are slow and long ones pay once. Default 0 (none: the
+    /// presets' papers give no such figure); `flashsim calibrate` fits both from ops over 8, 22,
+    /// 51 and 256 KiB pieces (on this project's VM, Intel Xeon host: ~40 KiB at ~12 GB/s
+    /// against 18 GB/s contiguous). A ramp rate at or above the memory rate costs nothing.
+    #[serde(default)]
+    pub piece_ramp_kib: f64,
+    #[serde(default)]
+    pub piece_ramp_gb_per_s: f64,
 }
 
 fn one() -> f64 {
@@ -58,6 +70,12 @@ pub struct ComputeUnit {
     /// beside reads.
     piece: Ps,
     beside_piece: Ps,
+    /// The ramp at the start of each run (see [`ComputeConfig::piece_ramp_kib`]): its bytes,
+    /// and the rate whose time is what those bytes cost beyond the memory rate
+    /// (`1 / (1 / ramp rate − 1 / memory rate)`), alone and beside reads; 0: none.
+    ramp_bytes: u64,
+    ramp_extra_bytes_per_s: u64,
+    beside_ramp_extra_bytes_per_s: u64,
     free: Ps,
 }
 
@@ -73,6 +91,9 @@ impl ComputeUnit {
             beside_bytes_per_s: bytes_per_s,
             piece: Ps::ZERO,
             beside_piece: Ps::ZERO,
+            ramp_bytes: 0,
+            ramp_extra_bytes_per_s: 0,
+            beside_ramp_extra_bytes_per_s: 0,
             free: Ps::ZERO,
         }
     }
@@ -85,6 +106,20 @@ impl ComputeUnit {
         self
     }
 
+    /// The same unit, the first `bytes` of each run of an op's weights streaming at
+    /// `bytes_per_s` (nothing extra where that is not below the unit's memory rate; slowed
+    /// beside reads as the rates are, when [`Self::with_beside_reads_slowdown`] comes after).
+    pub fn with_piece_ramp(mut self, bytes: u64, bytes_per_s: f64) -> Self {
+        let b = self.bytes_per_s as f64;
+        if bytes > 0 && bytes_per_s > 0.0 && bytes_per_s < b {
+            let extra = 1.0 / (1.0 / bytes_per_s - 1.0 / b);
+            self.ramp_bytes = bytes;
+            self.ramp_extra_bytes_per_s = (extra.round() as u64).max(1);
+            self.beside_ramp_extra_bytes_per_s = self.ramp_extra_bytes_per_s;
+        }
+        self
+    }
+
     /// The same unit, `slowdown` (at least 1) times slower while reads are in flight.
     pub fn with_beside_reads_slowdown(mut self, slowdown: f64) -> Self {
         assert!(slowdown >= 1.0 && slowdown.is_finite());
@@ -92,6 +127,9 @@ impl ComputeUnit {
         self.beside_flops_per_s = slow(self.flops_per_s);
         self.beside_bytes_per_s = slow(self.bytes_per_s);
         self.beside_piece = Ps((self.piece.0 as f64 * slowdown).round() as u64);
+        if self.ramp_extra_bytes_per_s > 0 {
+            self.beside_ramp_extra_bytes_per_s = slow(self.ramp_extra_bytes_per_s);
+        }
         self
     }
 
@@ -105,17 +143,27 @@ impl ComputeUnit {
         pieces: u64,
         reads_beside: bool,
     ) -> Result<Ps, SimError> {
-        let (f, b, piece) = if reads_beside {
+        let (f, b, piece, ramp) = if reads_beside {
             (
                 self.beside_flops_per_s,
                 self.beside_bytes_per_s,
                 self.beside_piece,
+                self.beside_ramp_extra_bytes_per_s,
             )
         } else {
-            (self.flops_per_s, self.bytes_per_s, self.piece)
+            (
+                self.flops_per_s,
+                self.bytes_per_s,
+                self.piece,
+                self.ramp_extra_bytes_per_s,
+            )
         };
         let arith = transfer_time(flops, f)?;
-        let memory = transfer_time(bytes, b)?.checked_add(piece.checked_mul(pieces)?)?;
+        let mut memory = transfer_time(bytes, b)?.checked_add(piece.checked_mul(pieces)?)?;
+        if ramp > 0 {
+            let ramped = bytes.min(pieces.saturating_mul(self.ramp_bytes));
+            memory = memory.checked_add(transfer_time(ramped, ramp)?)?;
+        }
         self.overhead.checked_add(arith.max(memory))
     }
 
@@ -158,6 +206,21 @@ mod tests {
         // The FLOP term does not pay for pieces: at 1 GFLOP/s, 20 kFLOPs take 20 µs, more
         // than 1 µs of bytes and 5 pieces.
         assert_eq!(u.op_time(20_000, 1000, 5, false).unwrap().as_us(), 30.0);
+        // A ramp: the first 4 KB of each piece at 0.5 GB/s against 1 GB/s (1 µs more per full
+        // ramp); a piece shorter than the ramp pays for what it has.
+        let r = ComputeUnit::new("cpu", 1_000_000_000, 1_000_000_000, Ps::ZERO)
+            .with_piece_ramp(4000, 0.5e9)
+            .with_beside_reads_slowdown(2.0);
+        let ramp_us = |bytes, pieces, beside| r.op_time(0, bytes, pieces, beside).unwrap().as_us();
+        assert_eq!(ramp_us(40_000, 1, false), 40.0 + 4.0);
+        assert_eq!(ramp_us(40_000, 5, false), 40.0 + 20.0);
+        assert_eq!(ramp_us(40_000, 20, false), 40.0 + 40.0);
+        assert_eq!(ramp_us(40_000, 100, false), 40.0 + 40.0);
+        assert_eq!(ramp_us(40_000, 5, true), 80.0 + 40.0);
+        // A ramp rate at or above the memory rate costs nothing.
+        let fast = ComputeUnit::new("cpu", 1_000_000_000, 1_000_000_000, Ps::ZERO)
+            .with_piece_ramp(4000, 1e9);
+        assert_eq!(fast.op_time(0, 40_000, 10, false).unwrap().as_us(), 40.0);
         // Without a piece overhead, pieces cost nothing (the presets).
         let plain = ComputeUnit::new("cpu", 1_000_000_000, 1_000_000_000, Ps::ZERO);
         assert_eq!(plain.op_time(0, 1000, 1000, false).unwrap().as_us(), 1.0);

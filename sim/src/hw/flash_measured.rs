@@ -12,6 +12,13 @@
 //! starts where the request submitted before it ended (a streaming reader's next chunk) run at
 //! the table's rate times the measured sequential/random ratio at its depth: on some disks a
 //! stream is faster than random reads of the same size, on others (a virtual disk here) slower.
+//!
+//! Optional near figures (reads in ascending file order, each a little past where the one
+//! before it ended, by chunk size and queue depth) make a request that starts at most
+//! `near_gap_kib` after the end of the request submitted before it run at the table's rate
+//! times the measured near/random ratio at its size and depth: DIP and ActiveFlow read the
+//! scattered channels they keep in file order, tens of KiB apart, and on this project's
+//! virtual disk such reads of 8-16 KiB ran 5-25% faster than random ones of the same size.
 
 use super::flash::{positive, Flash, FlashEntry};
 use crate::error::SimError;
@@ -45,6 +52,24 @@ pub struct MeasuredConfig {
     pub sequential_queue_depths: Vec<u32>,
     #[serde(default)]
     pub sequential_gb_per_s: Vec<f64>,
+    /// Near reads: the largest gap (KiB) between the end of a request and the start of the
+    /// next for the next to count as near. Optional, with the three below: without them every
+    /// request that is not sequential costs what the table says for random offsets.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub near_gap_kib: f64,
+    /// Chunk sizes (KiB, ascending) and queue depths (ascending) of the near figures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub near_chunk_kib: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub near_queue_depths: Vec<u32>,
+    /// Throughput (GB/s) of reads in ascending order, each starting 0 to `near_gap_kib` past
+    /// the end of the one before it: one row per near chunk size, one column per near depth.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub near_gb_per_s: Vec<Vec<f64>>,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl MeasuredConfig {
@@ -53,9 +78,10 @@ impl MeasuredConfig {
     /// random offsets and the bytes/s they delivered; each row of the table is scaled by the
     /// ratio of that to the table's figure for the same cell, interpolated on log chunk size
     /// between the probed sizes and clamped beyond them, at every depth (a probe at one depth
-    /// stands for the row). `sequential`: 1 MiB reads in file order at a depth and their
-    /// bytes/s; the sequential figures are scaled by its ratio to theirs at that depth (and
-    /// left alone where the table has none).
+    /// stands for the row; the near figures are scaled as the table's row of their size, so
+    /// that the near/random ratios stay as measured). `sequential`: 1 MiB reads in file order
+    /// at a depth and their bytes/s; the sequential figures are scaled by its ratio to theirs
+    /// at that depth (and left alone where the table has none).
     pub fn rescaled(
         &self,
         random: &[(u64, u32, f64)],
@@ -74,10 +100,15 @@ impl MeasuredConfig {
         let mut out = self.clone();
         if !probes.is_empty() {
             let sizes: Vec<f64> = probes.iter().map(|p| p.0).collect();
-            for (row, &kib) in out.throughput_gb_per_s.iter_mut().zip(&self.chunk_kib) {
+            let factor = |kib: f64| {
                 let (i0, i1, a) = bracket(&sizes, (kib * 1024.0).ln());
-                let f = ((1.0 - a) * probes[i0].1 + a * probes[i1].1).exp();
-                row.iter_mut().for_each(|g| *g *= f);
+                ((1.0 - a) * probes[i0].1 + a * probes[i1].1).exp()
+            };
+            for (row, &kib) in out.throughput_gb_per_s.iter_mut().zip(&self.chunk_kib) {
+                row.iter_mut().for_each(|g| *g *= factor(kib));
+            }
+            for (row, &kib) in out.near_gb_per_s.iter_mut().zip(&self.near_chunk_kib) {
+                row.iter_mut().for_each(|g| *g *= factor(kib));
             }
         }
         if let (Some((q, now)), false) = (sequential, self.sequential_gb_per_s.is_empty()) {
@@ -120,6 +151,31 @@ impl MeasuredConfig {
         let seq: Vec<f64> = self.sequential_gb_per_s.iter().map(|g| g * 1e9).collect();
         table.with_sequential(&self.sequential_queue_depths, &seq)
     }
+
+    /// `table` with this file's near figures, where it has any.
+    fn with_near_figures(&self, table: Measured) -> Result<Measured, String> {
+        if self.near_gap_kib == 0.0
+            && self.near_chunk_kib.is_empty()
+            && self.near_queue_depths.is_empty()
+            && self.near_gb_per_s.is_empty()
+        {
+            return Ok(table);
+        }
+        if !(self.near_gap_kib.is_finite() && self.near_gap_kib > 0.0) {
+            return Err(format!(
+                "near_gap_kib must be a positive number with near figures, got {}",
+                self.near_gap_kib
+            ));
+        }
+        let chunk: Vec<f64> = self.near_chunk_kib.iter().map(|k| k * 1024.0).collect();
+        let x: Vec<Vec<f64>> = self
+            .near_gb_per_s
+            .iter()
+            .map(|r| r.iter().map(|g| g * 1e9).collect())
+            .collect();
+        let gap = (self.near_gap_kib * 1024.0).round() as u64;
+        table.with_near(gap, &chunk, &self.near_queue_depths, &x)
+    }
 }
 
 fn build(src: &TomlSource, table: toml::Value) -> Result<Box<dyn Flash>, ConfigError> {
@@ -138,6 +194,12 @@ pub struct Measured {
     /// Sequential over random throughput of 1 MiB reads, ln, at `seq_log_qd` (empty: none).
     seq_log_qd: Vec<f64>,
     seq_log_ratio: Vec<f64>,
+    /// Near reads: the largest gap (bytes; 0: no near figures) and near over random
+    /// throughput, ln, `[chunk][qd]` at `near_log_chunk` and `near_log_qd`.
+    near_gap_bytes: u64,
+    near_log_chunk: Vec<f64>,
+    near_log_qd: Vec<f64>,
+    near_log_ratio: Vec<Vec<f64>>,
     in_flight: BinaryHeap<Reverse<Ps>>,
     link_free: Ps,
     /// Where the last request submitted ended.
@@ -209,6 +271,10 @@ impl Measured {
             max_bytes_per_s: max.round() as u64,
             seq_log_qd: Vec::new(),
             seq_log_ratio: Vec::new(),
+            near_gap_bytes: 0,
+            near_log_chunk: Vec::new(),
+            near_log_qd: Vec::new(),
+            near_log_ratio: Vec::new(),
             in_flight: BinaryHeap::new(),
             link_free: Ps::ZERO,
             last_end: None,
@@ -250,6 +316,77 @@ impl Measured {
         Ok(self)
     }
 
+    /// Adds near figures: reads of `chunk_bytes` (ascending) at `queue_depths` (ascending), in
+    /// ascending file order with gaps of at most `gap_bytes`, deliver `bytes_per_s` (a row
+    /// per chunk size). A request that starts 1 to `gap_bytes` bytes after the end of the one
+    /// submitted before it then runs at the table's throughput for its size and depth times
+    /// the ratio of these figures to the table's at the same size and depth (bilinear on log
+    /// size and log depth, clamped at the edges).
+    pub fn with_near(
+        mut self,
+        gap_bytes: u64,
+        chunk_bytes: &[f64],
+        queue_depths: &[u32],
+        bytes_per_s: &[Vec<f64>],
+    ) -> Result<Self, String> {
+        if gap_bytes == 0 {
+            return Err("the near gap must be at least one byte".into());
+        }
+        if chunk_bytes.is_empty() || !ascending(chunk_bytes) || chunk_bytes[0] <= 0.0 {
+            return Err("near chunk sizes must be positive and strictly ascending".into());
+        }
+        let qd: Vec<f64> = queue_depths.iter().map(|&q| q as f64).collect();
+        if qd.is_empty() || !ascending(&qd) || queue_depths[0] == 0 {
+            return Err("near queue depths must be at least 1 and strictly ascending".into());
+        }
+        if bytes_per_s.len() != chunk_bytes.len()
+            || bytes_per_s.iter().any(|r| r.len() != queue_depths.len())
+        {
+            return Err(format!(
+                "the near figures must have {} rows (one per near chunk size) of {} values (one per near queue depth)",
+                chunk_bytes.len(),
+                queue_depths.len()
+            ));
+        }
+        if bytes_per_s
+            .iter()
+            .flatten()
+            .any(|&x| !(x.is_finite() && x > 0.0))
+        {
+            return Err("every near throughput must be a positive number".into());
+        }
+        self.near_log_ratio = chunk_bytes
+            .iter()
+            .zip(bytes_per_s)
+            .map(|(&c, row)| {
+                queue_depths
+                    .iter()
+                    .zip(row)
+                    .map(|(&q, &x)| (x / self.throughput(c.round() as u64, q)).ln())
+                    .collect()
+            })
+            .collect();
+        self.near_log_chunk = chunk_bytes.iter().map(|c| c.ln()).collect();
+        self.near_log_qd = qd.iter().map(|q| q.ln()).collect();
+        self.near_gap_bytes = gap_bytes;
+        let max = bytes_per_s.iter().flatten().cloned().fold(0.0, f64::max);
+        self.max_bytes_per_s = self.max_bytes_per_s.max(max.round() as u64);
+        Ok(self)
+    }
+
+    /// Near over random throughput for `bytes` at depth `q` (1 without near figures).
+    fn near_ratio(&self, bytes: u64, q: u32) -> f64 {
+        if self.near_log_chunk.is_empty() {
+            return 1.0;
+        }
+        let (i0, i1, a) = bracket(&self.near_log_chunk, (bytes.max(1) as f64).ln());
+        let (j0, j1, b) = bracket(&self.near_log_qd, (q.max(1) as f64).ln());
+        let r = |i: usize, j: usize| self.near_log_ratio[i][j];
+        ((1.0 - a) * ((1.0 - b) * r(i0, j0) + b * r(i0, j1))
+            + a * ((1.0 - b) * r(i1, j0) + b * r(i1, j1)))
+        .exp()
+    }
+
     /// Sequential over random throughput at depth `q` (1 without sequential figures).
     fn sequential_ratio(&self, q: u32) -> f64 {
         if self.seq_log_qd.is_empty() {
@@ -266,8 +403,11 @@ impl Measured {
         let m = c
             .table()
             .map_err(|m| src.invalid("flash.throughput_gb_per_s", m))?;
-        c.with_sequential_figures(m)
-            .map_err(|m| src.invalid("flash.sequential_gb_per_s", m))
+        let m = c
+            .with_sequential_figures(m)
+            .map_err(|m| src.invalid("flash.sequential_gb_per_s", m))?;
+        c.with_near_figures(m)
+            .map_err(|m| src.invalid("flash.near_gb_per_s", m))
     }
 
     /// Interpolated throughput, bytes/s, for chunks of `bytes` at queue depth `q`.
@@ -284,17 +424,39 @@ impl Measured {
         *self.queue_depths.last().expect("non-empty")
     }
 
-    /// Service time of a request of `bytes` at depth `q`, in file order after the one before
-    /// it (`sequential`) or not.
-    fn service(&self, bytes: u64, q: u32, sequential: bool) -> Result<Ps, SimError> {
+    /// Service time of a request of `bytes` at depth `q`, placed as `place` says.
+    fn service(&self, bytes: u64, q: u32, place: Place) -> Result<Ps, SimError> {
         let qc = q.min(self.max_qd());
-        let mut x = self.throughput(bytes, qc);
-        if sequential {
-            x *= self.sequential_ratio(qc);
-        }
+        let x = self.throughput(bytes, qc)
+            * match place {
+                Place::Random => 1.0,
+                Place::Sequential => self.sequential_ratio(qc),
+                Place::Near => self.near_ratio(bytes, qc),
+            };
         transfer_time(q as u64 * bytes, x.round().max(1.0) as u64)
     }
+
+    /// Where a request at `offset` lies relative to the end of the one submitted before it.
+    fn place(&self, offset: u64) -> Place {
+        match self.last_end {
+            Some(end) if offset == end => Place::Sequential,
+            Some(end) if offset > end && offset - end <= self.near_gap_bytes => Place::Near,
+            _ => Place::Random,
+        }
+    }
 }
+
+/// How a request lies relative to the one submitted before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Random,
+    /// Where it ended.
+    Sequential,
+    /// A little past where it ended (at most the near gap).
+    Near,
+}
+
+impl Measured {}
 
 /// Index pair and weight for linear interpolation of `x` on ascending `grid`, clamped.
 fn bracket(grid: &[f64], x: f64) -> (usize, usize, f64) {
@@ -311,7 +473,7 @@ fn bracket(grid: &[f64], x: f64) -> (usize, usize, f64) {
 
 impl Flash for Measured {
     fn submit(&mut self, now: Ps, offset: u64, bytes: u64) -> Result<Ps, SimError> {
-        let sequential = self.last_end == Some(offset);
+        let place = self.place(offset);
         self.last_end = Some(offset + bytes);
         while self.in_flight.peek().is_some_and(|Reverse(t)| *t <= now) {
             self.in_flight.pop();
@@ -326,7 +488,7 @@ impl Flash for Measured {
             }
         }
         let q = self.in_flight.len() as u32 + 1;
-        let service_done = start.checked_add(self.service(bytes, q, sequential)?)?;
+        let service_done = start.checked_add(self.service(bytes, q, place)?)?;
         let on_link = transfer_time(bytes, self.max_bytes_per_s)?;
         let done = service_done.max(self.link_free.checked_add(on_link)?);
         self.link_free = done;
@@ -335,10 +497,10 @@ impl Flash for Measured {
     }
 
     fn min_latency(&self, bytes: u64) -> Result<Ps, SimError> {
-        let mut best = self.service(bytes, 1, false)?;
+        let mut best = self.service(bytes, 1, Place::Random)?;
         for &q in &self.queue_depths {
-            for sequential in [false, true] {
-                best = best.min(self.service(bytes, q, sequential)?);
+            for place in [Place::Random, Place::Sequential, Place::Near] {
+                best = best.min(self.service(bytes, q, place)?);
             }
         }
         Ok(best)

@@ -1162,13 +1162,14 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         ));
         ops.gathered.push((piece, stride, bytes, t));
     }
+    let ramp = ops.piece_ramp();
     progress(&format!(
         "backend ops fitted: {:.1} µs + bytes / {:.2} GB/s; each piece's first {:.0} KiB at \
          {:.2} GB/s; {:.3}x slower beside reads",
         ops.overhead_us,
         ops.gb_per_s,
-        ops.piece_ramp().map_or(0.0, |r| r.0 as f64 / 1024.0),
-        ops.piece_ramp().map_or(ops.gb_per_s, |r| r.1),
+        ramp.map_or(0.0, |r| r.0 as f64 / 1024.0),
+        ramp.map_or(ops.gb_per_s, |r| r.1),
         ops.beside_reads_slowdown()
     ));
     let max_threads = hardware_threads();

@@ -53,14 +53,25 @@ fn qd1_latency_is_exactly_t0_plus_s_over_b() {
 
 /// Throughput of `n` requests of `bytes` kept `qd` deep.
 fn throughput(f: &mut dyn Flash, bytes: u64, qd: usize, n: usize) -> f64 {
+    throughput_at(f, bytes, qd, n, |_| 0)
+}
+
+/// Throughput of `n` requests of `bytes` kept `qd` deep, request `i` at `offset(i)`.
+fn throughput_at(
+    f: &mut dyn Flash,
+    bytes: u64,
+    qd: usize,
+    n: usize,
+    offset: impl Fn(u64) -> u64,
+) -> f64 {
     let mut in_flight: std::collections::BinaryHeap<std::cmp::Reverse<Ps>> = Default::default();
     let mut now = Ps::ZERO;
     let mut last = Ps::ZERO;
-    for _ in 0..n {
+    for i in 0..n as u64 {
         if in_flight.len() == qd {
             now = in_flight.pop().unwrap().0;
         }
-        let done = f.submit(now, 0, bytes).unwrap();
+        let done = f.submit(now, offset(i), bytes).unwrap();
         last = last.max(done);
         in_flight.push(std::cmp::Reverse(done));
     }
@@ -156,23 +167,13 @@ fn measured_sequential_figures_apply_to_reads_in_file_order_only() {
     );
     // A stream kept 8 deep runs at the sequential figure (3 GB/s), random reads at the table's.
     let stream = |sequential: bool| {
-        let mut f = m.fresh();
-        let mut in_flight: std::collections::BinaryHeap<std::cmp::Reverse<Ps>> = Default::default();
-        let (mut now, mut last) = (Ps::ZERO, Ps::ZERO);
-        for i in 0..4000u64 {
-            if in_flight.len() == 8 {
-                now = in_flight.pop().unwrap().0;
-            }
-            let offset = if sequential {
+        throughput_at(m.fresh().as_mut(), mib, 8, 4000, |i| {
+            if sequential {
                 i * mib
             } else {
                 (i * 7919 % 4001) * 2 * mib
-            };
-            let done = f.submit(now, offset, mib).unwrap();
-            last = last.max(done);
-            in_flight.push(std::cmp::Reverse(done));
-        }
-        4000.0 * mib as f64 / (last.0 as f64 / PS_PER_S as f64)
+            }
+        })
     };
     let d = report("measured sequential QD8 (B/s)", 3e9, stream(true));
     assert!(d.abs() < 0.01, "{d}");
@@ -222,18 +223,9 @@ fn measured_near_figures_apply_to_reads_a_little_past_the_one_before_only() {
     }
     // Kept 8 deep, 16 KiB reads 16 KiB apart deliver the near figure, 1 MiB apart the table's.
     let stream = |gap: u64| {
-        let mut f = m.fresh();
-        let mut in_flight: std::collections::BinaryHeap<std::cmp::Reverse<Ps>> = Default::default();
-        let (mut now, mut last) = (Ps::ZERO, Ps::ZERO);
-        for i in 0..4000u64 {
-            if in_flight.len() == 8 {
-                now = in_flight.pop().unwrap().0;
-            }
-            let done = f.submit(now, i * (16 * kib + gap), 16 * kib).unwrap();
-            last = last.max(done);
-            in_flight.push(std::cmp::Reverse(done));
-        }
-        4000.0 * (16 * kib) as f64 / (last.0 as f64 / PS_PER_S as f64)
+        throughput_at(m.fresh().as_mut(), 16 * kib, 8, 4000, |i| {
+            i * (16 * kib + gap)
+        })
     };
     let d = report("measured near 16 KiB QD8 (B/s)", 0.5e9, stream(16 * kib));
     assert!(d.abs() < 0.01, "{d}");

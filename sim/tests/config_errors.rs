@@ -185,7 +185,9 @@ fn request_rate_above_device_rate() {
 
 #[test]
 fn near_figures_of_the_wrong_shape_name_their_key() {
-    let measured = r#"name = "m"
+    // The measured table and its near figures, the rest as the good device's.
+    let measured = format!(
+        r#"name = "m"
 
 [flash]
 model = "measured"
@@ -196,16 +198,10 @@ near_gap_kib = 64.0
 near_chunk_kib = [16.0]
 near_queue_depths = [1, 8]
 near_gb_per_s = [[0.12, 0.5]]
-
-[dram]
-capacity_gib = 8
-bandwidth_gb_per_s = 50
-
-[compute.cpu]
-peak_gflops = 100
-mem_bandwidth_gb_per_s = 30
-"#;
-    device(measured).unwrap();
+{}"#,
+        &DEVICE[DEVICE.find("\n[dram]").unwrap()..]
+    );
+    device(&measured).unwrap();
     let e = device(&measured.replace("[[0.12, 0.5]]", "[[0.12]]")).unwrap_err();
     assert_names(&e, "d.toml", "flash.near_gb_per_s", 11);
     let e = device(&measured.replace("near_gap_kib = 64.0\n", "")).unwrap_err();

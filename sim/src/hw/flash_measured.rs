@@ -126,12 +126,7 @@ impl MeasuredConfig {
 
     /// The table of random-offset reads as a model (KiB and GB/s in bytes).
     fn table(&self) -> Result<Measured, String> {
-        let chunk: Vec<f64> = self.chunk_kib.iter().map(|k| k * 1024.0).collect();
-        let x: Vec<Vec<f64>> = self
-            .throughput_gb_per_s
-            .iter()
-            .map(|r| r.iter().map(|g| g * 1e9).collect())
-            .collect();
+        let (chunk, x) = in_bytes(&self.chunk_kib, &self.throughput_gb_per_s);
         Measured::new(&chunk, &self.queue_depths, &x)
     }
 
@@ -167,15 +162,74 @@ impl MeasuredConfig {
                 self.near_gap_kib
             ));
         }
-        let chunk: Vec<f64> = self.near_chunk_kib.iter().map(|k| k * 1024.0).collect();
-        let x: Vec<Vec<f64>> = self
-            .near_gb_per_s
-            .iter()
-            .map(|r| r.iter().map(|g| g * 1e9).collect())
-            .collect();
+        let (chunk, x) = in_bytes(&self.near_chunk_kib, &self.near_gb_per_s);
         let gap = (self.near_gap_kib * 1024.0).round() as u64;
         table.with_near(gap, &chunk, &self.near_queue_depths, &x)
     }
+}
+
+/// Chunk sizes in KiB and a grid of GB/s, in bytes and bytes/s.
+fn in_bytes(kib: &[f64], gb_per_s: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let chunk = kib.iter().map(|k| k * 1024.0).collect();
+    let x = gb_per_s
+        .iter()
+        .map(|r| r.iter().map(|g| g * 1e9).collect())
+        .collect();
+    (chunk, x)
+}
+
+/// Checks a grid of throughputs (bytes/s, a row of `queue_depths.len()` values per chunk
+/// size) on ascending chunk sizes and queue depths; `what` names the grid's figures in the
+/// messages ("" for the table, "near " for the near figures). Returns the depths as floats.
+fn check_grid(
+    what: &str,
+    chunk_bytes: &[f64],
+    queue_depths: &[u32],
+    bytes_per_s: &[Vec<f64>],
+) -> Result<Vec<f64>, String> {
+    if chunk_bytes.is_empty() || queue_depths.is_empty() {
+        return Err(format!(
+            "the {what}figures need at least one chunk size and one queue depth"
+        ));
+    }
+    if !ascending(chunk_bytes) || chunk_bytes[0] <= 0.0 {
+        return Err(format!(
+            "{what}chunk sizes must be positive and strictly ascending"
+        ));
+    }
+    let qd: Vec<f64> = queue_depths.iter().map(|&q| q as f64).collect();
+    if !ascending(&qd) || queue_depths[0] == 0 {
+        return Err(format!(
+            "{what}queue depths must be at least 1 and strictly ascending"
+        ));
+    }
+    if bytes_per_s.len() != chunk_bytes.len()
+        || bytes_per_s.iter().any(|r| r.len() != queue_depths.len())
+    {
+        return Err(format!(
+            "the {what}throughput figures must have {} rows (one per {what}chunk size) of {} values (one per {what}queue depth)",
+            chunk_bytes.len(),
+            queue_depths.len()
+        ));
+    }
+    if bytes_per_s
+        .iter()
+        .flatten()
+        .any(|&x| !(x.is_finite() && x > 0.0))
+    {
+        return Err(format!("every {what}throughput must be a positive number"));
+    }
+    Ok(qd)
+}
+
+/// Bilinear interpolation of `grid` (`[chunk][qd]`, on `log_chunk` × `log_qd`) at `bytes` and
+/// depth `q` on their logs, clamped at the edges.
+fn interpolate(log_chunk: &[f64], log_qd: &[f64], grid: &[Vec<f64>], bytes: u64, q: u32) -> f64 {
+    let (i0, i1, a) = bracket(log_chunk, (bytes.max(1) as f64).ln());
+    let (j0, j1, b) = bracket(log_qd, (q.max(1) as f64).ln());
+    let g = |i: usize, j: usize| grid[i][j];
+    (1.0 - a) * ((1.0 - b) * g(i0, j0) + b * g(i0, j1))
+        + a * ((1.0 - b) * g(i1, j0) + b * g(i1, j1))
 }
 
 fn build(src: &TomlSource, table: toml::Value) -> Result<Box<dyn Flash>, ConfigError> {
@@ -220,32 +274,7 @@ impl Measured {
         queue_depths: &[u32],
         bytes_per_s: &[Vec<f64>],
     ) -> Result<Self, String> {
-        if chunk_bytes.is_empty() || queue_depths.is_empty() {
-            return Err("the table needs at least one chunk size and one queue depth".into());
-        }
-        if !ascending(chunk_bytes) || chunk_bytes[0] <= 0.0 {
-            return Err("chunk sizes must be positive and strictly ascending".into());
-        }
-        let qd: Vec<f64> = queue_depths.iter().map(|&q| q as f64).collect();
-        if !ascending(&qd) || queue_depths[0] == 0 {
-            return Err("queue depths must be at least 1 and strictly ascending".into());
-        }
-        if bytes_per_s.len() != chunk_bytes.len()
-            || bytes_per_s.iter().any(|r| r.len() != queue_depths.len())
-        {
-            return Err(format!(
-                "the throughput table must have {} rows (one per chunk size) of {} values (one per queue depth)",
-                chunk_bytes.len(),
-                queue_depths.len()
-            ));
-        }
-        if bytes_per_s
-            .iter()
-            .flatten()
-            .any(|&x| !(x.is_finite() && x > 0.0))
-        {
-            return Err("every throughput must be a positive number".into());
-        }
+        let qd = check_grid("", chunk_bytes, queue_depths, bytes_per_s)?;
         // Physical check: concurrency cannot make one request faster than it is alone, i.e.
         // X(S, q) <= q · X(S, q0) / q0. Needed so that min_latency is a true lower bound.
         for (r, row) in bytes_per_s.iter().enumerate() {
@@ -332,29 +361,7 @@ impl Measured {
         if gap_bytes == 0 {
             return Err("the near gap must be at least one byte".into());
         }
-        if chunk_bytes.is_empty() || !ascending(chunk_bytes) || chunk_bytes[0] <= 0.0 {
-            return Err("near chunk sizes must be positive and strictly ascending".into());
-        }
-        let qd: Vec<f64> = queue_depths.iter().map(|&q| q as f64).collect();
-        if qd.is_empty() || !ascending(&qd) || queue_depths[0] == 0 {
-            return Err("near queue depths must be at least 1 and strictly ascending".into());
-        }
-        if bytes_per_s.len() != chunk_bytes.len()
-            || bytes_per_s.iter().any(|r| r.len() != queue_depths.len())
-        {
-            return Err(format!(
-                "the near figures must have {} rows (one per near chunk size) of {} values (one per near queue depth)",
-                chunk_bytes.len(),
-                queue_depths.len()
-            ));
-        }
-        if bytes_per_s
-            .iter()
-            .flatten()
-            .any(|&x| !(x.is_finite() && x > 0.0))
-        {
-            return Err("every near throughput must be a positive number".into());
-        }
+        let qd = check_grid("near ", chunk_bytes, queue_depths, bytes_per_s)?;
         self.near_log_ratio = chunk_bytes
             .iter()
             .zip(bytes_per_s)
@@ -379,11 +386,13 @@ impl Measured {
         if self.near_log_chunk.is_empty() {
             return 1.0;
         }
-        let (i0, i1, a) = bracket(&self.near_log_chunk, (bytes.max(1) as f64).ln());
-        let (j0, j1, b) = bracket(&self.near_log_qd, (q.max(1) as f64).ln());
-        let r = |i: usize, j: usize| self.near_log_ratio[i][j];
-        ((1.0 - a) * ((1.0 - b) * r(i0, j0) + b * r(i0, j1))
-            + a * ((1.0 - b) * r(i1, j0) + b * r(i1, j1)))
+        interpolate(
+            &self.near_log_chunk,
+            &self.near_log_qd,
+            &self.near_log_ratio,
+            bytes,
+            q,
+        )
         .exp()
     }
 
@@ -412,12 +421,7 @@ impl Measured {
 
     /// Interpolated throughput, bytes/s, for chunks of `bytes` at queue depth `q`.
     pub fn throughput(&self, bytes: u64, q: u32) -> f64 {
-        let (i0, i1, a) = bracket(&self.log_chunk, (bytes.max(1) as f64).ln());
-        let (j0, j1, b) = bracket(&self.log_qd, (q.max(1) as f64).ln());
-        let lx = |i: usize, j: usize| self.log_x[i][j];
-        let v = (1.0 - a) * ((1.0 - b) * lx(i0, j0) + b * lx(i0, j1))
-            + a * ((1.0 - b) * lx(i1, j0) + b * lx(i1, j1));
-        v.exp()
+        interpolate(&self.log_chunk, &self.log_qd, &self.log_x, bytes, q).exp()
     }
 
     fn max_qd(&self) -> u32 {

@@ -1016,29 +1016,8 @@ fn kernel(pieces: &[Piece], flops: u64) -> u64 {
             tasks
                 .par_iter()
                 .map(|r| {
-                    // Plain multiply and add (not `mul_add`, which without an FMA target
-                    // feature is a libm call per element), eight lanes so it vectorizes.
                     let x = 1.0001 + pass as f32 * 1e-9;
-                    let mut acc = [0f32; 8];
-                    let mine = &split[r.clone()];
-                    let mut ahead = Ahead::new(mine);
-                    for &Piece(p, len) in mine {
-                        // SAFETY: a piece is `len` live i16s (see `Piece`).
-                        let w = unsafe { std::slice::from_raw_parts(p, len) };
-                        let lines = w.chunks_exact(LINE);
-                        for &v in lines.remainder() {
-                            acc[0] += v as f32 * x;
-                        }
-                        for line in lines {
-                            ahead.next();
-                            for c in line.chunks_exact(8) {
-                                for k in 0..8 {
-                                    acc[k] += c[k] as f32 * x;
-                                }
-                            }
-                        }
-                    }
-                    acc.iter().sum::<f32>()
+                    task_sum(&split[r.clone()], x)
                 })
                 .sum::<f32>()
         })
@@ -1047,18 +1026,108 @@ fn kernel(pieces: &[Piece], flops: u64) -> u64 {
     2 * n * passes
 }
 
+/// One task of [`kernel`]: every weight of `mine` times `x`, summed, with the widest vectors
+/// this CPU has (AVX-512 where it has it, found at run time; otherwise what the build targets).
+/// What bounds the kernel is how many cache lines it has in flight, not its arithmetic: on this
+/// project's VM (Xeon, 2 vCPUs) the hardware prefetchers did little for it, so a line's loads
+/// waited in the out-of-order window behind the previous lines' converts and adds. Alternating
+/// in one process (4 rounds, 64 MiB ops), GB/s for contiguous / 8 KiB pieces every 16 KiB /
+/// 22 of 44 / 52 of 128 / 256 of 640: one eight-lane accumulator with a prefetch into L1
+/// 19.3 / 13.8 / 13.9 / 14.3 / 17.7; four accumulators, prefetch into L2 20.4 / 15.1 / 16.5 /
+/// 17.0 / 19.8; AVX-512 (half the instructions per line) 21.3-22.1 / 16.4-16.8 / 17.0-18.0 /
+/// 17.5-18.6 / 19.4-21.5, where a plain integer sum over the same pieces (calibrate's DRAM
+/// read, 25-28 GB/s contiguous) got 15-17 / 15-17 / 15-20.
+fn task_sum(mine: &[Piece], x: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { task_sum_avx512(mine, x) };
+    }
+    task_sum_portable(mine, x)
+}
+
+/// [`task_sum`] in plain Rust: four accumulators of eight lanes, one per quarter of a cache
+/// line, so that a line's adds do not wait on one another (one accumulator chains every add on
+/// the add unit's latency, 4 cycles per 8 weights: about 10 GB/s a core at 2.6 GHz). Plain
+/// multiply and add, not `mul_add`, which without an FMA target feature is a libm call.
+fn task_sum_portable(mine: &[Piece], x: f32) -> f32 {
+    let ([mut a0, mut a1], [mut a2, mut a3]) = ([[0f32; 8]; 2], [[0f32; 8]; 2]);
+    let mut rest = 0f32;
+    let mut ahead = Ahead::new(mine);
+    for &Piece(p, len) in mine {
+        // SAFETY: a piece is `len` live i16s (see `Piece`).
+        let w = unsafe { std::slice::from_raw_parts(p, len) };
+        let lines = w.chunks_exact(LINE);
+        for &v in lines.remainder() {
+            rest += v as f32 * x;
+        }
+        for line in lines {
+            ahead.next();
+            for k in 0..8 {
+                a0[k] += line[k] as f32 * x;
+                a1[k] += line[8 + k] as f32 * x;
+                a2[k] += line[16 + k] as f32 * x;
+                a3[k] += line[24 + k] as f32 * x;
+            }
+        }
+    }
+    rest + [a0, a1, a2, a3].iter().flatten().sum::<f32>()
+}
+
+/// [`task_sum`] with AVX-512: two lines (64 weights) a step, sign-extended to 32 bits,
+/// converted and multiply-added into four 16-lane accumulators.
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BW; every piece must be `len` live i16s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn task_sum_avx512(mine: &[Piece], x: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let xv = _mm512_set1_ps(x);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut rest = 0f32;
+    let mut ahead = Ahead::new(mine);
+    for &Piece(p, len) in mine {
+        let whole = len - len % (2 * LINE);
+        let mut at = 0;
+        while at < whole {
+            ahead.next();
+            ahead.next();
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: 16 weights from `at + 16k` lie within the piece (`at < whole`).
+                let w = unsafe { _mm256_loadu_si256(p.add(at + 16 * k).cast()) };
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(w)), xv, *a);
+            }
+            at += 2 * LINE;
+        }
+        for j in whole..len {
+            // SAFETY: within the piece.
+            rest += unsafe { *p.add(j) } as f32 * x;
+        }
+    }
+    let [a0, a1, a2, a3] = acc;
+    rest + _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)))
+}
+
 /// 16-bit weights per 64-byte cache line.
 const LINE: usize = 32;
 
-/// How far ahead of the kernel [`Ahead`] prefetches, in weights (4 KiB).
-const AHEAD: usize = 2048;
+/// How far ahead of the kernel [`Ahead`] prefetches, in weights (8 KiB). 4, 8 and 16 KiB ran
+/// alike on this project's VM (see [`task_sum`]).
+const AHEAD: usize = 4096;
 
 /// A cursor [`AHEAD`] weights ahead of the kernel over its pieces as if they were one run:
 /// each line the kernel takes, it prefetches the line that far on, across the gaps between
-/// pieces, where the hardware's stream prefetcher starts over at every piece. On this project's
-/// VM, alternating with and without it in one process: 8 KiB pieces 16 or 24 KiB apart (DIP's
-/// columns) 12.4-16.6 -> 16.2-21.2 GB/s, 24 KiB every 48 KiB 17.2-18.5 -> 20.2-22.4, one
-/// contiguous 256 MiB run 18.6-21.7 -> 19.5-23.4.
+/// pieces, where the hardware's stream prefetcher starts over at every piece. Into L2, not L1:
+/// a prefetch into L1 holds one of the core's few line-fill buffers until its line arrives.
+/// On this project's VM on an AMD EPYC host (into L1, one accumulator), alternating with and
+/// without it in one process: 8 KiB pieces 16 or 24 KiB apart (DIP's columns) 12.4-16.6 ->
+/// 16.2-21.2 GB/s, 24 KiB every 48 KiB 17.2-18.5 -> 20.2-22.4, one contiguous 256 MiB run
+/// 18.6-21.7 -> 19.5-23.4; on its Xeon host, see [`task_sum`] (without it, the AVX-512 kernel
+/// ran 20.4 / 12.8 / 13.0 / 14.1 / 19.5 GB/s there, and the four-accumulator one 10.9 on
+/// contiguous weights).
 struct Ahead<'a> {
     pieces: &'a [Piece],
     piece: usize,
@@ -1094,8 +1163,8 @@ impl<'a> Ahead<'a> {
             // SAFETY: `at` is within the piece; a prefetch never faults anyway.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>(p.add(self.at).cast::<i8>());
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                _mm_prefetch::<_MM_HINT_T1>(p.add(self.at).cast::<i8>());
             }
             #[cfg(not(target_arch = "x86_64"))]
             let _ = p;
@@ -1814,6 +1883,38 @@ mod tests {
         assert_eq!(kernel(&pieces, 3 * 2048 + 2), 4 * 2048);
         // Fewer FLOPs than weights: still one pass over every weight.
         assert_eq!(kernel(&pieces[1..], 2), 48);
+    }
+
+    #[test]
+    fn every_kernel_path_sums_every_weight_of_every_piece_once() {
+        use crate::real::{task_sum, task_sum_portable, Piece};
+        // Lengths around the vector steps (32 and 64 weights) and longer than the prefetch
+        // distance, so that whole lines, two-line steps and tails are all taken.
+        let lens = [1usize, 31, 32, 33, 63, 64, 65, 127, 1000, 5000, 9001];
+        let data: Vec<Vec<i16>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                (0..n)
+                    .map(|j| ((i * 7919 + j * 31) % 201) as i16 - 100)
+                    .collect()
+            })
+            .collect();
+        let pieces: Vec<Piece> = data.iter().map(|d| Piece(d.as_ptr(), d.len())).collect();
+        let x = 0.5f32;
+        let exact: f64 = data.iter().flatten().map(|&v| v as f64 * x as f64).sum();
+        // Each weight counted once: a missed or doubled line of 32 weights would move the sum
+        // by hundreds, against float rounding well under one.
+        assert!((task_sum_portable(&pieces, x) as f64 - exact).abs() < 0.5);
+        assert!((task_sum(&pieces, x) as f64 - exact).abs() < 0.5);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            // SAFETY: the CPU has the features; the pieces are live.
+            let wide = unsafe { crate::real::task_sum_avx512(&pieces, x) };
+            assert!((wide as f64 - exact).abs() < 0.5);
+        }
     }
 
     #[test]

@@ -196,36 +196,60 @@ pub struct Rates<'a> {
     pub io_queue_depth: u32,
 }
 
+/// Space between one read's end and the next one's start that no flash model takes for
+/// sequential or near reads.
+pub const APART_BYTES: u64 = 1 << 30;
+
+/// Throughput (bytes/s) of `flash` (a fresh copy) running 8 x `depth` reads of
+/// `request_bytes`, a new one issued as each completes, each starting `apart_bytes` after the
+/// end of the one before (0: in file order), as the bytes over the time the last one ends.
+pub fn stream_bytes_per_s(
+    flash: &dyn Flash,
+    depth: u32,
+    request_bytes: u64,
+    apart_bytes: u64,
+) -> f64 {
+    use std::cmp::Reverse;
+    let depth = depth.max(1) as usize;
+    let mut flash = flash.fresh();
+    let mut in_flight = std::collections::BinaryHeap::new();
+    let (mut now, mut end) = (Ps::ZERO, Ps::ZERO);
+    for i in 0..8 * depth as u64 {
+        if in_flight.len() == depth {
+            let Some(Reverse(t)) = in_flight.pop() else {
+                break;
+            };
+            now = t;
+        }
+        match flash.submit(now, i * (request_bytes + apart_bytes), request_bytes) {
+            Ok(done) => {
+                end = end.max(done);
+                in_flight.push(Reverse(done));
+            }
+            Err(_) => return 0.0,
+        }
+    }
+    let s = end.as_s();
+    if s > 0.0 {
+        (8 * depth as u64 * request_bytes) as f64 / s
+    } else {
+        f64::INFINITY
+    }
+}
+
 impl flashsim_policies::DeviceRates for Rates<'_> {
-    /// Runs 8 × depth reads of `request_bytes` on a fresh flash model, a new one issued as each
-    /// completes, and divides the bytes by the time the last one ends.
+    /// [`stream_bytes_per_s`] at the experiment's depth, the reads [`APART_BYTES`] apart: a
+    /// model that prices reads by where they lie (the measured model's sequential and near
+    /// figures) prices them as the random reads its table was measured with, as a device's
+    /// curve is drawn. (Reads in file order got the measured model's sequential ratio, taken at
+    /// 1 MiB, at every size.)
     fn flash_read_bytes_per_s(&self, request_bytes: u64) -> f64 {
-        use std::cmp::Reverse;
-        let depth = self.io_queue_depth.max(1) as usize;
-        let mut flash = self.device.flash.fresh();
-        let mut in_flight = std::collections::BinaryHeap::new();
-        let (mut now, mut end) = (Ps::ZERO, Ps::ZERO);
-        for i in 0..8 * depth as u64 {
-            if in_flight.len() == depth {
-                let Some(Reverse(t)) = in_flight.pop() else {
-                    break;
-                };
-                now = t;
-            }
-            match flash.submit(now, i * request_bytes, request_bytes) {
-                Ok(done) => {
-                    end = end.max(done);
-                    in_flight.push(Reverse(done));
-                }
-                Err(_) => return 0.0,
-            }
-        }
-        let s = end.as_s();
-        if s > 0.0 {
-            (8 * depth as u64 * request_bytes) as f64 / s
-        } else {
-            f64::INFINITY
-        }
+        stream_bytes_per_s(
+            self.device.flash.as_ref(),
+            self.io_queue_depth,
+            request_bytes,
+            APART_BYTES,
+        )
     }
 
     fn op_seconds(&self, unit: &str, flops: u64, dram_bytes: u64) -> Option<f64> {

@@ -10,7 +10,6 @@
 //! - `device-NAME.{svg,png}`: the flash model's latency and throughput against request size at
 //!   queue depths 1, 4 and 32.
 
-use crate::device::Rates;
 use crate::executor::Activity;
 use crate::experiment::Experiment;
 use crate::pareto::{front, throughput_and_dram, Standing, Table};
@@ -489,35 +488,68 @@ fn draw_timeline<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Timeline)
     Ok(())
 }
 
+struct Curve {
+    label: String,
+    /// Index into the palette.
+    colour: usize,
+    /// Dash length in pixels (0: a solid line).
+    dash: u32,
+    /// (request KiB, latency µs, throughput GB/s) by request size.
+    pts: Vec<CurvePoint>,
+}
+
 struct Curves {
-    /// Per queue depth: (depth, [(request KiB, latency µs, throughput GB/s)]).
-    series: Vec<(u32, Vec<CurvePoint>)>,
+    series: Vec<Curve>,
     title: String,
 }
 
-/// Latency and throughput of a device's flash model against request size.
+/// Latency and throughput of a device's flash model against request size: random reads at
+/// queue depths 1, 4, 8 and 32 (solid), and at depth 8 reads in file order and reads 4 KiB
+/// past the one before (dashed), where the model prices them differently from random ones
+/// (the measured model's sequential and near figures).
 fn curves_data(device: &crate::device::Device) -> Curves {
-    use flashsim_policies::DeviceRates;
+    use crate::device::{stream_bytes_per_s, APART_BYTES};
     let sizes: Vec<u64> = (0..=10).map(|i| 4096u64 << i).collect();
-    let series = [1u32, 4, 32]
+    let curve = |qd: u32, apart: u64| -> Vec<CurvePoint> {
+        sizes
+            .iter()
+            .map(|&b| {
+                let tput = stream_bytes_per_s(device.flash.as_ref(), qd, b, apart);
+                // Little's law: latency = depth × size / throughput.
+                let lat_us = qd as f64 * b as f64 / tput * 1e6;
+                (b as f64 / 1024.0, lat_us, tput / 1e9)
+            })
+            .collect()
+    };
+    let mut series: Vec<Curve> = [1u32, 4, 8, 32]
         .iter()
-        .map(|&qd| {
-            let r = Rates {
-                device,
-                io_queue_depth: qd,
-            };
-            let pts = sizes
-                .iter()
-                .map(|&b| {
-                    let tput = r.flash_read_bytes_per_s(b);
-                    // Little's law: latency = depth × size / throughput.
-                    let lat_us = qd as f64 * b as f64 / tput * 1e6;
-                    (b as f64 / 1024.0, lat_us, tput / 1e9)
-                })
-                .collect();
-            (qd, pts)
+        .enumerate()
+        .map(|(i, &qd)| Curve {
+            label: format!("QD {qd}"),
+            colour: i,
+            dash: 0,
+            pts: curve(qd, APART_BYTES),
         })
         .collect();
+    let random8 = series[2].pts.clone();
+    for (label, apart, dash) in [
+        ("QD 8, in file order", 0, 8),
+        ("QD 8, 4 KiB apart", 4096, 3),
+    ] {
+        let pts = curve(8, apart);
+        let differs = pts
+            .iter()
+            .zip(&random8)
+            .any(|(p, r)| (p.2 / r.2 - 1.0).abs() > 0.005);
+        if differs {
+            series.push(Curve {
+                label: label.to_string(),
+                colour: 2,
+                dash,
+                pts,
+            });
+        }
+    }
     Curves {
         series,
         title: format!("{}: flash model", device.name),
@@ -528,7 +560,7 @@ fn draw_curves<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Curves) -> 
     let (left, right) = root.split_horizontally(SIZE.0 / 2);
     for (area, is_lat) in [(left, true), (right, false)] {
         let pick = |p: &(f64, f64, f64)| if is_lat { p.1 } else { p.2 };
-        let all = || d.series.iter().flat_map(|s| s.1.iter());
+        let all = || d.series.iter().flat_map(|s| s.pts.iter());
         let (x0, x1) = log_range(all().map(|p| p.0));
         let (y0, y1) = log_range(all().map(pick));
         let mut chart = ChartBuilder::on(&area)
@@ -551,17 +583,28 @@ fn draw_curves<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &Curves) -> 
             "throughput (GB/s)"
         };
         log_log_mesh(&mut chart, "request size (KiB)", y_desc, 12)?;
-        for (i, (qd, pts)) in d.series.iter().enumerate() {
-            let c = colour(i);
-            chart
-                .draw_series(LineSeries::new(
-                    pts.iter().map(|p| (p.0, pick(p))),
+        for s in &d.series {
+            let c = colour(s.colour);
+            let pts = s.pts.iter().map(|p| (p.0, pick(p)));
+            let drawn = if s.dash == 0 {
+                chart.draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            } else {
+                chart.draw_series(DashedLineSeries::new(
+                    pts,
+                    s.dash,
+                    s.dash,
                     c.stroke_width(2),
                 ))
+            };
+            // Two strokes, touching for a solid line, apart for a dashed one.
+            let a = if s.dash == 0 { 7 } else { s.dash.min(5) as i32 };
+            drawn
                 .map_err(err)?
-                .label(format!("QD {qd}"))
+                .label(s.label.clone())
                 .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 14, y)], c.stroke_width(2))
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (a, 0)], c.stroke_width(2))
+                        + PathElement::new(vec![(14 - a, 0), (14, 0)], c.stroke_width(2))
                 });
         }
         legend(&mut chart, SeriesLabelPosition::UpperLeft, 12)?;
@@ -731,4 +774,32 @@ pub fn draw_results(exp: &Experiment, dir: &Path) -> Result<Vec<PathBuf>> {
         )?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::curves_data;
+    use crate::device::Device;
+
+    #[test]
+    fn device_curves_add_file_order_and_near_reads_only_where_the_model_prices_them() {
+        let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/devices");
+        // A parametric preset ignores where a read lies: random reads at four depths.
+        let preset = Device::load(configs.join("ufs40-phone.toml")).unwrap();
+        let labels: Vec<String> = curves_data(&preset)
+            .series
+            .into_iter()
+            .map(|c| c.label)
+            .collect();
+        assert_eq!(labels, ["QD 1", "QD 4", "QD 8", "QD 32"]);
+        // The calibrated device has sequential and near figures: two dashed curves more, each
+        // different from the random one at QD 8 somewhere.
+        let measured = Device::load(configs.join("vm-ext4-virtio.toml")).unwrap();
+        let c = curves_data(&measured);
+        assert_eq!(c.series.len(), 6);
+        for s in &c.series[4..] {
+            assert!(s.dash > 0 && s.label.starts_with("QD 8,"), "{}", s.label);
+            assert!(s.pts.iter().zip(&c.series[2].pts).any(|(a, b)| a.2 != b.2));
+        }
+    }
 }

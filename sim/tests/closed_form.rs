@@ -366,3 +366,50 @@ buffered_ops = 3
     );
     assert!(d.abs() < 0.02);
 }
+
+#[test]
+fn a_policy_sizing_itself_and_the_device_plot_see_random_reads_where_the_model_has_more() {
+    use flashsim::device::{stream_bytes_per_s, Rates, APART_BYTES};
+    use flashsim_policies::DeviceRates;
+    use flashsim_workloads::toml_source::TomlSource;
+    // 1 MiB reads: 1 / 2 GB/s at random offsets (QD 1 / 8), 0.5 / 3 GB/s in file order.
+    let text = r#"name = "m"
+
+[flash]
+model = "measured"
+chunk_kib = [1024.0]
+queue_depths = [1, 8]
+throughput_gb_per_s = [[1.0, 2.0]]
+sequential_queue_depths = [1, 8]
+sequential_gb_per_s = [0.5, 3.0]
+
+[dram]
+capacity_gib = 8
+bandwidth_gb_per_s = 50
+
+[compute.cpu]
+peak_gflops = 100
+mem_bandwidth_gb_per_s = 30
+"#;
+    let d = Device::from_source(&TomlSource::from_text("configs/devices/m.toml", text).unwrap())
+        .unwrap();
+    let mib = 1u64 << 20;
+    for (qd, random, in_order) in [(1u32, 1e9, 0.5e9), (8, 2e9, 3e9)] {
+        let rates = Rates {
+            device: &d,
+            io_queue_depth: qd,
+        };
+        // The table's figure, not the sequential one (which consecutive offsets got).
+        let got = rates.flash_read_bytes_per_s(mib);
+        assert!((got / random - 1.0).abs() < 0.01, "QD {qd}: {got}");
+        let apart = stream_bytes_per_s(d.flash.as_ref(), qd, mib, APART_BYTES);
+        assert_eq!(apart, got);
+        // The plot's file-order curve: the first read follows nothing (random), the rest in
+        // order.
+        let seq = stream_bytes_per_s(d.flash.as_ref(), qd, mib, 0);
+        assert!(
+            seq != got && (seq - in_order).abs() < (got - in_order).abs(),
+            "QD {qd}: {seq}"
+        );
+    }
+}

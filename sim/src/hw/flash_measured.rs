@@ -460,8 +460,6 @@ enum Place {
     Near,
 }
 
-impl Measured {}
-
 /// Index pair and weight for linear interpolation of `x` on ascending `grid`, clamped.
 fn bracket(grid: &[f64], x: f64) -> (usize, usize, f64) {
     let n = grid.len();

@@ -373,7 +373,8 @@ fn a_policy_sizing_itself_and_the_device_plot_see_random_reads_where_the_model_h
     use flashsim_policies::DeviceRates;
     use flashsim_workloads::toml_source::TomlSource;
     // 1 MiB reads: 1 / 2 GB/s at random offsets (QD 1 / 8), 0.5 / 3 GB/s in file order.
-    let text = r#"name = "m"
+    let text = format!(
+        r#"name = "m"
 
 [flash]
 model = "measured"
@@ -382,16 +383,10 @@ queue_depths = [1, 8]
 throughput_gb_per_s = [[1.0, 2.0]]
 sequential_queue_depths = [1, 8]
 sequential_gb_per_s = [0.5, 3.0]
-
-[dram]
-capacity_gib = 8
-bandwidth_gb_per_s = 50
-
-[compute.cpu]
-peak_gflops = 100
-mem_bandwidth_gb_per_s = 30
-"#;
-    let d = Device::from_source(&TomlSource::from_text("configs/devices/m.toml", text).unwrap())
+{}"#,
+        &common::DEVICE[common::DEVICE.find("\n[dram]").unwrap()..]
+    );
+    let d = Device::from_source(&TomlSource::from_text("configs/devices/m.toml", &text).unwrap())
         .unwrap();
     let mib = 1u64 << 20;
     for (qd, random, in_order) in [(1u32, 1e9, 0.5e9), (8, 2e9, 3e9)] {

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::DEVICE;
+
 use flashsim::device::Device;
 use flashsim::runner::{prepare, Cache};
 use flashsim_workloads::{ConfigError, ModelShape, TomlSource};
@@ -124,24 +126,6 @@ fn unknown_device_lists_where_it_looked() {
     assert_names(&e, "no-device.toml", "device", 2);
     assert!(e.to_string().contains("m9-ssd.toml"));
 }
-
-const DEVICE: &str = r#"name = "d"
-
-[flash]
-model = "parametric"
-read_latency_us = 50.0
-request_bandwidth_gb_per_s = 2.0
-max_bandwidth_gb_per_s = 3.0
-parallel_units = 8
-
-[dram]
-capacity_gib = 8
-bandwidth_gb_per_s = 50
-
-[compute.cpu]
-peak_gflops = 100
-mem_bandwidth_gb_per_s = 30
-"#;
 
 fn device(text: &str) -> Result<Device, ConfigError> {
     Device::from_source(&TomlSource::from_text("configs/devices/d.toml", text)?)

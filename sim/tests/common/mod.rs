@@ -37,3 +37,24 @@ pub fn report(what: &str, expected: f64, measured: f64) -> f64 {
     );
     dev
 }
+
+/// A good device file (parametric flash, DRAM, one compute unit), as if at
+/// `configs/devices/d.toml`: tests edit it into bad ones, or take its `[dram]` and `[compute]`
+/// tail for a device with another flash model.
+pub const DEVICE: &str = r#"name = "d"
+
+[flash]
+model = "parametric"
+read_latency_us = 50.0
+request_bandwidth_gb_per_s = 2.0
+max_bandwidth_gb_per_s = 3.0
+parallel_units = 8
+
+[dram]
+capacity_gib = 8
+bandwidth_gb_per_s = 50
+
+[compute.cpu]
+peak_gflops = 100
+mem_bandwidth_gb_per_s = 30
+"#;

@@ -577,8 +577,9 @@ pub struct OpTimes {
 /// 8 KiB down columns of a 7B FFN with half of them kept (every 16 KiB), its 22 KiB gate/up
 /// columns likewise, ActiveFlow's mean run of channels in `validate-vm` (51 KiB) with 60% of
 /// them left out (every 128 KiB), and 256 KiB runs (long bundles), past any ramp seen so far.
-/// On this project's VM the cost of a piece grew with its size up to ~40-50 KiB and then
-/// stayed; the stride did not matter (throwaway measurement, 16-640 KiB strides).
+/// On this project's VM, with the backend's earlier kernel, the cost of a piece grew with its
+/// size up to ~40-50 KiB and then stayed; the stride did not matter (throwaway measurement,
+/// 16-640 KiB strides). With the current kernel the fit's ramp is longer (184 KiB).
 pub const GATHERED_OPS: [(u64, u64); 4] = [
     (8 << 10, 16 << 10),
     (22 << 10, 44 << 10),

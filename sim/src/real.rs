@@ -1039,13 +1039,19 @@ fn kernel(pieces: &[Piece], flops: u64) -> u64 {
 /// read, 25-28 GB/s contiguous) got 15-17 / 15-17 / 15-20.
 fn task_sum(mine: &[Piece], x: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-    {
+    if has_avx512() {
         // SAFETY: the CPU has the features the function is compiled for.
         return unsafe { task_sum_avx512(mine, x) };
     }
     task_sum_portable(mine, x)
+}
+
+/// Whether this CPU has what [`task_sum_avx512`] is compiled for (the standard library caches
+/// the answer).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
 }
 
 /// [`task_sum`] in plain Rust: four accumulators of eight lanes, one per quarter of a cache
@@ -1908,9 +1914,7 @@ mod tests {
         assert!((task_sum_portable(&pieces, x) as f64 - exact).abs() < 0.5);
         assert!((task_sum(&pieces, x) as f64 - exact).abs() < 0.5);
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-        {
+        if crate::real::has_avx512() {
             // SAFETY: the CPU has the features; the pieces are live.
             let wide = unsafe { crate::real::task_sum_avx512(&pieces, x) };
             assert!((wide as f64 - exact).abs() < 0.5);

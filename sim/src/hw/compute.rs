@@ -45,8 +45,9 @@ pub struct ComputeConfig {
     /// `piece_ramp_gb_per_s` rather than at the memory rate: the hardware prefetcher ramps up
     /// again at each run, so short runs are slow and long ones pay once. Default 0 (none: the
     /// presets' papers give no such figure); `flashsim calibrate` fits both from ops over 8, 22,
-    /// 51 and 256 KiB pieces (on this project's VM, Intel Xeon host: ~40 KiB at ~12 GB/s
-    /// against 18 GB/s contiguous). A ramp rate at or above the memory rate costs nothing.
+    /// 51 and 256 KiB pieces (on this project's VM, Intel Xeon host: ~60 KiB at ~12.4 GB/s
+    /// against 17.3 GB/s contiguous with the backend's earlier kernel, 184 KiB at 15.6 against
+    /// 19.1 with its current one). A ramp rate at or above the memory rate costs nothing.
     #[serde(default)]
     pub piece_ramp_kib: f64,
     #[serde(default)]

@@ -2,7 +2,7 @@
 //!
 //! Storage: O_DIRECT reads of every request size (4 KiB … 4 MiB by default) at every queue depth
 //! (1 … 64) through the real backend's own readers ([`crate::real::read_latencies`]: a pool of
-//! threads each keeping one `pread` in flight, or one io_uring loader thread,
+//! threads each keeping one `pread` in flight, or one io_uring that the issuing thread drives,
 //! `Engine::IoUring`; each completion reported to the issuing thread, which issues the next, as
 //! the pipeline does, so the table carries the backend's per-read cost), at seeded random aligned
 //! offsets of a file written first with random bytes. O_DIRECT keeps the page cache out; where a
@@ -498,7 +498,7 @@ fn environment(o: &Options) -> Vec<(String, String)> {
                  issues the next",
                 match o.engine {
                     Engine::Pread => "pread threads, one read in flight each",
-                    Engine::IoUring => "one io_uring loader thread",
+                    Engine::IoUring => "one io_uring driven by the issuing thread",
                 }
             ),
         ),

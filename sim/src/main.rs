@@ -141,7 +141,7 @@ enum Cmd {
         #[arg(long)]
         keep_file: bool,
         /// How reads are kept in flight, through the real backend's readers: a pread thread
-        /// per slot, or one io_uring loader thread (the device file records which).
+        /// per slot, or one io_uring driven by the issuing thread (the device file records which).
         #[arg(long, value_enum, default_value = "pread")]
         engine: flashsim::calibrate::Engine,
     },

@@ -13,7 +13,7 @@ mod common;
 use common::repo;
 
 /// The UFS 4.0 preset, as it is (`pread`: reads from a thread pool) or copied into `dir` with
-/// `read_engine = "io_uring"` (one loader thread with a ring).
+/// `read_engine = "io_uring"` (one ring the pipeline's thread drives).
 fn device(dir: &Path, engine: &str) -> String {
     let preset = repo()
         .canonicalize()

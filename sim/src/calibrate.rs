@@ -176,6 +176,19 @@ pub struct Cell {
     pub mean_latency_us: f64,
     pub p50_latency_us: f64,
     pub p99_latency_us: f64,
+    /// The process's CPU time (user and system, every thread: the kernel's and the readers'
+    /// work for a read, where the op kernels would compete for it) per read, µs; `None`
+    /// where not measured.
+    pub cpu_us_per_read: Option<f64>,
+}
+
+/// CPU seconds this process has used so far, user and system, all threads (`getrusage`).
+pub fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes one `rusage` into the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    s(u.ru_utime) + s(u.ru_stime)
 }
 
 /// Memory and compute rates for one thread count.
@@ -260,6 +273,7 @@ pub(crate) fn cell_of(size: u64, qd: u32, elapsed: f64, mut lat: Vec<f64>) -> Ce
         mean_latency_us: lat.iter().sum::<f64>() / n as f64,
         p50_latency_us: q(0.5),
         p99_latency_us: q(0.99),
+        cpu_us_per_read: None,
     }
 }
 
@@ -780,6 +794,25 @@ pub fn device_toml(
             .collect();
         s.push_str(&format!("#   {kib:>5} KiB: {}\n", row.join(", ")));
     }
+    if cells.iter().any(|c| c.cpu_us_per_read.is_some()) {
+        s.push_str(
+            "# The process's CPU time per read (µs, user and system, every thread: the CPU a read\n\
+             # takes from the op kernels), same rows and columns:\n",
+        );
+        for &kib in &o.sizes_kib {
+            let row: Vec<String> = o
+                .queue_depths
+                .iter()
+                .map(|&q| {
+                    cell_at(kib, q)
+                        .and_then(|c| c.cpu_us_per_read)
+                        .map(|v| format!("{v:.1}"))
+                        .unwrap_or_default()
+                })
+                .collect();
+            s.push_str(&format!("#   {kib:>5} KiB: {}\n", row.join(", ")));
+        }
+    }
     s.push_str(&format!(
         "chunk_kib = {:?}\n",
         o.sizes_kib.iter().map(|&k| k as f64).collect::<Vec<_>>()
@@ -1050,7 +1083,8 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         );
     }
     let passes = o.passes.max(1);
-    let mut pooled: Vec<(f64, Vec<f64>)> = vec![(0.0, Vec::new()); grid.len()];
+    // Per pattern: seconds, latencies, CPU seconds.
+    let mut pooled: Vec<(f64, Vec<f64>, f64)> = vec![(0.0, Vec::new(), 0.0); grid.len()];
     for pass in 0..passes {
         progress(&format!("pass {} of {passes} over the table ...", pass + 1));
         let order: Vec<usize> = if pass % 2 == 0 {
@@ -1059,6 +1093,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             (0..grid.len()).rev().collect()
         };
         for i in order {
+            let cpu = process_cpu_seconds();
             let (secs, lat) = crate::real::read_latencies(
                 &path,
                 o.engine,
@@ -1067,13 +1102,18 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
                 o.seed ^ pass as u64,
                 &dram,
             )?;
+            pooled[i].2 += process_cpu_seconds() - cpu;
             pooled[i].0 += secs;
             pooled[i].1.extend(lat);
         }
     }
     let (mut cells, mut sequential, mut nears) = (Vec::new(), Vec::new(), Vec::new());
-    for (p, (secs, lat)) in grid.iter().zip(pooled) {
-        let c = cell_of(p.size, p.qd, secs, lat);
+    for (p, (secs, lat, cpu)) in grid.iter().zip(pooled) {
+        let reads = lat.len().max(1) as f64;
+        let c = Cell {
+            cpu_us_per_read: Some(cpu / reads * 1e6),
+            ..cell_of(p.size, p.qd, secs, lat)
+        };
         if p.order == ReadOrder::InOrder {
             progress(&format!(
                 "sequential 1 MiB QD {}: {:.3} GB/s",
@@ -1091,13 +1131,14 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             nears.push(c);
         } else {
             progress(&format!(
-                "{:>5} KiB  QD {:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads)",
+                "{:>5} KiB  QD {:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads, {:.1} µs CPU each)",
                 p.size / 1024,
                 p.qd,
                 c.throughput_gb_per_s,
                 c.mean_latency_us,
                 c.p99_latency_us,
-                c.requests
+                c.requests,
+                c.cpu_us_per_read.unwrap_or(0.0)
             ));
             cells.push(c);
         }
@@ -1200,12 +1241,12 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let mut csv = File::create(o.plots_dir.join(format!("{}.csv", o.name)))?;
     writeln!(
         csv,
-        "size_kib,queue_depth,requests,seconds,throughput_gb_per_s,mean_latency_us,p50_latency_us,p99_latency_us"
+        "size_kib,queue_depth,requests,seconds,throughput_gb_per_s,mean_latency_us,p50_latency_us,p99_latency_us,cpu_us_per_read"
     )?;
     for c in &cells {
         writeln!(
             csv,
-            "{},{},{},{:.6},{:.6},{:.3},{:.3},{:.3}",
+            "{},{},{},{:.6},{:.6},{:.3},{:.3},{:.3},{}",
             c.size_bytes / 1024,
             c.queue_depth,
             c.requests,
@@ -1213,7 +1254,10 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             c.throughput_gb_per_s,
             c.mean_latency_us,
             c.p50_latency_us,
-            c.p99_latency_us
+            c.p99_latency_us,
+            c.cpu_us_per_read
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_default()
         )?;
     }
     Ok(out)

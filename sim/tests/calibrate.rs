@@ -33,7 +33,7 @@ fn io_uring_measures_the_same_kind_of_table() {
     let path = calibrate::run(&o, &mut |_| {}).unwrap();
     assert!(std::fs::read_to_string(&path)
         .unwrap()
-        .contains("# method: the real backend's readers (one io_uring loader thread)"));
+        .contains("# method: the real backend's readers (one io_uring driven by the issuing thread)"));
     assert!(std::fs::read_to_string(&path)
         .unwrap()
         .contains("read_engine = \"io_uring\""));
@@ -94,7 +94,10 @@ fn calibrates_a_small_file_into_a_loadable_measured_device() {
             "at least 4 reads per slot in each of the 2 passes: {r}"
         );
         assert!(f[4] > 0.0 && f[5] > 0.0, "{r}");
+        // Reads take the process some CPU, and not a millisecond each.
+        assert!(f[8] > 0.0 && f[8] < 1000.0, "CPU per read: {r}");
     }
+    assert!(text.contains("# The process's CPU time per read"), "{text}");
     // The measured model serves a request in about the time measured for it: the simulated
     // throughput of 64 KiB at QD 1 is the table's figure.
     let mut device = device;
@@ -151,6 +154,7 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
         mean_latency_us: (kib << 10) as f64 * q as f64 / (gb_s * 1e3),
         p50_latency_us: 1.0,
         p99_latency_us: 1.0,
+        cpu_us_per_read: None,
     };
     // 256 KiB at QD 4 measured 5x its QD 1 figure: physically at most 4x.
     let cells = [

@@ -31,9 +31,9 @@ fn io_uring_measures_the_same_kind_of_table() {
         ..options(dir.path())
     };
     let path = calibrate::run(&o, &mut |_| {}).unwrap();
-    assert!(std::fs::read_to_string(&path)
-        .unwrap()
-        .contains("# method: the real backend's readers (one io_uring driven by the issuing thread)"));
+    assert!(std::fs::read_to_string(&path).unwrap().contains(
+        "# method: the real backend's readers (one io_uring driven by the issuing thread)"
+    ));
     assert!(std::fs::read_to_string(&path)
         .unwrap()
         .contains("read_engine = \"io_uring\""));

@@ -243,6 +243,62 @@ fn measured_near_figures_apply_to_reads_a_little_past_the_one_before_only() {
 }
 
 #[test]
+fn short_reads_in_file_order_take_the_near_ratio_and_blend_into_the_sequential_one() {
+    // 16 KiB random 0.4 GB/s at QD 8, near 0.5 (1.25x); 1 MiB random 2 GB/s at QD 8, in file
+    // order 1 GB/s (0.5x): the sequential figure is a 1 MiB measurement.
+    let kib = 1024u64;
+    let m = Measured::new(
+        &[16.0 * 1024.0, 1048576.0],
+        &[1, 8],
+        &[vec![0.1e9, 0.4e9], vec![1e9, 2e9]],
+    )
+    .unwrap()
+    .with_sequential(&[1, 8], &[0.5e9, 1e9])
+    .unwrap()
+    .with_near(64 * kib, &[16.0 * 1024.0], &[1, 8], &[vec![0.12e9, 0.5e9]])
+    .unwrap();
+    let in_order = |size: u64| throughput_at(m.fresh().as_mut(), size, 8, 4000, |i| i * size);
+    // 16 KiB strictly in order: a near read with no gap (not 0.4 x 0.5 = 0.2 GB/s).
+    let d = report(
+        "measured in-order 16 KiB QD8 (B/s)",
+        0.5e9,
+        in_order(16 * kib),
+    );
+    assert!(d.abs() < 0.01, "{d}");
+    // 1 MiB in order: the sequential figure.
+    let d = report(
+        "measured in-order 1 MiB QD8 (B/s)",
+        1e9,
+        in_order(kib << 10),
+    );
+    assert!(d.abs() < 0.01, "{d}");
+    // 128 KiB, halfway on log size: the table's figure times the geometric mean of the ratios.
+    let want = m.throughput(128 * kib, 8) * (0.5f64 * 1.25).sqrt();
+    let d = report(
+        "measured in-order 128 KiB QD8 (B/s)",
+        want,
+        in_order(128 * kib),
+    );
+    assert!(d.abs() < 0.01, "{d}");
+    // Without near figures, the sequential ratio at every size, as before.
+    let plain = Measured::new(
+        &[16.0 * 1024.0, 1048576.0],
+        &[1, 8],
+        &[vec![0.1e9, 0.4e9], vec![1e9, 2e9]],
+    )
+    .unwrap()
+    .with_sequential(&[1, 8], &[0.5e9, 1e9])
+    .unwrap();
+    let got = throughput_at(plain.fresh().as_mut(), 16 * kib, 8, 4000, |i| i * 16 * kib);
+    let d = report(
+        "measured in-order 16 KiB QD8, no near figures (B/s)",
+        0.2e9,
+        got,
+    );
+    assert!(d.abs() < 0.01, "{d}");
+}
+
+#[test]
 fn ops_slow_down_only_where_reads_run_beside_them() {
     use flashsim::runner::{prepare, Cache};
     // Llama-2-7B on the UFS 4.0 phone, one point per policy setting; each simulated with the

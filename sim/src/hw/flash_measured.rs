@@ -12,6 +12,8 @@
 //! starts where the request submitted before it ended (a streaming reader's next chunk) run at
 //! the table's rate times the measured sequential/random ratio at its depth: on some disks a
 //! stream is faster than random reads of the same size, on others (a virtual disk here) slower.
+//! With near figures too, a shorter request in file order takes the near ratio (a near read
+//! with no gap) up to the largest near size, and a blend of the two between it and 1 MiB.
 //!
 //! Optional near figures (reads in ascending file order, each a little past where the one
 //! before it ended, by chunk size and queue depth) make a request that starts at most
@@ -113,7 +115,8 @@ impl MeasuredConfig {
         }
         if let (Some((q, now)), false) = (sequential, self.sequential_gb_per_s.is_empty()) {
             let model = self.with_sequential_figures(table)?;
-            let then = model.throughput(SEQUENTIAL_BYTES, q) * model.sequential_ratio(q);
+            let then =
+                model.throughput(SEQUENTIAL_BYTES, q) * model.sequential_ratio(SEQUENTIAL_BYTES, q);
             if !(now.is_finite() && now > 0.0) {
                 return Err(format!("a sequential probe delivered {now} B/s"));
             }
@@ -135,7 +138,7 @@ impl MeasuredConfig {
     pub fn sequential_bytes_per_s(&self, q: u32) -> Result<f64, String> {
         let m = self.with_sequential_figures(self.table()?)?;
         let qc = q.min(m.max_qd());
-        Ok(m.throughput(SEQUENTIAL_BYTES, qc) * m.sequential_ratio(qc))
+        Ok(m.throughput(SEQUENTIAL_BYTES, qc) * m.sequential_ratio(SEQUENTIAL_BYTES, qc))
     }
 
     /// `table` with this file's sequential figures, where it has any.
@@ -396,13 +399,33 @@ impl Measured {
         .exp()
     }
 
-    /// Sequential over random throughput at depth `q` (1 without sequential figures).
-    fn sequential_ratio(&self, q: u32) -> f64 {
+    /// Over random throughput for a request of `bytes` at depth `q` that starts where the one
+    /// before it ended (1 without sequential figures). The sequential figures are measured at
+    /// [`SEQUENTIAL_BYTES`]; a shorter request in file order is a near read with no gap, so
+    /// where near figures exist it takes their ratio up to their largest size, and between
+    /// that size and [`SEQUENTIAL_BYTES`] the two log ratios are interpolated on log size. On
+    /// this project's virtual disk 1 MiB reads in file order ran 10-20% slower than random
+    /// ones, while 4-16 KiB reads strictly in order ran 20-40% faster.
+    fn sequential_ratio(&self, bytes: u64, q: u32) -> f64 {
         if self.seq_log_qd.is_empty() {
             return 1.0;
         }
         let (j0, j1, b) = bracket(&self.seq_log_qd, (q.max(1) as f64).ln());
-        ((1.0 - b) * self.seq_log_ratio[j0] + b * self.seq_log_ratio[j1]).exp()
+        let seq = (1.0 - b) * self.seq_log_ratio[j0] + b * self.seq_log_ratio[j1];
+        let (Some(&top), at, full) = (
+            self.near_log_chunk.last(),
+            (bytes.max(1) as f64).ln(),
+            (SEQUENTIAL_BYTES as f64).ln(),
+        ) else {
+            return seq.exp();
+        };
+        if at >= full || top >= full {
+            return seq.exp();
+        }
+        // Clamped to the largest near size beyond it.
+        let near = self.near_ratio(bytes, q).ln();
+        let b = ((at - top) / (full - top)).max(0.0);
+        ((1.0 - b) * near + b * seq).exp()
     }
 
     fn from_config(src: &TomlSource, c: &MeasuredConfig) -> Result<Self, ConfigError> {
@@ -434,7 +457,7 @@ impl Measured {
         let x = self.throughput(bytes, qc)
             * match place {
                 Place::Random => 1.0,
-                Place::Sequential => self.sequential_ratio(qc),
+                Place::Sequential => self.sequential_ratio(bytes, qc),
                 Place::Near => self.near_ratio(bytes, qc),
             };
         transfer_time(q as u64 * bytes, x.round().max(1.0) as u64)

@@ -781,37 +781,30 @@ pub fn device_toml(
             .iter()
             .find(|c| c.size_bytes == kib * 1024 && c.queue_depth == q)
     };
-    s.push_str("# Mean latency per request (µs), rows = chunk sizes, columns = queue depths:\n");
-    for &kib in &o.sizes_kib {
-        let row: Vec<String> = o
-            .queue_depths
-            .iter()
-            .map(|&q| {
-                cell_at(kib, q)
-                    .map(|c| format!("{:.1}", c.mean_latency_us))
-                    .unwrap_or_default()
-            })
-            .collect();
-        s.push_str(&format!("#   {kib:>5} KiB: {}\n", row.join(", ")));
-    }
-    if cells.iter().any(|c| c.cpu_us_per_read.is_some()) {
-        s.push_str(
-            "# The process's CPU time per read (µs, user and system, every thread: the CPU a read\n\
-             # takes from the op kernels), same rows and columns:\n",
-        );
+    // A comment table of one figure per cell: rows = chunk sizes, columns = queue depths.
+    let figure_table = |s: &mut String, figure: fn(&Cell) -> Option<f64>| {
         for &kib in &o.sizes_kib {
             let row: Vec<String> = o
                 .queue_depths
                 .iter()
                 .map(|&q| {
                     cell_at(kib, q)
-                        .and_then(|c| c.cpu_us_per_read)
+                        .and_then(figure)
                         .map(|v| format!("{v:.1}"))
                         .unwrap_or_default()
                 })
                 .collect();
             s.push_str(&format!("#   {kib:>5} KiB: {}\n", row.join(", ")));
         }
+    };
+    s.push_str("# Mean latency per request (µs), rows = chunk sizes, columns = queue depths:\n");
+    figure_table(&mut s, |c| Some(c.mean_latency_us));
+    if cells.iter().any(|c| c.cpu_us_per_read.is_some()) {
+        s.push_str(
+            "# The process's CPU time per read (µs, user and system, every thread: the CPU a read\n\
+             # takes from the op kernels), same rows and columns:\n",
+        );
+        figure_table(&mut s, |c| c.cpu_us_per_read);
     }
     s.push_str(&format!(
         "chunk_kib = {:?}\n",

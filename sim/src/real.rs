@@ -607,8 +607,7 @@ impl Real {
         let direct = (!verify).then(|| image.clone());
         let (done_tx, done) = channel();
         let mut workers = Vec::new();
-        let (mut jobs_io, mut ring) = (None, None);
-        match engine {
+        let (jobs_io, ring) = match engine {
             Engine::Pread => {
                 let (io_tx, io_rx) = channel::<Job>();
                 let io_rx = Arc::new(Mutex::new(io_rx));
@@ -619,23 +618,19 @@ impl Real {
                         pread_worker(&file, file_bytes, &rx, &tx, direct.as_deref())
                     }));
                 }
-                jobs_io = Some(io_tx);
+                (Some(io_tx), None)
             }
             Engine::IoUring => {
-                ring = Some(Ring::new(
-                    file.clone(),
-                    file_bytes,
-                    io_threads.max(1),
-                    direct,
-                )?);
+                let ring = Ring::new(file.clone(), file_bytes, io_threads.max(1), direct)?;
+                (None, Some(ring))
             }
-        }
+        };
         let (op_tx, op_rx) = channel::<Job>();
         let counters = Arc::new(KernelBytes::default());
         workers.push(spawn_op_worker(
             op_rx,
             done_tx,
-            ring.as_ref().map(|r: &Ring| r.wake.clone()),
+            ring.as_ref().map(|r| r.wake.clone()),
             Some(OpMemory {
                 image: image.clone(),
                 loads_from: (!verify).then(|| file.clone()),

@@ -186,20 +186,29 @@ fn measured_sequential_figures_apply_to_reads_in_file_order_only() {
         .is_err());
 }
 
+/// 16 KiB at random offsets: 0.1 GB/s at QD 1, 0.4 at QD 8; 1 MiB: 1 and 2 GB/s.
+fn small_and_large() -> Measured {
+    Measured::new(
+        &[16.0 * 1024.0, 1048576.0],
+        &[1, 8],
+        &[vec![0.1e9, 0.4e9], vec![1e9, 2e9]],
+    )
+    .unwrap()
+}
+
+/// `m` with 16 KiB reads ascending, gaps of at most 64 KiB, at 0.12 and 0.5 GB/s (QD 1 / 8).
+fn with_near_16_kib(m: Measured) -> Measured {
+    m.with_near(64 << 10, &[16.0 * 1024.0], &[1, 8], &[vec![0.12e9, 0.5e9]])
+        .unwrap()
+}
+
 #[test]
 fn measured_near_figures_apply_to_reads_a_little_past_the_one_before_only() {
     // 16 KiB at random offsets: 0.1 GB/s at QD 1, 0.4 at QD 8; ascending with gaps of at most
     // 64 KiB: 0.12 and 0.5 GB/s (1.2x and 1.25x). 1 MiB reads carry no near figure: clamped
     // to the 16 KiB ratio.
     let kib = 1024u64;
-    let m = Measured::new(
-        &[16.0 * 1024.0, 1048576.0],
-        &[1, 8],
-        &[vec![0.1e9, 0.4e9], vec![1e9, 2e9]],
-    )
-    .unwrap()
-    .with_near(64 * kib, &[16.0 * 1024.0], &[1, 8], &[vec![0.12e9, 0.5e9]])
-    .unwrap();
+    let m = with_near_16_kib(small_and_large());
     let mut f = m.fresh();
     let t1 = f.submit(Ps::ZERO, 0, 16 * kib).unwrap();
     assert_eq!(t1, transfer_time(16 * kib, 100_000_000).unwrap());
@@ -247,16 +256,12 @@ fn short_reads_in_file_order_take_the_near_ratio_and_blend_into_the_sequential_o
     // 16 KiB random 0.4 GB/s at QD 8, near 0.5 (1.25x); 1 MiB random 2 GB/s at QD 8, in file
     // order 1 GB/s (0.5x): the sequential figure is a 1 MiB measurement.
     let kib = 1024u64;
-    let m = Measured::new(
-        &[16.0 * 1024.0, 1048576.0],
-        &[1, 8],
-        &[vec![0.1e9, 0.4e9], vec![1e9, 2e9]],
-    )
-    .unwrap()
-    .with_sequential(&[1, 8], &[0.5e9, 1e9])
-    .unwrap()
-    .with_near(64 * kib, &[16.0 * 1024.0], &[1, 8], &[vec![0.12e9, 0.5e9]])
-    .unwrap();
+    let sequential = || {
+        small_and_large()
+            .with_sequential(&[1, 8], &[0.5e9, 1e9])
+            .unwrap()
+    };
+    let m = with_near_16_kib(sequential());
     let in_order = |size: u64| throughput_at(m.fresh().as_mut(), size, 8, 4000, |i| i * size);
     // 16 KiB strictly in order: a near read with no gap (not 0.4 x 0.5 = 0.2 GB/s).
     let d = report(
@@ -281,14 +286,7 @@ fn short_reads_in_file_order_take_the_near_ratio_and_blend_into_the_sequential_o
     );
     assert!(d.abs() < 0.01, "{d}");
     // Without near figures, the sequential ratio at every size, as before.
-    let plain = Measured::new(
-        &[16.0 * 1024.0, 1048576.0],
-        &[1, 8],
-        &[vec![0.1e9, 0.4e9], vec![1e9, 2e9]],
-    )
-    .unwrap()
-    .with_sequential(&[1, 8], &[0.5e9, 1e9])
-    .unwrap();
+    let plain = sequential();
     let got = throughput_at(plain.fresh().as_mut(), 16 * kib, 8, 4000, |i| i * 16 * kib);
     let d = report(
         "measured in-order 16 KiB QD8, no near figures (B/s)",

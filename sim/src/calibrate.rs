@@ -701,49 +701,76 @@ impl OpTimes {
     }
 }
 
-/// The `[flash]` lines of the near figures (`near`: cells of near reads, any order; none
-/// writes nothing).
-fn near_toml(near: &[Cell]) -> String {
-    let mut sizes: Vec<u64> = near.iter().map(|c| c.size_bytes).collect();
-    let mut qds: Vec<u32> = near.iter().map(|c| c.queue_depth).collect();
-    sizes.sort_unstable();
-    sizes.dedup();
+/// The `[flash]` lines of the near figures (`near`: cells of near reads and the largest gap
+/// each was measured with, any order; none writes nothing): the widest gap's figures as
+/// `near_gb_per_s`, the others' as `near_extra_gb_per_s`.
+fn near_toml(near: &[(u64, Cell)]) -> String {
+    let mut sizes: Vec<u64> = near.iter().map(|c| c.1.size_bytes).collect();
+    let mut qds: Vec<u32> = near.iter().map(|c| c.1.queue_depth).collect();
+    let mut gaps: Vec<u64> = near.iter().map(|c| c.0).collect();
+    for v in [&mut sizes, &mut gaps] {
+        v.sort_unstable();
+        v.dedup();
+    }
     qds.sort_unstable();
     qds.dedup();
-    if sizes.is_empty() {
+    let Some(&widest) = gaps.last() else {
         return String::new();
-    }
+    };
+    let grid = |gap: u64| -> String {
+        let mut s = String::new();
+        for &size in &sizes {
+            let row: Vec<String> = qds
+                .iter()
+                .map(|&q| {
+                    let c = near
+                        .iter()
+                        .find(|c| c.0 == gap && c.1.size_bytes == size && c.1.queue_depth == q)
+                        .expect("every near cell measured");
+                    format!("{:.6}", c.1.throughput_gb_per_s.max(1e-6))
+                })
+                .collect();
+            s.push_str(&format!("  [{}],  # {} KiB\n", row.join(", "), size / 1024));
+        }
+        s
+    };
+    let kib = |b: u64| (b >> 10) as f64;
     let mut s = format!(
         "# Reads in ascending file order, each 0-{} KiB (uniform, 4 KiB steps) past where the one\n\
          # before it ended (as DIP and ActiveFlow read the channels they keep), by chunk size (rows)\n\
-         # and queue depth (columns); a read that starts at most near_gap_kib past the end of the\n\
-         # one submitted before it runs at the table's rate times their ratio to it:\n",
-        NEAR_GAP_BYTES >> 10
+         # and queue depth (columns): the table's figure times their throughput over that of\n\
+         # random reads of the same size and depth measured in alternation with them; a read that\n\
+         # starts at most near_gap_kib past the end of the one submitted before it runs at the\n\
+         # table's rate times their ratio to it:\n",
+        widest >> 10
     );
-    s.push_str(&format!(
-        "near_gap_kib = {:?}\n",
-        (NEAR_GAP_BYTES >> 10) as f64
-    ));
+    s.push_str(&format!("near_gap_kib = {:?}\n", kib(widest)));
     s.push_str(&format!(
         "near_chunk_kib = {:?}\n",
-        sizes.iter().map(|&b| (b / 1024) as f64).collect::<Vec<_>>()
+        sizes.iter().map(|&b| kib(b)).collect::<Vec<_>>()
     ));
     s.push_str(&format!("near_queue_depths = {qds:?}\n"));
-    s.push_str("near_gb_per_s = [\n");
-    for &size in &sizes {
-        let row: Vec<String> = qds
-            .iter()
-            .map(|&q| {
-                let c = near
-                    .iter()
-                    .find(|c| c.size_bytes == size && c.queue_depth == q)
-                    .expect("every near cell measured");
-                format!("{:.6}", c.throughput_gb_per_s.max(1e-6))
-            })
-            .collect();
-        s.push_str(&format!("  [{}],  # {} KiB\n", row.join(", "), size / 1024));
+    s.push_str(&format!("near_gb_per_s = [\n{}]\n", grid(widest)));
+    let others = &gaps[..gaps.len() - 1];
+    if !others.is_empty() {
+        s.push_str(
+            "# The same at smaller largest gaps (0: strictly in file order). Each gap's figures\n\
+             # stand for a gap of half of it; a read's ratio is interpolated on its own gap:\n",
+        );
+        s.push_str(&format!(
+            "near_extra_gaps_kib = {:?}\n",
+            others.iter().map(|&b| kib(b)).collect::<Vec<_>>()
+        ));
+        s.push_str("near_extra_gb_per_s = [\n");
+        for &gap in others {
+            let what = match gap {
+                0 => "strictly in file order".to_string(),
+                _ => format!("0-{} KiB apart", gap >> 10),
+            };
+            s.push_str(&format!(" [ # {what}\n{} ],\n", grid(gap)));
+        }
+        s.push_str("]\n");
     }
-    s.push_str("]\n");
     s
 }
 
@@ -752,7 +779,7 @@ pub fn device_toml(
     o: &Options,
     cells: &[Cell],
     sequential: &[Cell],
-    near: &[Cell],
+    near: &[(u64, Cell)],
     rates: &[Rates],
     ops: &OpTimes,
 ) -> String {
@@ -1004,11 +1031,115 @@ pub fn device_toml(
 /// The queue depths of the sequential figures (of the measured model's request size).
 const SEQUENTIAL_QDS: [u32; 2] = [1, 8];
 
-/// Near reads (ascending, each 0 to this many bytes past the end of the one before it) are
-/// measured at the table's sizes up to [`NEAR_MAX_BYTES`], at [`SEQUENTIAL_QDS`]. 64 KiB: DIP's
-/// and ActiveFlow's reads of the channels they keep on validate-vm's 7B shape lie 0-64 KiB
-/// apart for 60-75% of them (the rest up to 1 MiB, where the advantage had faded).
-pub const NEAR_GAP_BYTES: u64 = 64 << 10;
+/// Near reads (ascending, each 0 to one of these many bytes past the end of the one before
+/// it, uniform in 4 KiB steps; 0: strictly in file order) are measured at the table's sizes up
+/// to [`NEAR_MAX_BYTES`], at [`SEQUENTIAL_QDS`]. 64 KiB: DIP's and ActiveFlow's reads of the
+/// channels they keep on validate-vm's 7B shape lie 0-64 KiB apart for 60-75% of them (the
+/// rest up to 1 MiB, where the advantage had faded); 16 KiB and 0: on this project's virtual
+/// disk 4-8 KiB reads at QD 8 ran 1.13-1.16x random ones 0-64 KiB apart, 1.20-1.29x 0-16 KiB
+/// apart and 1.60-1.82x strictly in order, and ActiveFlow's reads lie mostly 8-24 KiB apart:
+/// one gap did not describe them.
+pub const NEAR_GAPS_BYTES: [u64; 3] = [0, 16 << 10, 64 << 10];
+/// How many slices of each near pattern (and of the random reads they are compared with) are
+/// measured in turn: the disk's throughput drifts by 10-20% over tens of seconds, as much as
+/// the near reads' advantage, so the ratio comes from reads that alternate every fraction of a
+/// second rather than from cells measured apart.
+pub const NEAR_SLICES: u32 = 8;
+
+/// The near reads' measurements (see [`measure_near`]).
+pub struct NearCells {
+    /// Per largest gap, the cell as measured.
+    pub measured: Vec<(u64, Cell)>,
+    /// The random reads measured in alternation with them, one per (size, depth).
+    pub random: Vec<Cell>,
+    /// Per largest gap, the figure for the device file: the table's throughput at the cell's
+    /// size and depth (the alternating random reads' where the table has no such depth) times
+    /// the near over random ratio measured in alternation.
+    pub figures: Vec<(u64, Cell)>,
+}
+
+/// Reads in ascending order each 0 to one of [`NEAR_GAPS_BYTES`] past the one before, at the
+/// table's sizes up to [`NEAR_MAX_BYTES`] and at [`SEQUENTIAL_QDS`]: for each size and depth,
+/// [`NEAR_SLICES`] rounds of a slice of random reads and a slice of each gap's near reads, in
+/// alternating order, `seconds_per_point` per pattern in all.
+fn measure_near(
+    o: &Options,
+    path: &Path,
+    dram: &std::sync::Arc<crate::real::Image>,
+    table: &[Cell],
+    progress: &mut dyn FnMut(&str),
+) -> Result<NearCells> {
+    use crate::real::{ReadOrder, ReadPattern};
+    let mut out = NearCells {
+        measured: Vec::new(),
+        random: Vec::new(),
+        figures: Vec::new(),
+    };
+    let orders: Vec<ReadOrder> = std::iter::once(ReadOrder::Random)
+        .chain(NEAR_GAPS_BYTES.map(|gap_bytes| ReadOrder::Near { gap_bytes }))
+        .collect();
+    let slice = o.seconds_per_point / NEAR_SLICES as f64;
+    for &kib in &o.sizes_kib {
+        let size = kib * 1024;
+        if size > NEAR_MAX_BYTES {
+            continue;
+        }
+        for qd in SEQUENTIAL_QDS {
+            // Per pattern: seconds, latencies, CPU seconds.
+            let mut pooled: Vec<(f64, Vec<f64>, f64)> = vec![(0.0, Vec::new(), 0.0); orders.len()];
+            for round in 0..NEAR_SLICES {
+                let mut turn: Vec<usize> = (0..orders.len()).collect();
+                if round % 2 == 1 {
+                    turn.reverse();
+                }
+                for k in turn {
+                    let pattern = ReadPattern {
+                        size,
+                        qd,
+                        order: orders[k],
+                    };
+                    let seed = o.seed ^ (0x4ea7 + round as u64);
+                    let cpu = process_cpu_seconds();
+                    let (secs, lat) =
+                        crate::real::read_latencies(path, o.engine, pattern, slice, seed, dram)?;
+                    pooled[k].2 += process_cpu_seconds() - cpu;
+                    pooled[k].0 += secs;
+                    pooled[k].1.extend(lat);
+                }
+            }
+            let mut cells = pooled.into_iter().map(|(secs, lat, cpu)| Cell {
+                cpu_us_per_read: Some(cpu / lat.len().max(1) as f64 * 1e6),
+                ..cell_of(size, qd, secs, lat)
+            });
+            let random = cells.next().expect("the random reads");
+            let base = table
+                .iter()
+                .find(|c| c.size_bytes == size && c.queue_depth == qd)
+                .unwrap_or(&random)
+                .throughput_gb_per_s;
+            for (gap_bytes, c) in NEAR_GAPS_BYTES.into_iter().zip(cells) {
+                let ratio = c.throughput_gb_per_s / random.throughput_gb_per_s;
+                progress(&format!(
+                    "{kib:>5} KiB  QD {qd:>3}, near (0-{} KiB apart, ascending): {:.3} GB/s, {ratio:.3}x the random reads beside them ({:.3})",
+                    gap_bytes >> 10,
+                    c.throughput_gb_per_s,
+                    random.throughput_gb_per_s
+                ));
+                out.measured.push((gap_bytes, c));
+                out.figures.push((
+                    gap_bytes,
+                    Cell {
+                        throughput_gb_per_s: base * ratio,
+                        ..c
+                    },
+                ));
+            }
+            out.random.push(random);
+        }
+    }
+    Ok(out)
+}
+
 /// The largest size near reads are measured at: beyond it the gap is small beside the read
 /// and the ratio is held (the model clamps).
 pub const NEAR_MAX_BYTES: u64 = 256 << 10;
@@ -1037,29 +1168,18 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let file = open_direct(&path, false)?;
     let largest = o.sizes_kib.last().copied().unwrap_or(1024).max(1024) * 1024;
     let dram = measurement_dram(o.file_bytes, largest, progress)?;
-    // The table's cells (random offsets), beside each row up to 256 KiB its near reads at QD 1
-    // and 8, and beside its 1 MiB row, 1 MiB reads in file order at QD 1 and 8 (a streaming
-    // reader: the sequential figures), all measured in the same alternating passes so that the
-    // disk's drift spreads over them all.
+    // The table's cells (random offsets) and beside its 1 MiB row, 1 MiB reads in file order
+    // at QD 1 and 8 (a streaming reader: the sequential figures), all measured in the same
+    // alternating passes so that the disk's drift spreads over them all; then the near reads.
     let random = |size: u64, qd: u32| ReadPattern {
         size,
         qd,
         order: ReadOrder::Random,
     };
-    let near = ReadOrder::Near {
-        gap_bytes: NEAR_GAP_BYTES,
-    };
     let mut grid: Vec<ReadPattern> = Vec::new();
     for &kib in &o.sizes_kib {
         let size = kib * 1024;
         grid.extend(o.queue_depths.iter().map(|&qd| random(size, qd)));
-        if size <= NEAR_MAX_BYTES {
-            grid.extend(SEQUENTIAL_QDS.iter().map(|&qd| ReadPattern {
-                size,
-                qd,
-                order: near,
-            }));
-        }
     }
     let at = grid
         .iter()
@@ -1100,7 +1220,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             pooled[i].1.extend(lat);
         }
     }
-    let (mut cells, mut sequential, mut nears) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cells, mut sequential) = (Vec::new(), Vec::new());
     for (p, (secs, lat, cpu)) in grid.iter().zip(pooled) {
         let reads = lat.len().max(1) as f64;
         let c = Cell {
@@ -1113,15 +1233,6 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
                 p.qd, c.throughput_gb_per_s
             ));
             sequential.push(c);
-        } else if p.order == near {
-            progress(&format!(
-                "{:>5} KiB  QD {:>3}, near (0-{} KiB apart, ascending): {:.3} GB/s",
-                p.size / 1024,
-                p.qd,
-                NEAR_GAP_BYTES >> 10,
-                c.throughput_gb_per_s
-            ));
-            nears.push(c);
         } else {
             progress(&format!(
                 "{:>5} KiB  QD {:>3}: {:>8.3} GB/s, mean {:>9.1} µs, P99 {:>9.1} µs ({} reads, {:.1} µs CPU each)",
@@ -1136,6 +1247,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             cells.push(c);
         }
     }
+    let near = measure_near(o, &path, &dram, &cells, progress)?;
     // The backend's 64 MiB op while reads of each kind run beside it (the readers and the
     // disk's interrupts share the CPU with the kernel).
     let mut timer = crate::real::OpTimer::new(256 << 20)?;
@@ -1228,18 +1340,34 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let out = o.out_dir.join(format!("{}.toml", o.name));
     std::fs::write(
         &out,
-        device_toml(o, &cells, &sequential, &nears, &rates, &ops),
+        device_toml(o, &cells, &sequential, &near.figures, &rates, &ops),
     )?;
     std::fs::create_dir_all(&o.plots_dir)?;
     let mut csv = File::create(o.plots_dir.join(format!("{}.csv", o.name)))?;
     writeln!(
         csv,
-        "size_kib,queue_depth,requests,seconds,throughput_gb_per_s,mean_latency_us,p50_latency_us,p99_latency_us,cpu_us_per_read"
+        "size_kib,queue_depth,requests,seconds,throughput_gb_per_s,mean_latency_us,p50_latency_us,p99_latency_us,cpu_us_per_read,order,near_gap_kib"
     )?;
-    for c in &cells {
+    // The table's cells (random offsets), the sequential ones (file order), the near ones
+    // (ascending, 0 to near_gap_kib apart).
+    let rows = cells
+        .iter()
+        .map(|c| (c, "random", String::new()))
+        .chain(sequential.iter().map(|c| (c, "sequential", String::new())))
+        .chain(
+            near.random
+                .iter()
+                .map(|c| (c, "near_random", String::new())),
+        )
+        .chain(
+            near.measured
+                .iter()
+                .map(|(gap, c)| (c, "near", format!("{}", gap >> 10))),
+        );
+    for (c, order, gap_kib) in rows {
         writeln!(
             csv,
-            "{},{},{},{:.6},{:.6},{:.3},{:.3},{:.3},{}",
+            "{},{},{},{:.6},{:.6},{:.3},{:.3},{:.3},{},{order},{gap_kib}",
             c.size_bytes / 1024,
             c.queue_depth,
             c.requests,

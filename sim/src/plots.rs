@@ -505,8 +505,8 @@ struct Curves {
 }
 
 /// Latency and throughput of a device's flash model against request size: random reads at
-/// queue depths 1, 4, 8 and 32 (solid), and at depth 8 reads in file order and reads 4 KiB
-/// past the one before (dashed), where the model prices them differently from random ones
+/// queue depths 1, 4, 8 and 32 (solid), and at depth 8 reads in file order and reads 8 and 32
+/// KiB past the one before (dashed), where the model prices them differently from random ones
 /// (the measured model's sequential and near figures).
 fn curves_data(device: &crate::device::Device) -> Curves {
     use crate::device::{stream_bytes_per_s, APART_BYTES};
@@ -535,7 +535,8 @@ fn curves_data(device: &crate::device::Device) -> Curves {
     let random8 = series[2].pts.clone();
     for (label, apart, dash) in [
         ("QD 8, in file order", 0, 8),
-        ("QD 8, 4 KiB apart", 4096, 3),
+        ("QD 8, 8 KiB apart", 8 << 10, 5),
+        ("QD 8, 32 KiB apart", 32 << 10, 2),
     ] {
         let pts = curve(8, apart);
         let differs = pts
@@ -793,11 +794,11 @@ mod tests {
             .map(|c| c.label)
             .collect();
         assert_eq!(labels, ["QD 1", "QD 4", "QD 8", "QD 32"]);
-        // The calibrated device has sequential and near figures: two dashed curves more, each
-        // different from the random one at QD 8 somewhere.
+        // The calibrated device has sequential and near figures: three dashed curves more,
+        // each different from the random one at QD 8 somewhere.
         let measured = Device::load(configs.join("vm-ext4-virtio.toml")).unwrap();
         let c = curves_data(&measured);
-        assert_eq!(c.series.len(), 6);
+        assert_eq!(c.series.len(), 7);
         for s in &c.series[4..] {
             assert!(s.dash > 0 && s.label.starts_with("QD 8,"), "{}", s.label);
             assert!(s.pts.iter().zip(&c.series[2].pts).any(|(a, b)| a.2 != b.2));

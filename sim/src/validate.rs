@@ -995,6 +995,8 @@ mod tests {
             near_chunk_kib: vec![16.0, 64.0],
             near_queue_depths: vec![8],
             near_gb_per_s: vec![vec![0.5], vec![0.9]],
+            near_extra_gaps_kib: vec![16.0],
+            near_extra_gb_per_s: vec![vec![vec![0.6], vec![1.0]]],
         }
     }
 
@@ -1021,6 +1023,10 @@ mod tests {
         // the way from 16 KiB to 1 MiB on log size) by 0.5^(2/3) · 1.2^(1/3).
         let f64k = 0.5f64.powf(2.0 / 3.0) * 1.2f64.powf(1.0 / 3.0);
         for (g, want) in t.near_gb_per_s.iter().zip([0.5 * 0.5, 0.9 * f64k]) {
+            assert!((g[0] / want - 1.0).abs() < 1e-9, "{g:?} vs {want}");
+        }
+        // The figures at the other gap alike.
+        for (g, want) in t.near_extra_gb_per_s[0].iter().zip([0.6 * 0.5, 1.0 * f64k]) {
             assert!((g[0] / want - 1.0).abs() < 1e-9, "{g:?} vs {want}");
         }
         // One probe size: every row by the same ratio; beyond it, clamped.

@@ -40,7 +40,7 @@ fn io_uring_measures_the_same_kind_of_table() {
     Device::load(&path).unwrap();
     let csv = std::fs::read_to_string(dir.path().join("plots/calibrated-test.csv")).unwrap();
     for r in csv.lines().skip(1) {
-        let f: Vec<f64> = r.split(',').map(|x| x.parse().unwrap()).collect();
+        let f: Vec<f64> = r.split(',').take(9).map(|x| x.parse().unwrap()).collect();
         assert!(f[2] >= 4.0 * f[1] && f[4] > 0.0, "{r}");
     }
 }
@@ -83,12 +83,41 @@ fn calibrates_a_small_file_into_a_loadable_measured_device() {
     let device = Device::load(&path).unwrap();
     assert_eq!(device.name, "calibrated-test");
     assert!(device.dram_bus_bytes_per_s > 0);
-    // One CSV row per (size, queue depth), each with reads and a positive throughput.
+    // One CSV row per (size, queue depth) of the table, per queue depth of the sequential
+    // figures (1 and 8), per (size, queue depth, gap) of the near figures (sizes up to 256
+    // KiB, depths 1 and 8, gaps 0, 16 and 64 KiB) and per (size, queue depth) of the random
+    // reads measured in alternation with them; each with reads and a positive throughput.
     let csv = std::fs::read_to_string(dir.path().join("plots/calibrated-test.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with(",order,near_gap_kib"));
     let rows: Vec<&str> = csv.lines().skip(1).collect();
-    assert_eq!(rows.len(), 6);
+    let of = |order: &str| {
+        rows.iter()
+            .filter(|r| r.split(',').nth(9) == Some(order))
+            .count()
+    };
+    assert_eq!(
+        (
+            of("random"),
+            of("sequential"),
+            of("near"),
+            of("near_random")
+        ),
+        (6, 2, 18, 6),
+        "{csv}"
+    );
+    for gap in ["0", "16", "64"] {
+        let n = rows
+            .iter()
+            .filter(|r| r.ends_with(&format!(",near,{gap}")))
+            .count();
+        assert_eq!(n, 6, "gap {gap}: {csv}");
+    }
+    assert!(
+        text.contains("near_extra_gaps_kib = [0.0, 16.0]\n"),
+        "{text}"
+    );
     for r in rows {
-        let f: Vec<f64> = r.split(',').map(|x| x.parse().unwrap()).collect();
+        let f: Vec<f64> = r.split(',').take(9).map(|x| x.parse().unwrap()).collect();
         assert!(
             f[2] >= 8.0 * f[1],
             "at least 4 reads per slot in each of the 2 passes: {r}"
@@ -197,12 +226,17 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     assert_eq!(r, ramp);
     let want_gb = 1.0 / (1.0 / ops.gb_per_s + 0.05);
     assert!((gb / want_gb - 1.0).abs() < 1e-9, "{gb} vs {want_gb}");
-    // Near reads (0-64 KiB apart, ascending) 1.5x the random ones at 4 KiB, 1.25x at 64 KiB.
+    // Near reads (0-64 KiB apart, ascending) 1.5x the random ones at 4 KiB, 1.25x at 64 KiB;
+    // strictly in order twice the random ones.
     let near = [
-        cell(64, 4, 1.5),
-        cell(4, 1, 0.06),
-        cell(4, 4, 0.18),
-        cell(64, 1, 0.5),
+        (64 << 10, cell(64, 4, 1.5)),
+        (0, cell(4, 4, 0.24)),
+        (64 << 10, cell(4, 1, 0.06)),
+        (0, cell(64, 1, 0.8)),
+        (64 << 10, cell(4, 4, 0.18)),
+        (0, cell(64, 4, 2.4)),
+        (64 << 10, cell(64, 1, 0.5)),
+        (0, cell(4, 1, 0.08)),
     ];
     let text = calibrate::device_toml(&o, &cells, &[cell(1024, 1, 1.0)], &near, &rates, &ops);
     assert!(text.contains("beside_reads_slowdown = 1.500"), "{text}");
@@ -220,6 +254,13 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     assert!(text.contains("near_queue_depths = [1, 4]\n"), "{text}");
     assert!(text.contains("[0.060000, 0.180000],  # 4 KiB"), "{text}");
     assert!(text.contains("[0.500000, 1.500000],  # 64 KiB"), "{text}");
+    assert!(text.contains("near_extra_gaps_kib = [0.0]\n"), "{text}");
+    assert!(
+        text.contains(
+            "near_extra_gb_per_s = [\n [ # strictly in file order\n  [0.080000, 0.240000],  # 4 KiB\n  [0.800000, 2.400000],  # 64 KiB\n ],\n]\n"
+        ),
+        "{text}"
+    );
     assert!(
         text.contains("# Clamped (noise): 256 KiB QD 4: 2.500 GB/s measured, more than 4x QD 1 (0.500); set to 2.000"),
         "{text}"
@@ -274,15 +315,18 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
         t2.checked_sub(t1).unwrap(),
         transfer_time(mib, 1_000_000_000).unwrap()
     );
-    // Near: 64 KiB at QD 1 starting 4 KiB past the end of the read before runs at 0.5 GB/s
-    // (the table's 0.4 times the measured 1.25); 64 KiB past its end still near; 68 KiB past it
-    // a random read at the table's 0.4 GB/s.
+    // Near: 64 KiB at QD 1 starting 64 KiB past the end of the read before runs at 0.5 GB/s
+    // (the table's 0.4 times the measured 1.25 of gaps 0-64 KiB, which stand for 32 KiB); 4
+    // KiB past it, 1/8 of the way from the in-order figure (2x) to that on log ratio; 68 KiB
+    // past it a random read at the table's 0.4 GB/s.
     let kib64 = 64u64 << 10;
     let us = |t: Ps| t.as_us();
     let near_us = transfer_time(kib64, 500_000_000).unwrap().as_us();
     let random_us = transfer_time(kib64, 400_000_000).unwrap().as_us();
+    let ratio_4_kib = 2f64.powf(7.0 / 8.0) * 1.25f64.powf(1.0 / 8.0);
     let t3 = f.submit(t2, 2 * mib + 4096, kib64).unwrap();
-    assert!((us(t3) - us(t2) - near_us).abs() < 1e-3, "{t2:?} {t3:?}");
+    let want = kib64 as f64 / (0.4e9 * ratio_4_kib) * 1e6;
+    assert!((us(t3) - us(t2) - want).abs() < 1e-3, "{t2:?} {t3:?}");
     let t4 = f.submit(t3, 2 * mib + 4096 + 2 * kib64, kib64).unwrap();
     assert!((us(t4) - us(t3) - near_us).abs() < 1e-3, "{t3:?} {t4:?}");
     let t5 = f

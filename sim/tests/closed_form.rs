@@ -240,15 +240,101 @@ fn measured_near_figures_apply_to_reads_a_little_past_the_one_before_only() {
     assert!(d.abs() < 0.01, "{d}");
     let d = report("measured far 16 KiB QD8 (B/s)", 0.4e9, stream(kib << 10));
     assert!(d.abs() < 0.01, "{d}");
-    // Shapes must match; a gap is needed.
+    // Shapes must match; every gap's figures have the same sizes and depths; a gap once.
     let base = || Measured::new(&[16384.0], &[1], &[vec![1e8]]).unwrap();
     assert!(base()
         .with_near(64 * kib, &[16384.0], &[1, 8], &[vec![1e8]])
         .is_err());
-    assert!(base().with_near(0, &[16384.0], &[1], &[vec![1e8]]).is_err());
     assert!(base()
         .with_near(64 * kib, &[16384.0], &[1], &[vec![-1.0]])
         .is_err());
+    let once = || {
+        base()
+            .with_near(64 * kib, &[16384.0], &[1], &[vec![1e8]])
+            .unwrap()
+    };
+    assert!(once()
+        .with_near(64 * kib, &[16384.0], &[1], &[vec![1e8]])
+        .is_err());
+    assert!(once()
+        .with_near(16 * kib, &[8192.0], &[1], &[vec![1e8]])
+        .is_err());
+    assert!(once()
+        .with_near(16 * kib, &[16384.0], &[1], &[vec![1e8]])
+        .is_ok());
+}
+
+#[test]
+fn near_figures_at_several_gaps_price_a_read_by_its_own_gap() {
+    // 16 KiB random 0.1 / 0.4 GB/s (QD 1 / 8). Ascending with gaps of 0-64 KiB 0.12 / 0.5
+    // (1.25x at QD 8), of 0-16 KiB 0.13 / 0.56 (1.4x), strictly in order 0.15 / 0.6 (1.5x):
+    // the figures stand for gaps of 32, 8 and 0 KiB.
+    let kib = 1024u64;
+    let m = with_near_16_kib(small_and_large())
+        .with_near(16 * kib, &[16.0 * 1024.0], &[1, 8], &[vec![0.13e9, 0.56e9]])
+        .unwrap()
+        .with_near(0, &[16.0 * 1024.0], &[1, 8], &[vec![0.15e9, 0.6e9]])
+        .unwrap();
+    let ratio = |gap: u64| {
+        throughput_at(m.fresh().as_mut(), 16 * kib, 8, 4000, |i| {
+            i * (16 * kib + gap)
+        }) / 0.4e9
+    };
+    // At the gaps the figures stand for, between them linear on the gap (on log ratio),
+    // clamped beyond the widest's, random beyond its largest gap (64 KiB).
+    for (gap_kib, want) in [
+        (0, 1.5),
+        (4, (1.5f64 * 1.4).sqrt()),
+        (8, 1.4),
+        (20, (1.4f64 * 1.25).sqrt()),
+        (32, 1.25),
+        (48, 1.25),
+        (68, 1.0),
+    ] {
+        let got = ratio(gap_kib * kib);
+        let d = report(
+            &format!("near 16 KiB QD8 {gap_kib} KiB apart (x random)"),
+            want,
+            got,
+        );
+        assert!(d.abs() < 0.01, "{gap_kib} KiB: {got} vs {want}");
+    }
+    // The fastest a 16 KiB read can be: alone and strictly in order, 0.15 GB/s.
+    assert_eq!(
+        m.min_latency(16 * kib).unwrap(),
+        transfer_time(16 * kib, 150_000_000).unwrap()
+    );
+    // The same figures from a device file: near_extra_gaps_kib and near_extra_gb_per_s.
+    let text = format!(
+        r#"name = "gaps"
+
+[flash]
+model = "measured"
+chunk_kib = [16.0, 1024.0]
+queue_depths = [1, 8]
+throughput_gb_per_s = [[0.1, 0.4], [1.0, 2.0]]
+near_gap_kib = 64.0
+near_chunk_kib = [16.0]
+near_queue_depths = [1, 8]
+near_gb_per_s = [[0.12, 0.5]]
+near_extra_gaps_kib = [0.0, 16.0]
+near_extra_gb_per_s = [[[0.15, 0.6]], [[0.13, 0.56]]]
+{}"#,
+        &common::DEVICE[common::DEVICE.find("\n[dram]").unwrap()..]
+    );
+    let dev = Device::from_source(
+        &flashsim_workloads::toml_source::TomlSource::from_text("gaps.toml", &text).unwrap(),
+    )
+    .unwrap();
+    let got = throughput_at(dev.flash.fresh().as_mut(), 16 * kib, 8, 4000, |i| {
+        i * 36 * kib
+    });
+    let d = report(
+        "near 16 KiB QD8 20 KiB apart, from a file (x random)",
+        (1.4f64 * 1.25).sqrt(),
+        got / 0.4e9,
+    );
+    assert!(d.abs() < 0.01, "{got}");
 }
 
 #[test]

@@ -191,6 +191,30 @@ near_gb_per_s = [[0.12, 0.5]]
     let e = device(&measured.replace("near_gap_kib = 64.0\n", "")).unwrap_err();
     assert_names(&e, "d.toml", "flash.near_gb_per_s", 10);
     assert!(e.to_string().contains("near_gap_kib"), "{e}");
+    // Figures at other gaps: one grid per gap, of the near figures' shape, each gap once.
+    let extra = |gaps: &str, grids: &str| {
+        measured.replace(
+            "near_gb_per_s = [[0.12, 0.5]]\n",
+            &format!(
+                "near_gb_per_s = [[0.12, 0.5]]\nnear_extra_gaps_kib = {gaps}\nnear_extra_gb_per_s = {grids}\n"
+            ),
+        )
+    };
+    device(&extra("[0.0, 16.0]", "[[[0.15, 0.6]], [[0.13, 0.56]]]")).unwrap();
+    for (gaps, grids, says) in [
+        ("[0.0, 16.0]", "[[[0.15, 0.6]]]", "one per gap"),
+        (
+            "[16.0]",
+            "[[[0.15]]]",
+            "near throughput figures must have 1 rows",
+        ),
+        ("[64.0]", "[[[0.15, 0.6]]]", "given twice"),
+        ("[-4.0]", "[[[0.15, 0.6]]]", "0 or more"),
+    ] {
+        let e = device(&extra(gaps, grids)).unwrap_err();
+        assert_names(&e, "d.toml", "flash.near_extra_gb_per_s", 13);
+        assert!(e.to_string().contains(says), "{gaps} {grids}: {e}");
+    }
 }
 
 #[test]

@@ -12,8 +12,9 @@
 //! starts where the request submitted before it ended (a streaming reader's next chunk) run at
 //! the table's rate times the measured sequential/random ratio at its depth: on some disks a
 //! stream is faster than random reads of the same size, on others (a virtual disk here) slower.
-//! With near figures too, a shorter request in file order takes the near ratio (a near read
-//! with no gap) up to the largest near size, and a blend of the two between it and 1 MiB.
+//! With near figures, a shorter request in file order takes the near ratio (a near read with
+//! no gap) up to the largest near size, and a blend of it and the sequential ratio (1 without
+//! sequential figures) between that size and 1 MiB.
 //!
 //! Optional near figures (reads in ascending file order, each a little past where the one
 //! before it ended, by chunk size and queue depth) make a request that starts at most
@@ -21,6 +22,12 @@
 //! times the measured near/random ratio at its size and depth: DIP and ActiveFlow read the
 //! scattered channels they keep in file order, tens of KiB apart, and on this project's
 //! virtual disk such reads of 8-16 KiB ran 5-25% faster than random ones of the same size.
+//! Near figures may be given at several gaps (`near_extra_gaps_kib`; 0: strictly in order):
+//! figures measured with gaps uniform in 0..g stand for a gap of g/2, and a request's ratio is
+//! interpolated linearly on its gap between those points (clamped at the ends). On the same
+//! disk, measured in alternation with random reads, 4-8 KiB reads at QD 8 ran 1.13-1.16x
+//! random ones with gaps of 0-64 KiB, 1.20-1.29x with gaps of 0-16 KiB and 1.60-1.82x strictly
+//! in order: the gap matters.
 
 use super::flash::{positive, Flash, FlashEntry};
 use crate::error::SimError;
@@ -68,6 +75,13 @@ pub struct MeasuredConfig {
     /// the end of the one before it: one row per near chunk size, one column per near depth.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub near_gb_per_s: Vec<Vec<f64>>,
+    /// Near figures at other largest gaps (KiB, each different from `near_gap_kib`; 0: reads
+    /// strictly in file order), at the near chunk sizes and depths: one grid like
+    /// `near_gb_per_s` per gap. Optional; a request counts as near up to the largest gap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub near_extra_gaps_kib: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub near_extra_gb_per_s: Vec<Vec<Vec<f64>>>,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -109,8 +123,12 @@ impl MeasuredConfig {
             for (row, &kib) in out.throughput_gb_per_s.iter_mut().zip(&self.chunk_kib) {
                 row.iter_mut().for_each(|g| *g *= factor(kib));
             }
-            for (row, &kib) in out.near_gb_per_s.iter_mut().zip(&self.near_chunk_kib) {
-                row.iter_mut().for_each(|g| *g *= factor(kib));
+            let near_grids =
+                std::iter::once(&mut out.near_gb_per_s).chain(out.near_extra_gb_per_s.iter_mut());
+            for grid in near_grids {
+                for (row, &kib) in grid.iter_mut().zip(&self.near_chunk_kib) {
+                    row.iter_mut().for_each(|g| *g *= factor(kib));
+                }
             }
         }
         if let (Some((q, now)), false) = (sequential, self.sequential_gb_per_s.is_empty()) {
@@ -150,24 +168,68 @@ impl MeasuredConfig {
         table.with_sequential(&self.sequential_queue_depths, &seq)
     }
 
-    /// `table` with this file's near figures, where it has any.
-    fn with_near_figures(&self, table: Measured) -> Result<Measured, String> {
+    /// `table` with this file's near figures, where it has any; an error names the key at
+    /// fault (`near_gb_per_s` or `near_extra_gb_per_s`).
+    fn with_near_figures(&self, table: Measured) -> Result<Measured, (&'static str, String)> {
+        const NEAR: &str = "near_gb_per_s";
+        const EXTRA: &str = "near_extra_gb_per_s";
         if self.near_gap_kib == 0.0
             && self.near_chunk_kib.is_empty()
             && self.near_queue_depths.is_empty()
             && self.near_gb_per_s.is_empty()
         {
+            if !(self.near_extra_gaps_kib.is_empty() && self.near_extra_gb_per_s.is_empty()) {
+                return Err((
+                    EXTRA,
+                    "near figures at other gaps need the near figures too (near_gap_kib, \
+                     near_chunk_kib, near_queue_depths, near_gb_per_s)"
+                        .into(),
+                ));
+            }
             return Ok(table);
         }
         if !(self.near_gap_kib.is_finite() && self.near_gap_kib > 0.0) {
-            return Err(format!(
-                "near_gap_kib must be a positive number with near figures, got {}",
-                self.near_gap_kib
+            return Err((
+                NEAR,
+                format!(
+                    "near_gap_kib must be a positive number with near figures, got {}",
+                    self.near_gap_kib
+                ),
+            ));
+        }
+        if self.near_extra_gaps_kib.len() != self.near_extra_gb_per_s.len() {
+            return Err((
+                EXTRA,
+                format!(
+                    "{} near_extra_gaps_kib but {} grids (one per gap)",
+                    self.near_extra_gaps_kib.len(),
+                    self.near_extra_gb_per_s.len()
+                ),
             ));
         }
         let (chunk, x) = in_bytes(&self.near_chunk_kib, &self.near_gb_per_s);
         let gap = (self.near_gap_kib * 1024.0).round() as u64;
-        table.with_near(gap, &chunk, &self.near_queue_depths, &x)
+        let mut table = table
+            .with_near(gap, &chunk, &self.near_queue_depths, &x)
+            .map_err(|m| (NEAR, m))?;
+        for (&gap_kib, grid) in self
+            .near_extra_gaps_kib
+            .iter()
+            .zip(&self.near_extra_gb_per_s)
+        {
+            if !(gap_kib.is_finite() && gap_kib >= 0.0) {
+                return Err((
+                    EXTRA,
+                    format!("near_extra_gaps_kib must be 0 or more KiB, got {gap_kib}"),
+                ));
+            }
+            let (chunk, x) = in_bytes(&self.near_chunk_kib, grid);
+            let gap = (gap_kib * 1024.0).round() as u64;
+            table = table
+                .with_near(gap, &chunk, &self.near_queue_depths, &x)
+                .map_err(|m| (EXTRA, m))?;
+        }
+        Ok(table)
     }
 }
 
@@ -251,12 +313,15 @@ pub struct Measured {
     /// Sequential over random throughput of 1 MiB reads, ln, at `seq_log_qd` (empty: none).
     seq_log_qd: Vec<f64>,
     seq_log_ratio: Vec<f64>,
-    /// Near reads: the largest gap (bytes; 0: no near figures) and near over random
-    /// throughput, ln, `[chunk][qd]` at `near_log_chunk` and `near_log_qd`.
+    /// Near reads: the largest gap counted as near (bytes; 0: none) and, per measured gap
+    /// (ascending), the gap the figures stand for (half the largest gap they were measured
+    /// with) and near over random throughput, ln, `[chunk][qd]` at `near_log_chunk` and
+    /// `near_log_qd`.
     near_gap_bytes: u64,
     near_log_chunk: Vec<f64>,
     near_log_qd: Vec<f64>,
-    near_log_ratio: Vec<Vec<f64>>,
+    near_mean_gaps: Vec<f64>,
+    near_log_ratio: Vec<Vec<Vec<f64>>>,
     in_flight: BinaryHeap<Reverse<Ps>>,
     link_free: Ps,
     /// Where the last request submitted ended.
@@ -306,6 +371,7 @@ impl Measured {
             near_gap_bytes: 0,
             near_log_chunk: Vec::new(),
             near_log_qd: Vec::new(),
+            near_mean_gaps: Vec::new(),
             near_log_ratio: Vec::new(),
             in_flight: BinaryHeap::new(),
             link_free: Ps::ZERO,
@@ -349,11 +415,15 @@ impl Measured {
     }
 
     /// Adds near figures: reads of `chunk_bytes` (ascending) at `queue_depths` (ascending), in
-    /// ascending file order with gaps of at most `gap_bytes`, deliver `bytes_per_s` (a row
-    /// per chunk size). A request that starts 1 to `gap_bytes` bytes after the end of the one
-    /// submitted before it then runs at the table's throughput for its size and depth times
-    /// the ratio of these figures to the table's at the same size and depth (bilinear on log
-    /// size and log depth, clamped at the edges).
+    /// ascending file order with gaps uniform in 0..=`gap_bytes` (0: strictly in order),
+    /// deliver `bytes_per_s` (a row per chunk size). A request that starts 1 to `gap_bytes`
+    /// bytes after the end of the one submitted before it then runs at the table's
+    /// throughput for its size and depth times the ratio of these figures to the table's at
+    /// the same size and depth (bilinear on log size and log depth, clamped at the edges).
+    /// Called again with another gap (the same sizes and depths), it adds figures at that gap:
+    /// each gap's figures stand for a gap of half of it, a request's ratio is interpolated
+    /// linearly on its gap between them (clamped), and requests count as near up to the
+    /// largest gap.
     pub fn with_near(
         mut self,
         gap_bytes: u64,
@@ -361,11 +431,25 @@ impl Measured {
         queue_depths: &[u32],
         bytes_per_s: &[Vec<f64>],
     ) -> Result<Self, String> {
-        if gap_bytes == 0 {
-            return Err("the near gap must be at least one byte".into());
-        }
         let qd = check_grid("near ", chunk_bytes, queue_depths, bytes_per_s)?;
-        self.near_log_ratio = chunk_bytes
+        let log_chunk: Vec<f64> = chunk_bytes.iter().map(|c| c.ln()).collect();
+        let log_qd: Vec<f64> = qd.iter().map(|q| q.ln()).collect();
+        if self.near_mean_gaps.is_empty() {
+            self.near_log_chunk = log_chunk;
+            self.near_log_qd = log_qd;
+        } else if log_chunk != self.near_log_chunk || log_qd != self.near_log_qd {
+            return Err(
+                "near figures at every gap need the same chunk sizes and queue depths".into(),
+            );
+        }
+        let mean_gap = gap_bytes as f64 / 2.0;
+        let at = self.near_mean_gaps.partition_point(|&g| g < mean_gap);
+        if self.near_mean_gaps.get(at) == Some(&mean_gap) {
+            return Err(format!(
+                "near figures for a gap of {gap_bytes} B given twice"
+            ));
+        }
+        let ratio = chunk_bytes
             .iter()
             .zip(bytes_per_s)
             .map(|(&c, row)| {
@@ -376,42 +460,48 @@ impl Measured {
                     .collect()
             })
             .collect();
-        self.near_log_chunk = chunk_bytes.iter().map(|c| c.ln()).collect();
-        self.near_log_qd = qd.iter().map(|q| q.ln()).collect();
-        self.near_gap_bytes = gap_bytes;
+        self.near_mean_gaps.insert(at, mean_gap);
+        self.near_log_ratio.insert(at, ratio);
+        self.near_gap_bytes = self.near_gap_bytes.max(gap_bytes);
         let max = bytes_per_s.iter().flatten().cloned().fold(0.0, f64::max);
         self.max_bytes_per_s = self.max_bytes_per_s.max(max.round() as u64);
         Ok(self)
     }
 
-    /// Near over random throughput for `bytes` at depth `q` (1 without near figures).
-    fn near_ratio(&self, bytes: u64, q: u32) -> f64 {
-        if self.near_log_chunk.is_empty() {
+    /// Near over random throughput for `bytes` at depth `q`, starting `gap` bytes past the
+    /// end of the request before it (1 without near figures).
+    fn near_ratio(&self, bytes: u64, q: u32, gap: f64) -> f64 {
+        if self.near_mean_gaps.is_empty() {
             return 1.0;
         }
-        interpolate(
-            &self.near_log_chunk,
-            &self.near_log_qd,
-            &self.near_log_ratio,
-            bytes,
-            q,
-        )
-        .exp()
+        let at = |k: usize| {
+            interpolate(
+                &self.near_log_chunk,
+                &self.near_log_qd,
+                &self.near_log_ratio[k],
+                bytes,
+                q,
+            )
+        };
+        let (k0, k1, a) = bracket(&self.near_mean_gaps, gap);
+        ((1.0 - a) * at(k0) + a * at(k1)).exp()
     }
 
     /// Over random throughput for a request of `bytes` at depth `q` that starts where the one
-    /// before it ended (1 without sequential figures). The sequential figures are measured at
-    /// [`SEQUENTIAL_BYTES`]; a shorter request in file order is a near read with no gap, so
-    /// where near figures exist it takes their ratio up to their largest size, and between
-    /// that size and [`SEQUENTIAL_BYTES`] the two log ratios are interpolated on log size. On
-    /// this project's virtual disk 1 MiB reads in file order ran 10-20% slower than random
-    /// ones, while 4-16 KiB reads strictly in order ran 20-40% faster.
+    /// before it ended (1 without sequential or near figures). The sequential figures are
+    /// measured at [`SEQUENTIAL_BYTES`]; a shorter request in file order is a near read with
+    /// no gap, so where near figures exist it takes their ratio at gap 0 up to their largest
+    /// size, and between that size and [`SEQUENTIAL_BYTES`] the two log ratios are
+    /// interpolated on log size (the sequential ratio 1 where there are no sequential
+    /// figures). On this project's virtual disk 1 MiB reads in file order ran 10-20% slower
+    /// than random ones, while 4-16 KiB reads strictly in order ran 20-50% faster.
     fn sequential_ratio(&self, bytes: u64, q: u32) -> f64 {
-        if self.seq_log_qd.is_empty() {
-            return 1.0;
-        }
-        let (j0, j1, b) = bracket(&self.seq_log_qd, (q.max(1) as f64).ln());
-        let seq = (1.0 - b) * self.seq_log_ratio[j0] + b * self.seq_log_ratio[j1];
+        let seq = if self.seq_log_qd.is_empty() {
+            0.0
+        } else {
+            let (j0, j1, b) = bracket(&self.seq_log_qd, (q.max(1) as f64).ln());
+            (1.0 - b) * self.seq_log_ratio[j0] + b * self.seq_log_ratio[j1]
+        };
         let (Some(&top), at, full) = (
             self.near_log_chunk.last(),
             (bytes.max(1) as f64).ln(),
@@ -423,7 +513,7 @@ impl Measured {
             return seq.exp();
         }
         // Clamped to the largest near size beyond it.
-        let near = self.near_ratio(bytes, q).ln();
+        let near = self.near_ratio(bytes, q, 0.0).ln();
         let b = ((at - top) / (full - top)).max(0.0);
         ((1.0 - b) * near + b * seq).exp()
     }
@@ -439,7 +529,7 @@ impl Measured {
             .with_sequential_figures(m)
             .map_err(|m| src.invalid("flash.sequential_gb_per_s", m))?;
         c.with_near_figures(m)
-            .map_err(|m| src.invalid("flash.near_gb_per_s", m))
+            .map_err(|(key, m)| src.invalid(&format!("flash.{key}"), m))
     }
 
     /// Interpolated throughput, bytes/s, for chunks of `bytes` at queue depth `q`.
@@ -458,7 +548,7 @@ impl Measured {
             * match place {
                 Place::Random => 1.0,
                 Place::Sequential => self.sequential_ratio(bytes, qc),
-                Place::Near => self.near_ratio(bytes, qc),
+                Place::Near(gap) => self.near_ratio(bytes, qc, gap),
             };
         transfer_time(q as u64 * bytes, x.round().max(1.0) as u64)
     }
@@ -467,20 +557,22 @@ impl Measured {
     fn place(&self, offset: u64) -> Place {
         match self.last_end {
             Some(end) if offset == end => Place::Sequential,
-            Some(end) if offset > end && offset - end <= self.near_gap_bytes => Place::Near,
+            Some(end) if offset > end && offset - end <= self.near_gap_bytes => {
+                Place::Near((offset - end) as f64)
+            }
             _ => Place::Random,
         }
     }
 }
 
 /// How a request lies relative to the one submitted before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Place {
     Random,
     /// Where it ended.
     Sequential,
-    /// A little past where it ended (at most the near gap).
-    Near,
+    /// This many bytes past where it ended (at most the near gap).
+    Near(f64),
 }
 
 /// Index pair and weight for linear interpolation of `x` on ascending `grid`, clamped.
@@ -523,8 +615,15 @@ impl Flash for Measured {
 
     fn min_latency(&self, bytes: u64) -> Result<Ps, SimError> {
         let mut best = self.service(bytes, 1, Place::Random)?;
+        // The near ratio is linear between the gaps its figures stand for: its extremes are
+        // at those gaps.
+        let near = self.near_mean_gaps.iter().map(|&g| Place::Near(g));
+        let places: Vec<Place> = [Place::Random, Place::Sequential]
+            .into_iter()
+            .chain(near)
+            .collect();
         for &q in &self.queue_depths {
-            for place in [Place::Random, Place::Sequential, Place::Near] {
+            for &place in &places {
                 best = best.min(self.service(bytes, q, place)?);
             }
         }

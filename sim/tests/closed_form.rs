@@ -305,22 +305,8 @@ fn near_figures_at_several_gaps_price_a_read_by_its_own_gap() {
         transfer_time(16 * kib, 150_000_000).unwrap()
     );
     // The same figures from a device file: near_extra_gaps_kib and near_extra_gb_per_s.
-    let text = format!(
-        r#"name = "gaps"
-
-[flash]
-model = "measured"
-chunk_kib = [16.0, 1024.0]
-queue_depths = [1, 8]
-throughput_gb_per_s = [[0.1, 0.4], [1.0, 2.0]]
-near_gap_kib = 64.0
-near_chunk_kib = [16.0]
-near_queue_depths = [1, 8]
-near_gb_per_s = [[0.12, 0.5]]
-near_extra_gaps_kib = [0.0, 16.0]
-near_extra_gb_per_s = [[[0.15, 0.6]], [[0.13, 0.56]]]
-{}"#,
-        &common::DEVICE[common::DEVICE.find("\n[dram]").unwrap()..]
+    let text = common::measured_near_device(
+        "near_extra_gaps_kib = [0.0, 16.0]\nnear_extra_gb_per_s = [[[0.15, 0.6]], [[0.13, 0.56]]]\n",
     );
     let dev = Device::from_source(
         &flashsim_workloads::toml_source::TomlSource::from_text("gaps.toml", &text).unwrap(),

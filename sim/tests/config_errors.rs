@@ -170,21 +170,7 @@ fn request_rate_above_device_rate() {
 #[test]
 fn near_figures_of_the_wrong_shape_name_their_key() {
     // The measured table and its near figures, the rest as the good device's.
-    let measured = format!(
-        r#"name = "m"
-
-[flash]
-model = "measured"
-chunk_kib = [16.0, 1024.0]
-queue_depths = [1, 8]
-throughput_gb_per_s = [[0.1, 0.4], [1.0, 2.0]]
-near_gap_kib = 64.0
-near_chunk_kib = [16.0]
-near_queue_depths = [1, 8]
-near_gb_per_s = [[0.12, 0.5]]
-{}"#,
-        &DEVICE[DEVICE.find("\n[dram]").unwrap()..]
-    );
+    let measured = common::measured_near_device("");
     device(&measured).unwrap();
     let e = device(&measured.replace("[[0.12, 0.5]]", "[[0.12]]")).unwrap_err();
     assert_names(&e, "d.toml", "flash.near_gb_per_s", 11);

@@ -58,3 +58,24 @@ bandwidth_gb_per_s = 50
 peak_gflops = 100
 mem_bandwidth_gb_per_s = 30
 "#;
+
+/// [`DEVICE`] with a measured flash model instead: 16 KiB and 1 MiB reads at random offsets
+/// at QD 1 and 8 (0.1 / 0.4 and 1 / 2 GB/s), near figures for 16 KiB reads 0-64 KiB apart
+/// (0.12 / 0.5 GB/s), then the `[flash]` lines `extra` (each ending in a newline).
+pub fn measured_near_device(extra: &str) -> String {
+    format!(
+        r#"name = "m"
+
+[flash]
+model = "measured"
+chunk_kib = [16.0, 1024.0]
+queue_depths = [1, 8]
+throughput_gb_per_s = [[0.1, 0.4], [1.0, 2.0]]
+near_gap_kib = 64.0
+near_chunk_kib = [16.0]
+near_queue_depths = [1, 8]
+near_gb_per_s = [[0.12, 0.5]]
+{extra}{}"#,
+        &DEVICE[DEVICE.find("\n[dram]").unwrap()..]
+    )
+}

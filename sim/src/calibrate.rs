@@ -1046,6 +1046,55 @@ pub const NEAR_GAPS_BYTES: [u64; 3] = [0, 16 << 10, 64 << 10];
 /// second rather than from cells measured apart.
 pub const NEAR_SLICES: u32 = 8;
 
+/// Reads of one pattern pooled over the slices they were measured in.
+#[derive(Debug, Clone, Default)]
+struct Pooled {
+    seconds: f64,
+    /// Each read's latency, µs.
+    latencies_us: Vec<f64>,
+    /// The process's CPU time over the slices (every thread, user and system).
+    cpu_seconds: f64,
+}
+
+impl Pooled {
+    /// Reads `pattern` for `seconds` through [`crate::real::read_latencies`] and adds them.
+    fn read(
+        &mut self,
+        path: &Path,
+        engine: Engine,
+        pattern: ReadPattern,
+        seconds: f64,
+        seed: u64,
+        dram: &std::sync::Arc<crate::real::Image>,
+    ) -> Result<()> {
+        let cpu = process_cpu_seconds();
+        let (secs, lat) = crate::real::read_latencies(path, engine, pattern, seconds, seed, dram)?;
+        self.cpu_seconds += process_cpu_seconds() - cpu;
+        self.seconds += secs;
+        self.latencies_us.extend(lat);
+        Ok(())
+    }
+
+    /// The cell of these reads (`size` bytes at depth `qd`), with the CPU each took.
+    fn cell(self, size: u64, qd: u32) -> Cell {
+        let reads = self.latencies_us.len().max(1) as f64;
+        Cell {
+            cpu_us_per_read: Some(self.cpu_seconds / reads * 1e6),
+            ..cell_of(size, qd, self.seconds, self.latencies_us)
+        }
+    }
+}
+
+/// `0..n` in the order round `round` takes them: ascending in even rounds, descending in odd
+/// ones, so that the disk's drift over a round weighs on every pattern alike.
+fn alternating(n: usize, round: u32) -> Vec<usize> {
+    if round.is_multiple_of(2) {
+        (0..n).collect()
+    } else {
+        (0..n).rev().collect()
+    }
+}
+
 /// The near reads' measurements (see [`measure_near`]).
 pub struct NearCells {
     /// Per largest gap, the cell as measured.
@@ -1069,7 +1118,6 @@ fn measure_near(
     table: &[Cell],
     progress: &mut dyn FnMut(&str),
 ) -> Result<NearCells> {
-    use crate::real::{ReadOrder, ReadPattern};
     let mut out = NearCells {
         measured: Vec::new(),
         random: Vec::new(),
@@ -1085,32 +1133,19 @@ fn measure_near(
             continue;
         }
         for qd in SEQUENTIAL_QDS {
-            // Per pattern: seconds, latencies, CPU seconds.
-            let mut pooled: Vec<(f64, Vec<f64>, f64)> = vec![(0.0, Vec::new(), 0.0); orders.len()];
+            let mut pooled = vec![Pooled::default(); orders.len()];
             for round in 0..NEAR_SLICES {
-                let mut turn: Vec<usize> = (0..orders.len()).collect();
-                if round % 2 == 1 {
-                    turn.reverse();
-                }
-                for k in turn {
+                for k in alternating(orders.len(), round) {
                     let pattern = ReadPattern {
                         size,
                         qd,
                         order: orders[k],
                     };
                     let seed = o.seed ^ (0x4ea7 + round as u64);
-                    let cpu = process_cpu_seconds();
-                    let (secs, lat) =
-                        crate::real::read_latencies(path, o.engine, pattern, slice, seed, dram)?;
-                    pooled[k].2 += process_cpu_seconds() - cpu;
-                    pooled[k].0 += secs;
-                    pooled[k].1.extend(lat);
+                    pooled[k].read(path, o.engine, pattern, slice, seed, dram)?;
                 }
             }
-            let mut cells = pooled.into_iter().map(|(secs, lat, cpu)| Cell {
-                cpu_us_per_read: Some(cpu / lat.len().max(1) as f64 * 1e6),
-                ..cell_of(size, qd, secs, lat)
-            });
+            let mut cells = pooled.into_iter().map(|reads| reads.cell(size, qd));
             let random = cells.next().expect("the random reads");
             let base = table
                 .iter()
@@ -1196,18 +1231,11 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         );
     }
     let passes = o.passes.max(1);
-    // Per pattern: seconds, latencies, CPU seconds.
-    let mut pooled: Vec<(f64, Vec<f64>, f64)> = vec![(0.0, Vec::new(), 0.0); grid.len()];
+    let mut pooled = vec![Pooled::default(); grid.len()];
     for pass in 0..passes {
         progress(&format!("pass {} of {passes} over the table ...", pass + 1));
-        let order: Vec<usize> = if pass % 2 == 0 {
-            (0..grid.len()).collect()
-        } else {
-            (0..grid.len()).rev().collect()
-        };
-        for i in order {
-            let cpu = process_cpu_seconds();
-            let (secs, lat) = crate::real::read_latencies(
+        for i in alternating(grid.len(), pass) {
+            pooled[i].read(
                 &path,
                 o.engine,
                 grid[i],
@@ -1215,18 +1243,11 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
                 o.seed ^ pass as u64,
                 &dram,
             )?;
-            pooled[i].2 += process_cpu_seconds() - cpu;
-            pooled[i].0 += secs;
-            pooled[i].1.extend(lat);
         }
     }
     let (mut cells, mut sequential) = (Vec::new(), Vec::new());
-    for (p, (secs, lat, cpu)) in grid.iter().zip(pooled) {
-        let reads = lat.len().max(1) as f64;
-        let c = Cell {
-            cpu_us_per_read: Some(cpu / reads * 1e6),
-            ..cell_of(p.size, p.qd, secs, lat)
-        };
+    for (p, reads) in grid.iter().zip(pooled) {
+        let c = reads.cell(p.size, p.qd);
         if p.order == ReadOrder::InOrder {
             progress(&format!(
                 "sequential 1 MiB QD {}: {:.3} GB/s",
@@ -1348,8 +1369,9 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         csv,
         "size_kib,queue_depth,requests,seconds,throughput_gb_per_s,mean_latency_us,p50_latency_us,p99_latency_us,cpu_us_per_read,order,near_gap_kib"
     )?;
-    // The table's cells (random offsets), the sequential ones (file order), the near ones
-    // (ascending, 0 to near_gap_kib apart).
+    // The table's cells (random offsets), the sequential ones (file order), the random reads
+    // measured in alternation with the near ones, and the near ones (ascending, 0 to
+    // near_gap_kib apart).
     let rows = cells
         .iter()
         .map(|c| (c, "random", String::new()))

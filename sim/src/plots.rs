@@ -8,8 +8,8 @@
 //! - `timeline.{svg,png}`: the last token of point 0, layer by layer: every flash read on the
 //!   lanes of the I/O queue, and the ops on the compute lane, showing what overlaps.
 //! - `device-NAME.{svg,png}`: the flash model's latency and throughput against request size at
-//!   queue depths 1, 4, 8 and 32, and at depth 8 for reads in file order and reads 4 KiB apart
-//!   where the model prices them differently.
+//!   queue depths 1, 4, 8 and 32, and at depth 8 for reads in file order and reads 8 and 32
+//!   KiB apart where the model prices them differently.
 
 use crate::executor::Activity;
 use crate::experiment::Experiment;

@@ -207,27 +207,29 @@ impl MeasuredConfig {
                 ),
             ));
         }
-        let (chunk, x) = in_bytes(&self.near_chunk_kib, &self.near_gb_per_s);
-        let gap = (self.near_gap_kib * 1024.0).round() as u64;
-        let mut table = table
-            .with_near(gap, &chunk, &self.near_queue_depths, &x)
-            .map_err(|m| (NEAR, m))?;
-        for (&gap_kib, grid) in self
+        if let Some(g) = self
             .near_extra_gaps_kib
             .iter()
-            .zip(&self.near_extra_gb_per_s)
+            .find(|g| !(g.is_finite() && **g >= 0.0))
         {
-            if !(gap_kib.is_finite() && gap_kib >= 0.0) {
-                return Err((
-                    EXTRA,
-                    format!("near_extra_gaps_kib must be 0 or more KiB, got {gap_kib}"),
-                ));
-            }
+            return Err((
+                EXTRA,
+                format!("near_extra_gaps_kib must be 0 or more KiB, got {g}"),
+            ));
+        }
+        let extra = self
+            .near_extra_gaps_kib
+            .iter()
+            .zip(&self.near_extra_gb_per_s);
+        let grids = std::iter::once((NEAR, &self.near_gap_kib, &self.near_gb_per_s))
+            .chain(extra.map(|(gap, grid)| (EXTRA, gap, grid)));
+        let mut table = table;
+        for (key, &gap_kib, grid) in grids {
             let (chunk, x) = in_bytes(&self.near_chunk_kib, grid);
             let gap = (gap_kib * 1024.0).round() as u64;
             table = table
                 .with_near(gap, &chunk, &self.near_queue_depths, &x)
-                .map_err(|m| (EXTRA, m))?;
+                .map_err(|m| (key, m))?;
         }
         Ok(table)
     }

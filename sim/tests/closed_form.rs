@@ -134,6 +134,59 @@ fn measured_curve_reproduces_its_table() {
 }
 
 #[test]
+fn measured_reads_complete_out_of_order_and_a_mix_costs_the_sum_of_its_parts() {
+    let kib = 1024u64;
+    let m = small_and_large();
+    // A 1 MiB read, then a 16 KiB one beside it: the short one finishes first, in exactly its
+    // own service time at depth 2 (206 µs), not behind the long one's transfer (a link that
+    // carried data in submission order finished it after the 1 MiB read, at 1057 µs).
+    let mut f = m.fresh();
+    let long = f.submit(Ps::ZERO, 0, kib << 10).unwrap();
+    let short = f.submit(Ps::ZERO, 64 << 20, 16 * kib).unwrap();
+    let want = transfer_time(2 * 16 * kib, m.throughput(16 * kib, 2).round() as u64).unwrap();
+    report(
+        "measured 16 KiB beside 1 MiB (µs)",
+        want.as_us(),
+        short.as_us(),
+    );
+    assert_eq!(short, want);
+    assert!(short < long, "{short:?} {long:?}");
+    // Kept 8 deep, 16 KiB and 1 MiB reads in turn at random offsets: each read costs its own
+    // share, so the mix delivers the bytes over the sum of each size's time at its measured
+    // rate (0.4 and 2 GB/s): 1040 KiB / (16 KiB / 0.4 + 1 MiB / 2) GB/s.
+    // The link (at the table's best, here 4 MiB reads at 4 GB/s) is half busy.
+    let m = Measured::new(
+        &[16.0 * 1024.0, 1048576.0, 4194304.0],
+        &[1, 8],
+        &[vec![0.1e9, 0.4e9], vec![1e9, 2e9], vec![2e9, 4e9]],
+    )
+    .unwrap();
+    let size = |i: u64| {
+        if i.is_multiple_of(2) {
+            16 * kib
+        } else {
+            kib << 10
+        }
+    };
+    let mut in_flight: std::collections::BinaryHeap<std::cmp::Reverse<Ps>> = Default::default();
+    let (mut f, mut now, mut last, mut bytes) = (m.fresh(), Ps::ZERO, Ps::ZERO, 0u64);
+    for i in 0..4000u64 {
+        if in_flight.len() == 8 {
+            now = in_flight.pop().unwrap().0;
+        }
+        let done = f.submit(now, (i * 7919 % 4096) << 20, size(i)).unwrap();
+        last = last.max(done);
+        bytes += size(i);
+        in_flight.push(std::cmp::Reverse(done));
+    }
+    let mix = bytes as f64 / last.as_s();
+    let parts = (1040 * kib) as f64 / ((16 * kib) as f64 / 0.4e9 + (kib << 10) as f64 / 2e9);
+    let d = report("measured mix 16 KiB + 1 MiB QD8 (B/s)", parts, mix);
+    assert!(d.abs() < 0.03, "{d}");
+    assert!(mix <= m.max_bytes_per_s() as f64, "{mix}");
+}
+
+#[test]
 fn measured_sequential_figures_apply_to_reads_in_file_order_only() {
     // 1 MiB at random offsets: 1 GB/s at QD 1, 2 GB/s at QD 8; in file order 0.5 and 3 GB/s.
     let mib = 1u64 << 20;

@@ -221,6 +221,7 @@ fn validate_twice(
         repeats: 2,
         file_gib,
         probe_seconds,
+        probe_compute: false,
     };
     flashsim::validate::run(&exp, &o, &mut |_| {}).unwrap()
 }

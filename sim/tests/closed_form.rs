@@ -499,6 +499,35 @@ fn parametric_queueing_follows_q_s_over_t() {
 }
 
 #[test]
+fn parametric_short_reads_pass_longer_ones() {
+    // Two units, 100 µs + S / 1 GB/s each, a 2 GB/s link. A 4 MiB read, then a 4 KiB one on
+    // the other unit: the short one finishes in exactly T0 + S/B, long before the 4 MiB read
+    // (a link carrying data in submission order finished it after that read, at 4.3 ms).
+    let t0 = Ps(100_000_000);
+    let mut f = Parametric::new(t0, 1_000_000_000, 2_000_000_000, 2, None);
+    let long = f.submit(Ps::ZERO, 0, 4 << 20).unwrap();
+    let short = f.submit(Ps::ZERO, 64 << 20, 4096).unwrap();
+    assert_eq!(short, f.min_latency(4096).unwrap());
+    assert_eq!(long, f.min_latency(4 << 20).unwrap());
+    assert!(short < long);
+    // Two 4 MiB reads: the second one's data wait for the first one's to cross the link. A
+    // 4 KiB read then waits for a unit (the first frees first), and its data for the link,
+    // busy with the second one's until that ends.
+    let mut f = Parametric::new(t0, 1_000_000_000, 2_000_000_000, 2, None);
+    let a = f.submit(Ps::ZERO, 0, 4 << 20).unwrap();
+    let b = f.submit(Ps::ZERO, 0, 4 << 20).unwrap();
+    let on_link = transfer_time(4 << 20, 2_000_000_000).unwrap();
+    assert_eq!(b, a.checked_add(on_link).unwrap());
+    let c = f.submit(Ps::ZERO, 0, 4096).unwrap();
+    assert!(a.checked_add(f.min_latency(4096).unwrap()).unwrap() < b);
+    assert_eq!(
+        c,
+        b.checked_add(transfer_time(4096, 2_000_000_000).unwrap())
+            .unwrap()
+    );
+}
+
+#[test]
 fn table2_dense_streaming_rows() {
     // LLM in a Flash, Table 2, rows 1 and 2: OPT-6.7B fp16 on the M1 Max, I/O per token.
     // The paper's I/O figure is bytes / 6.10 GB/s with the flash never idle; three buffers keep

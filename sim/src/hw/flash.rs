@@ -63,3 +63,34 @@ pub fn positive(src: &TomlSource, key: &str, v: f64) -> Result<f64, ConfigError>
         Err(src.invalid(key, format!("must be a positive number, got {v}")))
     }
 }
+
+/// A device's link (its bus to the host): each request's data crosses it in one stretch of
+/// `bytes / max` that ends when the request completes, in the first free stretch that ends no
+/// earlier than the request's service, so transfers never overlap and no run of completions
+/// delivers more than the link carries, while requests complete out of order: a short read
+/// waits for a longer one submitted before it only while the link carries that one's data.
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    /// Transfers not yet over, `(start, end)`, by start, disjoint.
+    booked: Vec<(Ps, Ps)>,
+}
+
+impl Link {
+    /// Books `on_link` in the first free stretch that ends at `ready` or later (transfers
+    /// over by `now`, which never decreases, are forgotten); returns when the transfer ends.
+    pub fn carry(&mut self, now: Ps, ready: Ps, on_link: Ps) -> Result<Ps, SimError> {
+        self.booked.retain(|&(_, end)| end > now);
+        let mut from = ready.checked_sub(on_link)?;
+        let mut at = 0;
+        for &(start, end) in &self.booked {
+            if start >= from.checked_add(on_link)? {
+                break;
+            }
+            from = from.max(end);
+            at += 1;
+        }
+        let end = from.checked_add(on_link)?;
+        self.booked.insert(at, (from, end));
+        Ok(end)
+    }
+}

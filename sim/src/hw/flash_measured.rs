@@ -8,11 +8,11 @@
 //! table's highest throughput carries each request's data in the last `S / X_max` before it
 //! completes, in the first free stretch of the link that ends no earlier than its service;
 //! transfers never overlap, so no run of completions can exceed what was measured. Requests
-//! complete out of order, as on a real disk: a short read does not wait for a longer one
-//! submitted before it, and a mix of sizes kept `q` deep delivers its bytes over about the
-//! sum of each read's `S / X(S, q)`. (Until 2026-11 the link carried data in submission order,
-//! as the parametric model's does, which held each short read of a mix behind the longer ones
-//! submitted before it. On this project's virtual disk ActiveFlow's 8-132 KiB reads at random
+//! complete out of order, as on a real disk: a short read waits for a longer one submitted
+//! before it only while the link carries that one's data, and a mix of sizes kept `q` deep delivers its bytes over about the
+//! sum of each read's `S / X(S, q)` ([`Link`], shared with the parametric model). (Until
+//! 2026-11 the link carried data in submission order, which held each short read of a mix
+//! behind the longer ones submitted before it. On this project's virtual disk ActiveFlow's 8-132 KiB reads at random
 //! offsets kept 8 deep ran at 0.596 GB/s: that link gave 0.496, this one 0.578 (0.588 with no
 //! link at all), while reads of one size at a time (16, 32, 64 KiB) came within 2% in both.)
 //!
@@ -37,7 +37,7 @@
 //! random ones with gaps of 0-64 KiB, 1.20-1.29x with gaps of 0-16 KiB and 1.60-1.82x strictly
 //! in order: the gap matters.
 
-use super::flash::{positive, Flash, FlashEntry};
+use super::flash::{positive, Flash, FlashEntry, Link};
 use crate::error::SimError;
 use crate::time::{transfer_time, Ps};
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
@@ -333,8 +333,7 @@ pub struct Measured {
     near_mean_gaps: Vec<f64>,
     near_log_ratio: Vec<Vec<Vec<f64>>>,
     in_flight: BinaryHeap<Reverse<Ps>>,
-    /// The link's transfers not yet over, `(start, end)`, by start, disjoint.
-    link: Vec<(Ps, Ps)>,
+    link: Link,
     /// Where the last request submitted ended.
     last_end: Option<u64>,
 }
@@ -385,7 +384,7 @@ impl Measured {
             near_mean_gaps: Vec::new(),
             near_log_ratio: Vec::new(),
             in_flight: BinaryHeap::new(),
-            link: Vec::new(),
+            link: Link::default(),
             last_end: None,
         })
     }
@@ -564,24 +563,6 @@ impl Measured {
         transfer_time(q as u64 * bytes, x.round().max(1.0) as u64)
     }
 
-    /// Books the link for `on_link` in the first free stretch that ends at `ready` or later
-    /// (transfers over by `now` are forgotten); returns when the transfer ends.
-    fn carry(&mut self, now: Ps, ready: Ps, on_link: Ps) -> Result<Ps, SimError> {
-        self.link.retain(|&(_, end)| end > now);
-        let mut from = ready.checked_sub(on_link)?;
-        let mut at = 0;
-        for &(start, end) in &self.link {
-            if start >= from.checked_add(on_link)? {
-                break;
-            }
-            from = from.max(end);
-            at += 1;
-        }
-        let end = from.checked_add(on_link)?;
-        self.link.insert(at, (from, end));
-        Ok(end)
-    }
-
     /// Where a request at `offset` lies relative to the end of the one submitted before it.
     fn place(&self, offset: u64) -> Place {
         match self.last_end {
@@ -636,7 +617,8 @@ impl Flash for Measured {
         let q = self.in_flight.len() as u32 + 1;
         let service_done = start.checked_add(self.service(bytes, q, place)?)?;
         let on_link = transfer_time(bytes, self.max_bytes_per_s)?;
-        let done = self.carry(now, service_done.max(start.checked_add(on_link)?), on_link)?;
+        let ready = service_done.max(start.checked_add(on_link)?);
+        let done = self.link.carry(now, ready, on_link)?;
         self.in_flight.push(Reverse(done));
         Ok(done)
     }
@@ -665,7 +647,7 @@ impl Flash for Measured {
     fn fresh(&self) -> Box<dyn Flash> {
         let mut m = self.clone();
         m.in_flight.clear();
-        m.link.clear();
+        m.link = Link::default();
         m.last_end = None;
         Box::new(m)
     }

@@ -1,24 +1,31 @@
 //! `parametric` flash: per-request overhead `T0`, per-request transfer rate `B`, a device (link)
 //! maximum `B_max`, a number of parallel units, and optionally a controller command rate.
 //!
-//! Timeline rules (all O(1) per request, deterministic):
-//! 1. The request takes the parallel unit that frees first (lowest index on ties):
+//! Timeline rules (deterministic):
+//! 1. The request takes the parallel unit that frees first:
 //!    `start = max(now, unit_free)`.
 //! 2. With `max_kiops`, the controller handles one command at a time for `1/IOPS`:
 //!    `start = max(start, controller_free)`, `controller_free = start + 1/IOPS`
 //!    (`1/IOPS ≤ T0` is required, so an idle device keeps its QD1 latency).
 //! 3. The unit works for `T0 + S/B`; its data crosses the shared link at `B_max`, in the last
-//!    `S/B_max` of that time if the link is free, later otherwise:
-//!    `done = max(start + T0 + S/B, link_free + S/B_max)`, `link_free = done`.
+//!    `S/B_max` of that time if the link is free then, otherwise in the first free stretch
+//!    after it ([`Link`]): requests complete out of order, a short one waiting for a longer
+//!    one submitted before it only while the link carries that one's data (until 2026-11 the link carried data in submission order,
+//!    `done = max(start + T0 + S/B, link_free + S/B_max)`, which held every short read of a
+//!    mix of sizes behind the longer ones; see `flash_measured.rs` for what that cost on a
+//!    real disk; the paper reproductions' reads never overtook one another, so their results
+//!    did not change).
 //!
 //! Hence an idle device serves a request in exactly `T0 + S/B`, `Q` requests in flight give
 //! `Q·S/(T0 + S/B)`, and throughput never exceeds `B_max`: the knee sits near `S* = T0·B`.
 
-use super::flash::{positive, Flash, FlashEntry};
+use super::flash::{positive, Flash, FlashEntry, Link};
 use crate::error::SimError;
 use crate::time::{gb_per_s_to_bytes, transfer_time, Ps};
 use flashsim_workloads::toml_source::{ConfigError, TomlSource};
 use serde::Deserialize;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 pub const ENTRY: FlashEntry = FlashEntry {
     name: "parametric",
@@ -55,14 +62,11 @@ pub struct Parametric {
     request_bytes_per_s: u64,
     max_bytes_per_s: u64,
     command_time: Option<Ps>,
-    /// When each unit is free, earliest first. Every request completes no earlier than the one
-    /// before it (each ends after the link has carried it, and the link is serial), so the unit
-    /// that took the oldest request is always the earliest free: a FIFO ring of units is the
-    /// min-heap, at O(1) per request. (On equal free times the ring may pick a different
-    /// unit index than a lowest-index rule; units are identical, so no time changes.)
-    unit_free: std::collections::VecDeque<Ps>,
+    /// When each unit is free, earliest first (units are identical: which one of several
+    /// free at once takes a request changes no time).
+    unit_free: BinaryHeap<Reverse<Ps>>,
     units: u32,
-    link_free: Ps,
+    link: Link,
     controller_free: Ps,
     /// The last request size with its service time (`T0 + S/B`) and its time on the link.
     last_size: (u64, Ps, Ps),
@@ -85,9 +89,9 @@ impl Parametric {
             request_bytes_per_s,
             max_bytes_per_s,
             command_time,
-            unit_free: vec![Ps::ZERO; parallel_units as usize].into(),
+            unit_free: vec![Reverse(Ps::ZERO); parallel_units as usize].into(),
             units: parallel_units,
-            link_free: Ps::ZERO,
+            link: Link::default(),
             controller_free: Ps::ZERO,
             last_size: (0, t0, Ps::ZERO),
         }
@@ -142,7 +146,7 @@ impl Parametric {
 
 impl Flash for Parametric {
     fn submit(&mut self, now: Ps, _offset: u64, bytes: u64) -> Result<Ps, SimError> {
-        let free = self.unit_free.pop_front().expect("at least one unit");
+        let Reverse(free) = self.unit_free.pop().expect("at least one unit");
         let mut start = now.max(free);
         if let Some(ct) = self.command_time {
             start = start.max(self.controller_free);
@@ -159,10 +163,8 @@ impl Flash for Parametric {
         }
         let (_, service, on_link) = self.last_size;
         let service_done = start.checked_add(service)?;
-        let done = service_done.max(self.link_free.checked_add(on_link)?);
-        self.link_free = done;
-        debug_assert!(self.unit_free.iter().all(|&f| f <= done));
-        self.unit_free.push_back(done);
+        let done = self.link.carry(now, service_done, on_link)?;
+        self.unit_free.push(Reverse(done));
         Ok(done)
     }
 

@@ -27,6 +27,7 @@ pub mod pareto;
 pub mod paths;
 pub mod plots;
 pub mod real;
+pub mod replay;
 pub mod runner;
 pub mod sweep;
 pub mod time;

@@ -177,6 +177,28 @@ enum Cmd {
         #[arg(long)]
         probe_compute: bool,
     },
+    /// Replay each point's simulated reads on this machine's disk (O_DIRECT, the device file's
+    /// read engine, the point's queue depth, back to back), in the point's order and at random
+    /// offsets, against the flash model fed the same reads; write
+    /// `results/<experiment>/replay.csv`. Checks the flash model alone, where `validate`
+    /// checks whole tokens.
+    Replay {
+        experiment: PathBuf,
+        /// A directory on the storage the experiment's device file was calibrated on.
+        #[arg(long)]
+        weights_dir: PathBuf,
+        #[arg(long, default_value = "results")]
+        out_dir: PathBuf,
+        /// GiB of test file: copies of the span the reads cover, one per round in turn.
+        #[arg(long, default_value_t = 8.0)]
+        file_gib: f64,
+        /// Simulated reads replayed per point (the first ones).
+        #[arg(long, default_value_t = 40_000)]
+        reads: usize,
+        /// Replays of each stream, alternating which goes first.
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+    },
     /// List the registered policies and flash models, and the device and model files found.
     List {
         /// The configs folder to list.
@@ -498,6 +520,54 @@ fn run(cli: Cli) -> Result<()> {
             for p in plots {
                 println!("{}", p.display());
             }
+            Ok(())
+        }
+        Cmd::Replay {
+            experiment,
+            weights_dir,
+            out_dir,
+            file_gib,
+            reads,
+            rounds,
+        } => {
+            let exp = Experiment::load(&experiment)?;
+            let o = flashsim::replay::Options {
+                weights_dir,
+                out_dir,
+                file_gib,
+                reads,
+                rounds,
+            };
+            let (rows, path) = flashsim::replay::run(&exp, &o, &mut |l| eprintln!("{l}"))?;
+            println!(
+                "{:>5}  {:<16} {:>7}  {:<6} {:>3} {:>7} {:>9} {:>10} {:>10} {:>10}",
+                "point",
+                "policy",
+                "GiB",
+                "stream",
+                "QD",
+                "reads",
+                "mean KiB",
+                "model GB/s",
+                "disk GB/s",
+                "disk/model"
+            );
+            for r in &rows {
+                println!(
+                    "{:>5}  {:<16} {:>7}  {:<6} {:>3} {:>7} {:>9.1} {:>10.3} {:>10.3} {:>10.3}",
+                    r.point,
+                    r.policy,
+                    r.dram_budget_gib,
+                    r.stream,
+                    r.queue_depth,
+                    r.reads,
+                    r.mean_read_kib,
+                    r.model_gb_per_s,
+                    r.disk_gb_per_s,
+                    r.disk_over_model()
+                );
+            }
+            println!("{}", path.display());
             Ok(())
         }
         Cmd::Plot {

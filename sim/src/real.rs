@@ -1535,6 +1535,72 @@ pub fn read_latencies(
     Ok((elapsed, lat))
 }
 
+/// Reads `reads` (file offset, bytes) of `path` in their order, `qd` in flight, through the
+/// real backend's own path as [`read_latencies`] does: a slot whose read completes takes the
+/// next. Each read is widened to the aligned range around it (as the backend reads a plan's
+/// extents) and lands in `dram` at its offset modulo the mapping's size, or at its start
+/// where it would pass the end. Returns the seconds taken.
+pub fn replay_reads(
+    path: &Path,
+    engine: Engine,
+    qd: u32,
+    reads: &[(u64, u64)],
+    dram: &Arc<Image>,
+) -> Result<f64> {
+    let region = dram.map.len() as u64;
+    let mut real = Real::new(
+        path,
+        qd,
+        engine,
+        Vec::new(),
+        false,
+        Memory::Measurement(dram.clone()),
+    )?;
+    let mut next = 0;
+    let mut submit = |real: &mut Real, slot: u32| -> Result<bool> {
+        let Some(&(offset, bytes)) = reads.get(next) else {
+            return Ok(false);
+        };
+        next += 1;
+        let e = aligned(Extent { offset, bytes });
+        if e.bytes > region {
+            anyhow::bail!("a read of {} B does not fit {region} B of DRAM", e.bytes);
+        }
+        let at = match e.offset % region {
+            at if at + e.bytes <= region => at,
+            _ => 0,
+        };
+        real.base = e.offset - at;
+        real.submit(
+            Ps::ZERO,
+            slot,
+            Extent {
+                offset: at,
+                bytes: e.bytes,
+            },
+        )?;
+        real.reads.clear();
+        Ok(true)
+    };
+    real.start_clock();
+    let start = Instant::now();
+    let mut in_flight = 0;
+    for slot in 0..qd.max(1) {
+        in_flight += u32::from(submit(&mut real, slot)?);
+    }
+    while in_flight > 0 {
+        let (_, ev) = real.next_completion()?;
+        let Ev::IoDone { read: slot } = ev else {
+            anyhow::bail!("an op completed in a read replay");
+        };
+        in_flight -= 1;
+        in_flight += u32::from(submit(&mut real, slot)?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    real.shutdown()?;
+    Ok(elapsed)
+}
+
 fn stopped() -> SimError {
     SimError::Plan("the real backend's workers stopped".into())
 }

@@ -505,3 +505,74 @@ preload_layers = [0, 4]
     let diffs = p.check_real_logits(&weights).unwrap().diffs;
     assert!(diffs.iter().all(|&d| d > 1e-3), "{diffs:?}");
 }
+
+#[test]
+fn replay_times_each_points_simulated_reads_on_the_disk_and_on_the_model() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let text = std::fs::read_to_string(experiment(tmp.path(), "io_uring"))
+        .unwrap()
+        .replace(
+            r#"policy = ["dense-streaming", "llm-in-a-flash", "dip", "activeflow", "mmap"]"#,
+            r#"policy = ["dense-streaming", "dip"]"#,
+        )
+        .replace(
+            "dram_budget_gib = [0.0008, 0.004]",
+            "dram_budget_gib = 0.004",
+        );
+    let path = tmp.path().join("replay.toml");
+    std::fs::write(&path, text).unwrap();
+    let exp = Experiment::load(&path).unwrap();
+    let o = flashsim::replay::Options {
+        weights_dir: tmp.path().to_path_buf(),
+        out_dir: tmp.path().join("out"),
+        file_gib: 0.01,
+        reads: 300,
+        rounds: 2,
+    };
+    let (rows, csv) = flashsim::replay::run(&exp, &o, &mut |_| {}).unwrap();
+    // Per point, the reads the simulation issued (as many as it issued, up to 300): in its
+    // order and at random offsets, each timed on the disk and on the model.
+    let mut cache = flashsim::runner::Cache::default();
+    assert_eq!(rows.len(), 2 * exp.points.len());
+    for (point, pair) in exp.points.iter().zip(rows.chunks(2)) {
+        let mut p = flashsim::runner::prepare(&exp, point, &mut cache).unwrap();
+        let reads = flashsim::replay::simulated_reads(&mut p).unwrap();
+        let (stats, _) = p.simulate(false).unwrap();
+        let issued: u64 = stats.tokens.iter().map(|t| t.reads).sum();
+        assert!(issued as usize <= reads.len(), "{issued} {}", reads.len());
+        let want = reads.len().min(300);
+        assert_eq!((pair[0].stream, pair[1].stream), ("order", "random"));
+        for r in pair {
+            assert_eq!(
+                (r.point, r.reads, r.queue_depth),
+                (point.index, want, 4),
+                "{r:?}"
+            );
+            assert!(
+                r.model_gb_per_s > 0.0 && r.model_gb_per_s.is_finite(),
+                "{r:?}"
+            );
+            assert!(
+                r.disk_gb_per_s > 0.0 && r.disk_gb_per_s.is_finite(),
+                "{r:?}"
+            );
+        }
+        let (o0, o1) = (pair[0].mean_read_kib, pair[1].mean_read_kib);
+        assert_eq!(o0, o1);
+        let mean = reads[..want].iter().map(|r| r.1).sum::<u64>() as f64 / want as f64;
+        assert!((o0 - mean / 1024.0).abs() < 1e-9, "{o0} {mean}");
+    }
+    // The model alone: one 4 KiB read at a time takes the preset's latency each.
+    let dev =
+        flashsim::device::Device::load(repo().join("configs/devices/ufs40-phone.toml")).unwrap();
+    let reads: Vec<(u64, u64)> = (0..2000).map(|i| (i * (1 << 20), 4096)).collect();
+    let x = flashsim::replay::model_bytes_per_s(dev.flash.as_ref(), &reads, 1).unwrap();
+    let one = dev.flash.min_latency(4096).unwrap().as_s();
+    assert!((x / (4096.0 / one) - 1.0).abs() < 1e-6, "{x}");
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap().lines().count(),
+        rows.len() + 1
+    );
+    // The test file is gone.
+    assert!(!tmp.path().join("flashsim-replay-replay.bin").exists());
+}

@@ -538,34 +538,10 @@ fn run(cli: Cli) -> Result<()> {
                 reads,
                 rounds,
             };
+            // Each row is reported as it is measured (stderr); all of them again at the end.
             let (rows, path) = flashsim::replay::run(&exp, &o, &mut |l| eprintln!("{l}"))?;
-            println!(
-                "{:>5}  {:<16} {:>7}  {:<6} {:>3} {:>7} {:>9} {:>10} {:>10} {:>10}",
-                "point",
-                "policy",
-                "GiB",
-                "stream",
-                "QD",
-                "reads",
-                "mean KiB",
-                "model GB/s",
-                "disk GB/s",
-                "disk/model"
-            );
             for r in &rows {
-                println!(
-                    "{:>5}  {:<16} {:>7}  {:<6} {:>3} {:>7} {:>9.1} {:>10.3} {:>10.3} {:>10.3}",
-                    r.point,
-                    r.policy,
-                    r.dram_budget_gib,
-                    r.stream,
-                    r.queue_depth,
-                    r.reads,
-                    r.mean_read_kib,
-                    r.model_gb_per_s,
-                    r.disk_gb_per_s,
-                    r.disk_over_model()
-                );
+                println!("{}", r.line());
             }
             println!("{}", path.display());
             Ok(())

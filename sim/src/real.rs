@@ -660,6 +660,13 @@ impl Real {
         })
     }
 
+    /// Readers alone (`qd` of them, no compute units), their reads landing in `dram`: what
+    /// calibrate's and replay's read measurements run on.
+    fn measuring(path: &Path, qd: u32, engine: Engine, dram: &Arc<Image>) -> Result<Self> {
+        let memory = Memory::Measurement(dram.clone());
+        Real::new(path, qd, engine, Vec::new(), false, memory)
+    }
+
     /// DRAM as it stands.
     pub fn image(&self) -> &Image {
         &self.image
@@ -1464,14 +1471,7 @@ pub fn read_latencies(
     if region == 0 || !region.is_multiple_of(size) {
         anyhow::bail!("reads of {size} B do not tile {region} B of DRAM");
     }
-    let mut real = Real::new(
-        path,
-        qd,
-        engine,
-        Vec::new(),
-        false,
-        Memory::Measurement(dram.clone()),
-    )?;
+    let mut real = Real::measuring(path, qd, engine, dram)?;
     let mut state = seed ^ size ^ 0x7ead;
     let mut issued = vec![Ps::ZERO; qd as usize];
     let mut done_per_slot = vec![0u32; qd as usize];
@@ -1548,14 +1548,7 @@ pub fn replay_reads(
     dram: &Arc<Image>,
 ) -> Result<f64> {
     let region = dram.map.len() as u64;
-    let mut real = Real::new(
-        path,
-        qd,
-        engine,
-        Vec::new(),
-        false,
-        Memory::Measurement(dram.clone()),
-    )?;
+    let mut real = Real::measuring(path, qd, engine, dram)?;
     let mut next = 0;
     let mut submit = |real: &mut Real, slot: u32| -> Result<bool> {
         let Some(&(offset, bytes)) = reads.get(next) else {

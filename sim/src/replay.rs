@@ -57,6 +57,24 @@ impl Row {
     pub fn disk_over_model(&self) -> f64 {
         self.disk_gb_per_s / self.model_gb_per_s
     }
+
+    /// The row as a line of text.
+    pub fn line(&self) -> String {
+        format!(
+            "point {} {} {} GiB, {} ({} reads, {:.1} KiB mean, QD {}): model {:.3} GB/s, disk \
+             {:.3} GB/s, disk/model {:.3}",
+            self.point,
+            self.policy,
+            self.dram_budget_gib,
+            self.stream,
+            self.reads,
+            self.mean_read_kib,
+            self.queue_depth,
+            self.model_gb_per_s,
+            self.disk_gb_per_s,
+            self.disk_over_model()
+        )
+    }
 }
 
 /// A flash model that records every read it is given, in order.
@@ -264,20 +282,7 @@ fn replay_all(
                 model_gb_per_s: model[k] / 1e9,
                 disk_gb_per_s: disk[k] / 1e9,
             };
-            progress(&format!(
-                "point {} {} {} GiB, {} ({} reads, {:.1} KiB mean, QD {}): model {:.3} GB/s, \
-                 disk {:.3} GB/s, disk/model {:.3}",
-                row.point,
-                row.policy,
-                row.dram_budget_gib,
-                row.stream,
-                row.reads,
-                row.mean_read_kib,
-                row.queue_depth,
-                row.model_gb_per_s,
-                row.disk_gb_per_s,
-                row.disk_over_model()
-            ));
+            progress(&row.line());
             rows.push(row);
         }
     }

@@ -71,23 +71,29 @@ pub fn positive(src: &TomlSource, key: &str, v: f64) -> Result<f64, ConfigError>
 /// waits for a longer one submitted before it only while the link carries that one's data.
 #[derive(Debug, Clone, Default)]
 pub struct Link {
-    /// Transfers not yet over, `(start, end)`, by start, disjoint.
-    booked: Vec<(Ps, Ps)>,
+    /// Transfers not yet over, `(start, end)`, by start, disjoint (so by end too).
+    booked: std::collections::VecDeque<(Ps, Ps)>,
 }
 
 impl Link {
     /// Books `on_link` in the first free stretch that ends at `ready` or later (transfers
     /// over by `now`, which never decreases, are forgotten); returns when the transfer ends.
     pub fn carry(&mut self, now: Ps, ready: Ps, on_link: Ps) -> Result<Ps, SimError> {
-        self.booked.retain(|&(_, end)| end > now);
+        while self.booked.front().is_some_and(|&(_, end)| end <= now) {
+            self.booked.pop_front();
+        }
         let mut from = ready.checked_sub(on_link)?;
-        let mut at = 0;
-        for &(start, end) in &self.booked {
-            if start >= from.checked_add(on_link)? {
-                break;
+        // Mostly a request's data come after every booked transfer: no search.
+        let mut at = self.booked.len();
+        if self.booked.back().is_some_and(|&(_, end)| end > from) {
+            at = 0;
+            for &(start, end) in &self.booked {
+                if start >= from.checked_add(on_link)? {
+                    break;
+                }
+                from = from.max(end);
+                at += 1;
             }
-            from = from.max(end);
-            at += 1;
         }
         let end = from.checked_add(on_link)?;
         self.booked.insert(at, (from, end));

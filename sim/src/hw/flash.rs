@@ -71,32 +71,40 @@ pub fn positive(src: &TomlSource, key: &str, v: f64) -> Result<f64, ConfigError>
 /// waits for a longer one submitted before it only while the link carries that one's data.
 #[derive(Debug, Clone, Default)]
 pub struct Link {
-    /// Transfers not yet over, `(start, end)`, by start, disjoint (so by end too).
-    booked: std::collections::VecDeque<(Ps, Ps)>,
+    /// When the link is busy from now on, `(start, end)`: disjoint, not touching (transfers
+    /// back to back are one stretch, so a saturated link is one entry), by start.
+    busy: std::collections::VecDeque<(Ps, Ps)>,
 }
 
 impl Link {
-    /// Books `on_link` in the first free stretch that ends at `ready` or later (transfers
-    /// over by `now`, which never decreases, are forgotten); returns when the transfer ends.
+    /// Books `on_link` in the first free stretch that ends at `ready` or later (busy time
+    /// over by `now`, which never decreases, is forgotten); returns when the transfer ends.
     pub fn carry(&mut self, now: Ps, ready: Ps, on_link: Ps) -> Result<Ps, SimError> {
-        while self.booked.front().is_some_and(|&(_, end)| end <= now) {
-            self.booked.pop_front();
+        while self.busy.front().is_some_and(|&(_, end)| end <= now) {
+            self.busy.pop_front();
         }
         let mut from = ready.checked_sub(on_link)?;
-        // Mostly a request's data come after every booked transfer: no search.
-        let mut at = self.booked.len();
-        if self.booked.back().is_some_and(|&(_, end)| end > from) {
-            at = 0;
-            for &(start, end) in &self.booked {
-                if start >= from.checked_add(on_link)? {
-                    break;
-                }
-                from = from.max(end);
-                at += 1;
+        // The first busy stretch that ends after `from`, then on until a gap fits.
+        let mut at = self.busy.partition_point(|&(_, end)| end <= from);
+        while let Some(&(start, end)) = self.busy.get(at) {
+            if start >= from.checked_add(on_link)? {
+                break;
             }
+            from = from.max(end);
+            at += 1;
         }
         let end = from.checked_add(on_link)?;
-        self.booked.insert(at, (from, end));
+        let joins_before = at > 0 && self.busy[at - 1].1 == from;
+        let joins_after = self.busy.get(at).is_some_and(|&(start, _)| start == end);
+        match (joins_before, joins_after) {
+            (true, true) => {
+                self.busy[at - 1].1 = self.busy[at].1;
+                self.busy.remove(at);
+            }
+            (true, false) => self.busy[at - 1].1 = end,
+            (false, true) => self.busy[at].0 = from,
+            (false, false) => self.busy.insert(at, (from, end)),
+        }
         Ok(end)
     }
 }

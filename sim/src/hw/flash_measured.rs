@@ -9,12 +9,13 @@
 //! completes, in the first free stretch of the link that ends no earlier than its service;
 //! transfers never overlap, so no run of completions can exceed what was measured. Requests
 //! complete out of order, as on a real disk: a short read waits for a longer one submitted
-//! before it only while the link carries that one's data, and a mix of sizes kept `q` deep delivers its bytes over about the
-//! sum of each read's `S / X(S, q)` ([`Link`], shared with the parametric model). (Until
-//! 2026-11 the link carried data in submission order, which held each short read of a mix
-//! behind the longer ones submitted before it. On this project's virtual disk ActiveFlow's 8-132 KiB reads at random
-//! offsets kept 8 deep ran at 0.596 GB/s: that link gave 0.496, this one 0.578 (0.588 with no
-//! link at all), while reads of one size at a time (16, 32, 64 KiB) came within 2% in both.)
+//! before it only while the link carries that one's data, and a mix of sizes kept `q` deep
+//! delivers its bytes over about the sum of each read's `S / X(S, q)` ([`Link`], shared with
+//! the parametric model). (Until 2026-11 the link carried data in submission order, which
+//! held each short read of a mix behind the longer ones submitted before it. On this
+//! project's virtual disk ActiveFlow's 8-132 KiB reads at random offsets kept 8 deep ran at
+//! 0.596 GB/s: that link gave 0.496, this one 0.578 (0.588 with no link at all), while reads
+//! of one size at a time (16, 32, 64 KiB) came within 2% in both.)
 //!
 //! Optional sequential figures (1 MiB reads in file order, by queue depth) make a request that
 //! starts where the request submitted before it ended (a streaming reader's next chunk) run at

@@ -10,11 +10,11 @@
 //! 3. The unit works for `T0 + S/B`; its data crosses the shared link at `B_max`, in the last
 //!    `S/B_max` of that time if the link is free then, otherwise in the first free stretch
 //!    after it ([`Link`]): requests complete out of order, a short one waiting for a longer
-//!    one submitted before it only while the link carries that one's data (until 2026-11 the link carried data in submission order,
-//!    `done = max(start + T0 + S/B, link_free + S/B_max)`, which held every short read of a
-//!    mix of sizes behind the longer ones; see `flash_measured.rs` for what that cost on a
-//!    real disk; the paper reproductions' reads never overtook one another, so their results
-//!    did not change).
+//!    one submitted before it only while the link carries that one's data (until 2026-11 the
+//!    link carried data in submission order, `done = max(start + T0 + S/B, link_free +
+//!    S/B_max)`, which held every short read of a mix of sizes behind the longer ones; see
+//!    `flash_measured.rs` for what that cost on a real disk; the paper reproductions' reads
+//!    never overtook one another, so their results did not change).
 //!
 //! Hence an idle device serves a request in exactly `T0 + S/B`, `Q` requests in flight give
 //! `Q·S/(T0 + S/B)`, and throughput never exceeds `B_max`: the knee sits near `S* = T0·B`.

@@ -209,32 +209,41 @@ pub fn stream_bytes_per_s(
     request_bytes: u64,
     apart_bytes: u64,
 ) -> f64 {
+    let n = 8 * depth.max(1) as u64;
+    let reads = (0..n).map(|i| (i * (request_bytes + apart_bytes), request_bytes));
+    reads_bytes_per_s(flash, reads, depth).unwrap_or(0.0)
+}
+
+/// Throughput (bytes/s) of `flash` (a fresh copy) running `reads` (offset, bytes) in their
+/// order, `depth` in flight, a new one issued as each completes: the bytes over the time the
+/// last one ends (infinite where none took any time).
+pub fn reads_bytes_per_s(
+    flash: &dyn Flash,
+    reads: impl IntoIterator<Item = (u64, u64)>,
+    depth: u32,
+) -> Result<f64, crate::error::SimError> {
     use std::cmp::Reverse;
     let depth = depth.max(1) as usize;
     let mut flash = flash.fresh();
     let mut in_flight = std::collections::BinaryHeap::new();
-    let (mut now, mut end) = (Ps::ZERO, Ps::ZERO);
-    for i in 0..8 * depth as u64 {
+    let (mut now, mut end, mut bytes) = (Ps::ZERO, Ps::ZERO, 0u64);
+    for (offset, size) in reads {
         if in_flight.len() == depth {
-            let Some(Reverse(t)) = in_flight.pop() else {
-                break;
-            };
-            now = t;
-        }
-        match flash.submit(now, i * (request_bytes + apart_bytes), request_bytes) {
-            Ok(done) => {
-                end = end.max(done);
-                in_flight.push(Reverse(done));
+            if let Some(Reverse(t)) = in_flight.pop() {
+                now = t;
             }
-            Err(_) => return 0.0,
         }
+        let done = flash.submit(now, offset, size)?;
+        end = end.max(done);
+        bytes += size;
+        in_flight.push(Reverse(done));
     }
     let s = end.as_s();
-    if s > 0.0 {
-        (8 * depth as u64 * request_bytes) as f64 / s
+    Ok(if s > 0.0 {
+        bytes as f64 / s
     } else {
         f64::INFINITY
-    }
+    })
 }
 
 impl flashsim_policies::DeviceRates for Rates<'_> {

@@ -121,27 +121,6 @@ pub fn simulated_reads(p: &mut Prepared) -> Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-/// Bytes/s that `flash` (fresh) gives `reads` kept `qd` deep, each read submitted as soon as
-/// one in flight completes.
-pub fn model_bytes_per_s(flash: &dyn Flash, reads: &[(u64, u64)], qd: u32) -> Result<f64> {
-    let mut f = flash.fresh();
-    let mut in_flight = std::collections::BinaryHeap::new();
-    let (mut now, mut last) = (Ps::ZERO, Ps::ZERO);
-    for &(offset, bytes) in reads {
-        if in_flight.len() >= qd.max(1) as usize {
-            let std::cmp::Reverse(t) = in_flight.pop().expect("non-empty");
-            now = t;
-        }
-        let done = f.submit(now, offset, bytes)?;
-        last = last.max(done);
-        in_flight.push(std::cmp::Reverse(done));
-    }
-    if last == Ps::ZERO {
-        bail!("no reads to time");
-    }
-    Ok(reads.iter().map(|r| r.1).sum::<u64>() as f64 / last.as_s())
-}
-
 /// A point ready to replay.
 struct Pending {
     point: usize,
@@ -265,7 +244,9 @@ fn replay_all(
                 let bytes = s.iter().map(|r| r.1).sum::<u64>() as f64;
                 let secs = crate::real::replay_reads(path, p.engine, p.qd, s, &dram)?;
                 disk[k] += bytes / secs / o.rounds as f64;
-                model[k] += model_bytes_per_s(p.flash.as_ref(), s, p.qd)? / o.rounds as f64;
+                let x =
+                    crate::device::reads_bytes_per_s(p.flash.as_ref(), s.iter().copied(), p.qd)?;
+                model[k] += x / o.rounds as f64;
             }
         }
         let mean_read_kib =

@@ -52,30 +52,20 @@ fn qd1_latency_is_exactly_t0_plus_s_over_b() {
 }
 
 /// Throughput of `n` requests of `bytes` kept `qd` deep.
-fn throughput(f: &mut dyn Flash, bytes: u64, qd: usize, n: usize) -> f64 {
+fn throughput(f: &dyn Flash, bytes: u64, qd: usize, n: usize) -> f64 {
     throughput_at(f, bytes, qd, n, |_| 0)
 }
 
 /// Throughput of `n` requests of `bytes` kept `qd` deep, request `i` at `offset(i)`.
 fn throughput_at(
-    f: &mut dyn Flash,
+    f: &dyn Flash,
     bytes: u64,
     qd: usize,
     n: usize,
     offset: impl Fn(u64) -> u64,
 ) -> f64 {
-    let mut in_flight: std::collections::BinaryHeap<std::cmp::Reverse<Ps>> = Default::default();
-    let mut now = Ps::ZERO;
-    let mut last = Ps::ZERO;
-    for i in 0..n as u64 {
-        if in_flight.len() == qd {
-            now = in_flight.pop().unwrap().0;
-        }
-        let done = f.submit(now, offset(i), bytes).unwrap();
-        last = last.max(done);
-        in_flight.push(std::cmp::Reverse(done));
-    }
-    (n as u64 * bytes) as f64 / last.as_s()
+    let reads = (0..n as u64).map(|i| (offset(i), bytes));
+    flashsim::device::reads_bytes_per_s(f, reads, qd as u32).unwrap()
 }
 
 #[test]
@@ -87,8 +77,8 @@ fn many_large_requests_reach_the_device_maximum() {
         "nvme-gen4-laptop",
     ] {
         let dev = Device::load(common::configs().join(format!("devices/{name}.toml"))).unwrap();
-        let mut f = dev.flash.fresh();
-        let x = throughput(f.as_mut(), 4 << 20, 64, 6000);
+        let f = dev.flash.fresh();
+        let x = throughput(f.as_ref(), 4 << 20, 64, 6000);
         let dev_x = report(
             &format!("{name} 4 MiB x 64 deep (B/s)"),
             dev.flash.max_bytes_per_s() as f64,
@@ -103,8 +93,8 @@ fn table2_sparse_read_points_are_reproduced_at_32_threads() {
     // The two points the m1max preset was fitted to (LLM in a Flash, Table 2).
     let dev = m1max();
     for (bytes, gbps) in [(8192u64, 1.25), (16384, 2.25)] {
-        let mut f = dev.flash.fresh();
-        let x = throughput(f.as_mut(), bytes, 32, 20_000) / 1e9;
+        let f = dev.flash.fresh();
+        let x = throughput(f.as_ref(), bytes, 32, 20_000) / 1e9;
         let d = report(&format!("m1max {bytes} B x 32 threads (GB/s)"), gbps, x);
         assert!(d.abs() < 0.01);
     }
@@ -122,8 +112,8 @@ fn measured_curve_reproduces_its_table() {
     let m = Measured::new(&chunks, &qds, &x).unwrap();
     for (i, &c) in chunks.iter().enumerate() {
         for (j, &q) in qds.iter().enumerate() {
-            let mut f = m.fresh();
-            let got = throughput(f.as_mut(), c as u64, q as usize, 4000);
+            let f = m.fresh();
+            let got = throughput(f.as_ref(), c as u64, q as usize, 4000);
             let d = report(&format!("measured table {c} B QD{q} (B/s)"), x[i][j], got);
             assert!(d.abs() < 0.01, "{d}");
         }
@@ -168,18 +158,8 @@ fn measured_reads_complete_out_of_order_and_a_mix_costs_the_sum_of_its_parts() {
             kib << 10
         }
     };
-    let mut in_flight: std::collections::BinaryHeap<std::cmp::Reverse<Ps>> = Default::default();
-    let (mut f, mut now, mut last, mut bytes) = (m.fresh(), Ps::ZERO, Ps::ZERO, 0u64);
-    for i in 0..4000u64 {
-        if in_flight.len() == 8 {
-            now = in_flight.pop().unwrap().0;
-        }
-        let done = f.submit(now, (i * 7919 % 4096) << 20, size(i)).unwrap();
-        last = last.max(done);
-        bytes += size(i);
-        in_flight.push(std::cmp::Reverse(done));
-    }
-    let mix = bytes as f64 / last.as_s();
+    let reads = (0..4000u64).map(|i| ((i * 7919 % 4096) << 20, size(i)));
+    let mix = flashsim::device::reads_bytes_per_s(&m, reads, 8).unwrap();
     let parts = (1040 * kib) as f64 / ((16 * kib) as f64 / 0.4e9 + (kib << 10) as f64 / 2e9);
     let d = report("measured mix 16 KiB + 1 MiB QD8 (B/s)", parts, mix);
     assert!(d.abs() < 0.03, "{d}");
@@ -220,7 +200,7 @@ fn measured_sequential_figures_apply_to_reads_in_file_order_only() {
     );
     // A stream kept 8 deep runs at the sequential figure (3 GB/s), random reads at the table's.
     let stream = |sequential: bool| {
-        throughput_at(m.fresh().as_mut(), mib, 8, 4000, |i| {
+        throughput_at(m.fresh().as_ref(), mib, 8, 4000, |i| {
             if sequential {
                 i * mib
             } else {
@@ -285,7 +265,7 @@ fn measured_near_figures_apply_to_reads_a_little_past_the_one_before_only() {
     }
     // Kept 8 deep, 16 KiB reads 16 KiB apart deliver the near figure, 1 MiB apart the table's.
     let stream = |gap: u64| {
-        throughput_at(m.fresh().as_mut(), 16 * kib, 8, 4000, |i| {
+        throughput_at(m.fresh().as_ref(), 16 * kib, 8, 4000, |i| {
             i * (16 * kib + gap)
         })
     };
@@ -329,7 +309,7 @@ fn near_figures_at_several_gaps_price_a_read_by_its_own_gap() {
         .with_near(0, &[16.0 * 1024.0], &[1, 8], &[vec![0.15e9, 0.6e9]])
         .unwrap();
     let ratio = |gap: u64| {
-        throughput_at(m.fresh().as_mut(), 16 * kib, 8, 4000, |i| {
+        throughput_at(m.fresh().as_ref(), 16 * kib, 8, 4000, |i| {
             i * (16 * kib + gap)
         }) / 0.4e9
     };
@@ -365,7 +345,7 @@ fn near_figures_at_several_gaps_price_a_read_by_its_own_gap() {
         &flashsim_workloads::toml_source::TomlSource::from_text("gaps.toml", &text).unwrap(),
     )
     .unwrap();
-    let got = throughput_at(dev.flash.fresh().as_mut(), 16 * kib, 8, 4000, |i| {
+    let got = throughput_at(dev.flash.fresh().as_ref(), 16 * kib, 8, 4000, |i| {
         i * 36 * kib
     });
     let d = report(
@@ -387,7 +367,7 @@ fn short_reads_in_file_order_take_the_near_ratio_and_blend_into_the_sequential_o
             .unwrap()
     };
     let m = with_near_16_kib(sequential());
-    let in_order = |size: u64| throughput_at(m.fresh().as_mut(), size, 8, 4000, |i| i * size);
+    let in_order = |size: u64| throughput_at(m.fresh().as_ref(), size, 8, 4000, |i| i * size);
     // 16 KiB strictly in order: a near read with no gap (not 0.4 x 0.5 = 0.2 GB/s).
     let d = report(
         "measured in-order 16 KiB QD8 (B/s)",
@@ -412,7 +392,7 @@ fn short_reads_in_file_order_take_the_near_ratio_and_blend_into_the_sequential_o
     assert!(d.abs() < 0.01, "{d}");
     // Without near figures, the sequential ratio at every size, as before.
     let plain = sequential();
-    let got = throughput_at(plain.fresh().as_mut(), 16 * kib, 8, 4000, |i| i * 16 * kib);
+    let got = throughput_at(plain.fresh().as_ref(), 16 * kib, 8, 4000, |i| i * 16 * kib);
     let d = report(
         "measured in-order 16 KiB QD8, no near figures (B/s)",
         0.2e9,
@@ -490,10 +470,10 @@ fn parametric_queueing_follows_q_s_over_t() {
     // Below saturation, Q requests in flight deliver Q·S/(T0 + S/B).
     let t0 = Ps(100_000_000); // 100 us
     let b = 1_000_000_000; // 1 GB/s per request
-    let mut f = Parametric::new(t0, b, 8_000_000_000, 8, None);
+    let f = Parametric::new(t0, b, 8_000_000_000, 8, None);
     let s = 4096u64;
     let expected = 4.0 * s as f64 / (t0.0 as f64 / PS_PER_S as f64 + s as f64 / b as f64);
-    let got = throughput(&mut f, s, 4, 40_000);
+    let got = throughput(&f, s, 4, 40_000);
     let d = report("parametric 4 KiB QD4 (B/s)", expected, got);
     assert!(d.abs() < 0.001);
 }

@@ -566,7 +566,7 @@ fn replay_times_each_points_simulated_reads_on_the_disk_and_on_the_model() {
     let dev =
         flashsim::device::Device::load(repo().join("configs/devices/ufs40-phone.toml")).unwrap();
     let reads: Vec<(u64, u64)> = (0..2000).map(|i| (i * (1 << 20), 4096)).collect();
-    let x = flashsim::replay::model_bytes_per_s(dev.flash.as_ref(), &reads, 1).unwrap();
+    let x = flashsim::device::reads_bytes_per_s(dev.flash.as_ref(), reads, 1).unwrap();
     let one = dev.flash.min_latency(4096).unwrap().as_s();
     assert!((x / (4096.0 / one) - 1.0).abs() < 1e-6, "{x}");
     assert_eq!(

@@ -1087,7 +1087,7 @@ impl Pooled {
 
 /// `0..n` in the order round `round` takes them: ascending in even rounds, descending in odd
 /// ones, so that the disk's drift over a round weighs on every pattern alike.
-fn alternating(n: usize, round: u32) -> Vec<usize> {
+pub(crate) fn alternating(n: usize, round: u32) -> Vec<usize> {
     if round.is_multiple_of(2) {
         (0..n).collect()
     } else {

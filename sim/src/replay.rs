@@ -121,6 +121,9 @@ pub fn simulated_reads(p: &mut Prepared) -> Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
+/// Reads are widened to this boundary, as the backend reads them (O_DIRECT).
+const ALIGN: u64 = crate::calibrate::ALIGN as u64;
+
 /// A point ready to replay.
 struct Pending {
     point: usize,
@@ -180,7 +183,6 @@ pub fn run(
     if pending.is_empty() {
         bail!("no point of the experiment reads from flash");
     }
-    const ALIGN: u64 = crate::calibrate::ALIGN as u64;
     const CHUNK: u64 = 4 << 20;
     // The span of offsets the reads cover (aligned as the backend reads), and copies of it.
     let span = pending
@@ -220,7 +222,6 @@ fn replay_all(
     o: &Options,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<Row>> {
-    const ALIGN: u64 = crate::calibrate::ALIGN as u64;
     let dram = crate::calibrate::measurement_dram(file_bytes, 4 << 20, progress)?;
     let mut rows = Vec::new();
     for p in pending {
@@ -238,8 +239,7 @@ fn replay_all(
                 })
                 .collect();
             let streams = [&order, &random];
-            let turn: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for k in turn {
+            for k in crate::calibrate::alternating(streams.len(), round as u32) {
                 let s = streams[k];
                 let bytes = s.iter().map(|r| r.1).sum::<u64>() as f64;
                 let secs = crate::real::replay_reads(path, p.engine, p.qd, s, &dram)?;

@@ -56,6 +56,18 @@ seed = 3
     p
 }
 
+/// [`experiment`]'s text with its policies and DRAM budgets replaced (`policy = …` and
+/// `dram_budget_gib = …` lines as written).
+fn narrowed(dir: &Path, engine: &str, policy: &str, budgets: &str) -> String {
+    std::fs::read_to_string(experiment(dir, engine))
+        .unwrap()
+        .replace(
+            r#"policy = ["dense-streaming", "llm-in-a-flash", "dip", "activeflow", "mmap"]"#,
+            policy,
+        )
+        .replace("dram_budget_gib = [0.0008, 0.004]", budgets)
+}
+
 #[test]
 fn real_reads_are_the_planned_extents_within_budget_and_match_the_simulation() {
     check_reads("pread");
@@ -229,17 +241,13 @@ fn validate_twice(
 #[test]
 fn validate_writes_simulated_against_measured() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let text = std::fs::read_to_string(experiment(tmp.path(), "pread"))
-        .unwrap()
-        .replace(
-            r#"policy = ["dense-streaming", "llm-in-a-flash", "dip", "activeflow", "mmap"]"#,
-            r#"policy = ["dense-streaming", "llm-in-a-flash"]"#,
-        )
-        .replace(
-            // 0.0001 GiB holds neither policy's resident weights: refused when set up, skipped.
-            "dram_budget_gib = [0.0008, 0.004]",
-            "dram_budget_gib = [0.0001, 0.002]",
-        );
+    // 0.0001 GiB holds neither policy's resident weights: refused when set up, skipped.
+    let text = narrowed(
+        tmp.path(),
+        "pread",
+        r#"policy = ["dense-streaming", "llm-in-a-flash"]"#,
+        "dram_budget_gib = [0.0001, 0.002]",
+    );
     let flashsim::validate::Validation {
         rows,
         path: csv,
@@ -290,16 +298,12 @@ fn validate_probes_the_machine_before_each_run_and_simulates_on_what_it_found() 
         .canonicalize()
         .unwrap()
         .join("configs/devices/vm-ext4-virtio.toml");
-    let text = std::fs::read_to_string(experiment(tmp.path(), "pread"))
-        .unwrap()
-        .replace(
-            r#"policy = ["dense-streaming", "llm-in-a-flash", "dip", "activeflow", "mmap"]"#,
-            r#"policy = ["dense-streaming", "dip"]"#,
-        )
-        .replace(
-            "dram_budget_gib = [0.0008, 0.004]",
-            "dram_budget_gib = 0.004",
-        );
+    let text = narrowed(
+        tmp.path(),
+        "pread",
+        r#"policy = ["dense-streaming", "dip"]"#,
+        "dram_budget_gib = 0.004",
+    );
     let text = text
         .lines()
         .map(|l| {
@@ -509,16 +513,12 @@ preload_layers = [0, 4]
 #[test]
 fn replay_times_each_points_simulated_reads_on_the_disk_and_on_the_model() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let text = std::fs::read_to_string(experiment(tmp.path(), "io_uring"))
-        .unwrap()
-        .replace(
-            r#"policy = ["dense-streaming", "llm-in-a-flash", "dip", "activeflow", "mmap"]"#,
-            r#"policy = ["dense-streaming", "dip"]"#,
-        )
-        .replace(
-            "dram_budget_gib = [0.0008, 0.004]",
-            "dram_budget_gib = 0.004",
-        );
+    let text = narrowed(
+        tmp.path(),
+        "io_uring",
+        r#"policy = ["dense-streaming", "dip"]"#,
+        "dram_budget_gib = 0.004",
+    );
     let path = tmp.path().join("replay.toml");
     std::fs::write(&path, text).unwrap();
     let exp = Experiment::load(&path).unwrap();

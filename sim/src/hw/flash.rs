@@ -84,8 +84,17 @@ impl Link {
             self.busy.pop_front();
         }
         let mut from = ready.checked_sub(on_link)?;
-        // The first busy stretch that ends after `from`, then on until a gap fits.
-        let mut at = self.busy.partition_point(|&(_, end)| end <= from);
+        // The first busy stretch that ends after `from`, then on until a gap fits. Transfers
+        // mostly land at or next to the end of what is booked: look there before searching.
+        let n = self.busy.len();
+        let ends_by = |i: usize| self.busy[i].1 <= from;
+        let mut at = if n == 0 || ends_by(n - 1) {
+            n
+        } else if n == 1 || ends_by(n - 2) {
+            n - 1
+        } else {
+            self.busy.partition_point(|&(_, end)| end <= from)
+        };
         while let Some(&(start, end)) = self.busy.get(at) {
             if start >= from.checked_add(on_link)? {
                 break;
@@ -103,6 +112,7 @@ impl Link {
             }
             (true, false) => self.busy[at - 1].1 = end,
             (false, true) => self.busy[at].0 = from,
+            (false, false) if at == self.busy.len() => self.busy.push_back((from, end)),
             (false, false) => self.busy.insert(at, (from, end)),
         }
         Ok(end)

@@ -27,7 +27,8 @@
 //! Efficiency (`efficiency.csv`): per point, what the real backend's reads delivered while
 //! reading against 1 MiB reads in file order at its queue depth, and what its kernels streamed
 //! on the bytes they touched against the DRAM read pass: each against the device file's figure
-//! and the probes' (see [`Efficiency`]).
+//! and the probes' (see [`Efficiency`]); and the kernels that gathered their weights against
+//! those of the same runs that streamed contiguous ones.
 
 use crate::calibrate::{quantile, Engine, BESIDE_READS_OP_BYTES};
 use crate::device::Device;
@@ -502,6 +503,8 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
         busy: u64,
         /// Kernels after warm-up, every round, without and with reads in flight.
         kernel: [KernelSum; 2],
+        /// The same kernels, on contiguous weights and gathered ones ([`gathered`]).
+        shape: [KernelSum; 2],
     }
     // Bytes read over the time at least one read was in flight.
     let read_bytes_per_s = |p: &Pending| p.bytes as f64 / (p.busy.max(1) as f64 * 1e-12);
@@ -524,6 +527,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
                 bytes: 0,
                 busy: 0,
                 kernel: Default::default(),
+                shape: Default::default(),
             }),
             Err(e) => match runner::infeasible(&e) {
                 Some(why) => progress(&format!(
@@ -573,11 +577,8 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             let toks = after_warmup(&real, p.point.config.warmup_tokens as usize);
             let first = real.tokens.len() - toks.len();
             for k in run.kernels.iter().filter(|k| k.token as usize >= first) {
-                let sum = &mut p.kernel[k.reads_beside as usize];
-                sum.bytes += k.bytes;
-                sum.seconds += k.seconds;
-                sum.pieces += k.pieces;
-                sum.ops += 1;
+                p.kernel[k.reads_beside as usize].add(k);
+                p.shape[gathered(k) as usize].add(k);
             }
             p.bytes += toks.iter().map(|t| t.read_bytes).sum::<u64>();
             p.busy += toks.iter().map(|t| t.flash_busy.0).sum::<u64>();
@@ -688,6 +689,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             .collect();
         let pooled = (!mine.is_empty()).then(|| pool(&mine));
         let [alone, beside] = p.kernel;
+        let [contiguous, gathered] = p.shape;
         let all = alone.plus(&beside);
         let e = Efficiency {
             point: p.point.index,
@@ -701,6 +703,9 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             kernel_alone_bytes_per_s: alone.bytes_per_s(),
             kernel_beside_bytes_per_s: beside.bytes_per_s(),
             kernel_ops: (alone.ops, beside.ops),
+            kernel_contiguous_bytes_per_s: contiguous.bytes_per_s(),
+            kernel_gathered_bytes_per_s: gathered.bytes_per_s(),
+            kernel_shape_ops: (contiguous.ops, gathered.ops),
             mean_piece_bytes: all.bytes as f64 / all.pieces.max(1) as f64,
             dram_calibrated: device.dram_bus_bytes_per_s as f64,
             dram_probed: pooled.as_ref().map(|m| m.dram_read),
@@ -735,7 +740,24 @@ struct KernelSum {
     ops: usize,
 }
 
+/// Bytes per piece from which an op counts as streaming contiguous weights: four times the
+/// longest piece ramp calibrate has fitted on this project's VM (132-184 KiB), so that an op
+/// so counted streams at the memory rate, not the ramp's (a dense layer, the attention
+/// weights, the LM head; no gathering policy's rows, columns or bundles come near it).
+pub const CONTIGUOUS_PIECE_BYTES: u64 = 1 << 20;
+
+/// Whether a kernel gathered its weights: fewer bytes per piece than [`CONTIGUOUS_PIECE_BYTES`].
+fn gathered(k: &crate::real::KernelTime) -> bool {
+    k.bytes < CONTIGUOUS_PIECE_BYTES * k.pieces.max(1) as u64
+}
+
 impl KernelSum {
+    fn add(&mut self, k: &crate::real::KernelTime) {
+        self.bytes += k.bytes;
+        self.seconds += k.seconds;
+        self.pieces += k.pieces;
+        self.ops += 1;
+    }
     fn plus(&self, o: &KernelSum) -> KernelSum {
         KernelSum {
             bytes: self.bytes + o.bytes,
@@ -789,6 +811,14 @@ pub struct Efficiency {
     pub kernel_beside_bytes_per_s: Option<f64>,
     /// Kernels timed: (alone, beside reads).
     pub kernel_ops: (usize, usize),
+    /// The same kernels' bytes over their time, of those that streamed contiguous weights
+    /// (at least [`CONTIGUOUS_PIECE_BYTES`] a piece) and of those that gathered them: what
+    /// gathering costs against the contiguous ops of the same runs, whatever the machine's
+    /// memory did meanwhile (on this project's VM it moves by 2-3x from op to op).
+    pub kernel_contiguous_bytes_per_s: Option<f64>,
+    pub kernel_gathered_bytes_per_s: Option<f64>,
+    /// Kernels timed: (contiguous, gathered).
+    pub kernel_shape_ops: (usize, usize),
     /// Bytes per piece a kernel streamed (a row, column, bundle or channel run as listed).
     pub mean_piece_bytes: f64,
     /// The device file's DRAM bandwidth and the probes' DRAM read pass (pooled), bytes/s.
@@ -809,7 +839,8 @@ impl Efficiency {
              calibrated 1 MiB file-order figure at QD {} ({} GB/s), {} of the probed ({}); \
              kernels {:.2} GB/s on the bytes they touched ({:.1} KiB per piece) = {} of the \
              calibrated DRAM read ({:.2} GB/s), {} of the probed ({}); alone ({} ops) {} GB/s = \
-             {} of the probed, beside reads ({} ops) {} GB/s = {} of the probed",
+             {} of the probed, beside reads ({} ops) {} GB/s = {} of the probed; on contiguous \
+             weights ({} ops) {} GB/s, gathered ({} ops) {} GB/s = {} of contiguous",
             self.point,
             self.policy,
             self.dram_budget_gib,
@@ -833,6 +864,12 @@ impl Efficiency {
             gb(self.kernel_beside_bytes_per_s),
             self.kernel_beside_bytes_per_s
                 .map_or("-".into(), |k| pct(k, self.dram_probed)),
+            self.kernel_shape_ops.0,
+            gb(self.kernel_contiguous_bytes_per_s),
+            self.kernel_shape_ops.1,
+            gb(self.kernel_gathered_bytes_per_s),
+            self.kernel_gathered_bytes_per_s
+                .map_or("-".into(), |k| pct(k, self.kernel_contiguous_bytes_per_s)),
         )
     }
 }
@@ -846,7 +883,8 @@ fn write_efficiency(path: &Path, rows: &[Efficiency]) -> Result<()> {
          sequential_probed_gb_per_s,read_pct_of_calibrated,read_pct_of_probed,kernel_gb_per_s,\
          mean_piece_kib,dram_calibrated_gb_per_s,dram_probed_gb_per_s,kernel_pct_of_calibrated,\
          kernel_pct_of_probed,kernel_alone_ops,kernel_alone_gb_per_s,kernel_beside_ops,\
-         kernel_beside_gb_per_s"
+         kernel_beside_gb_per_s,kernel_contiguous_ops,kernel_contiguous_gb_per_s,\
+         kernel_gathered_ops,kernel_gathered_gb_per_s,gathered_pct_of_contiguous"
     )?;
     let gb = |v: Option<f64>| v.map_or(String::new(), |v| format!("{:.6}", v / 1e9));
     let pct =
@@ -854,7 +892,7 @@ fn write_efficiency(path: &Path, rows: &[Efficiency]) -> Result<()> {
     for e in rows {
         writeln!(
             f,
-            "{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             e.point,
             e.policy,
             e.dram_budget_gib,
@@ -874,6 +912,12 @@ fn write_efficiency(path: &Path, rows: &[Efficiency]) -> Result<()> {
             gb(e.kernel_alone_bytes_per_s),
             e.kernel_ops.1,
             gb(e.kernel_beside_bytes_per_s),
+            e.kernel_shape_ops.0,
+            gb(e.kernel_contiguous_bytes_per_s),
+            e.kernel_shape_ops.1,
+            gb(e.kernel_gathered_bytes_per_s),
+            e.kernel_gathered_bytes_per_s
+                .map_or(String::new(), |g| pct(g, e.kernel_contiguous_bytes_per_s)),
         )?;
     }
     Ok(())

@@ -266,6 +266,23 @@ fn validate_writes_simulated_against_measured() {
         );
         assert!(e.kernel_ops.0 + e.kernel_ops.1 > 0, "{e:?}");
         assert!(e.mean_piece_bytes > 0.0, "{e:?}");
+        // Every kernel is counted once by shape as by reads: a rate for each shape that ran.
+        let (contiguous, gathered) = e.kernel_shape_ops;
+        assert_eq!(
+            contiguous + gathered,
+            e.kernel_ops.0 + e.kernel_ops.1,
+            "{e:?}"
+        );
+        assert_eq!(
+            e.kernel_contiguous_bytes_per_s.is_some(),
+            contiguous > 0,
+            "{e:?}"
+        );
+        assert_eq!(
+            e.kernel_gathered_bytes_per_s.is_some(),
+            gathered > 0,
+            "{e:?}"
+        );
         assert_eq!((e.sequential_probed, e.dram_probed), (None, None), "{e:?}");
         assert_eq!(e.sequential_calibrated, None, "{e:?}");
     }
@@ -350,13 +367,17 @@ fn validate_probes_the_machine_before_each_run_and_simulates_on_what_it_found() 
             "{e:?}"
         );
     }
+    // DIP's kernels gather the input channels its mask keeps.
+    let dip = efficiency.iter().find(|e| e.policy == "dip").unwrap();
+    assert!(dip.kernel_shape_ops.1 > 0, "{dip:?}");
+    assert!(dip.kernel_gathered_bytes_per_s.unwrap() > 0.0, "{dip:?}");
     let eff = std::fs::read_to_string(csv.with_file_name("efficiency.csv")).unwrap();
     assert_eq!(eff.lines().count(), 3, "{eff}");
     // Every figure present but, where every kernel ran alone or every one beside reads, the
     // other side's rate.
     for l in eff.lines().skip(1) {
         let f: Vec<&str> = l.split(',').collect();
-        assert_eq!(f.len(), 19, "{l}");
+        assert_eq!(f.len(), 24, "{l}");
         assert!(f[..16].iter().all(|v| !v.is_empty()), "{l}");
     }
     // Two points, 7 rows each, for the calibrated device file and for the probed device.

@@ -63,8 +63,8 @@ pub struct Parametric {
     command_time: Option<Ps>,
     /// When each unit is free, earliest first; the first takes the next request (units are
     /// identical: which one of several free at once takes a request changes no time). A
-    /// sorted deque, not a heap: a heap's sift costs ~3x the rest of a request's booking
-    /// (bench, 2026-11), where a new free time mostly goes at the back.
+    /// sorted deque, not a heap: in a profile of the policies bench a heap's sifts were more
+    /// than half of `submit`'s time (2026-11), where a new free time mostly goes at the back.
     unit_free: VecDeque<Ps>,
     units: u32,
     link: Link,

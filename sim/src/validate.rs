@@ -501,10 +501,9 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
         reads: usize,
         bytes: u64,
         busy: u64,
-        /// Kernels after warm-up, every round, without and with reads in flight.
-        kernel: [KernelSum; 2],
-        /// The same kernels, on contiguous weights and gathered ones ([`gathered`]).
-        shape: [KernelSum; 2],
+        /// Kernels after warm-up, every round: `[beside reads][gathered]` (started without
+        /// or with reads in flight; on contiguous or gathered weights, see [`gathered`]).
+        kernel: [[KernelSum; 2]; 2],
     }
     // Bytes read over the time at least one read was in flight.
     let read_bytes_per_s = |p: &Pending| p.bytes as f64 / (p.busy.max(1) as f64 * 1e-12);
@@ -527,7 +526,6 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
                 bytes: 0,
                 busy: 0,
                 kernel: Default::default(),
-                shape: Default::default(),
             }),
             Err(e) => match runner::infeasible(&e) {
                 Some(why) => progress(&format!(
@@ -577,8 +575,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             let toks = after_warmup(&real, p.point.config.warmup_tokens as usize);
             let first = real.tokens.len() - toks.len();
             for k in run.kernels.iter().filter(|k| k.token as usize >= first) {
-                p.kernel[k.reads_beside as usize].add(k);
-                p.shape[gathered(k) as usize].add(k);
+                p.kernel[k.reads_beside as usize][gathered(k) as usize].add(k);
             }
             p.bytes += toks.iter().map(|t| t.read_bytes).sum::<u64>();
             p.busy += toks.iter().map(|t| t.flash_busy.0).sum::<u64>();
@@ -688,8 +685,13 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             .map(|(_, _, m)| m)
             .collect();
         let pooled = (!mine.is_empty()).then(|| pool(&mine));
-        let [alone, beside] = p.kernel;
-        let [contiguous, gathered] = p.shape;
+        let [[alone_contiguous, alone_gathered], [beside_contiguous, beside_gathered]] = p.kernel;
+        let (alone, beside) = (
+            alone_contiguous.plus(&alone_gathered),
+            beside_contiguous.plus(&beside_gathered),
+        );
+        let contiguous = alone_contiguous.plus(&beside_contiguous);
+        let gathered = alone_gathered.plus(&beside_gathered);
         let all = alone.plus(&beside);
         let e = Efficiency {
             point: p.point.index,
@@ -706,6 +708,9 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             kernel_contiguous_bytes_per_s: contiguous.bytes_per_s(),
             kernel_gathered_bytes_per_s: gathered.bytes_per_s(),
             kernel_shape_ops: (contiguous.ops, gathered.ops),
+            kernel_gathered_alone_bytes_per_s: alone_gathered.bytes_per_s(),
+            kernel_gathered_beside_bytes_per_s: beside_gathered.bytes_per_s(),
+            kernel_gathered_ops: (alone_gathered.ops, beside_gathered.ops),
             mean_piece_bytes: all.bytes as f64 / all.pieces.max(1) as f64,
             dram_calibrated: device.dram_bus_bytes_per_s as f64,
             dram_probed: pooled.as_ref().map(|m| m.dram_read),
@@ -819,6 +824,14 @@ pub struct Efficiency {
     pub kernel_gathered_bytes_per_s: Option<f64>,
     /// Kernels timed: (contiguous, gathered).
     pub kernel_shape_ops: (usize, usize),
+    /// The gathered kernels' bytes over their time, of those that started with no read in
+    /// flight and of those that started beside reads: the gathering kernel by itself, and
+    /// what reads beside it take from it (the two splits above mix: a policy's ops beside
+    /// reads are often all gathered, its ops alone mostly contiguous).
+    pub kernel_gathered_alone_bytes_per_s: Option<f64>,
+    pub kernel_gathered_beside_bytes_per_s: Option<f64>,
+    /// Gathered kernels timed: (alone, beside reads).
+    pub kernel_gathered_ops: (usize, usize),
     /// Bytes per piece a kernel streamed (a row, column, bundle or channel run as listed).
     pub mean_piece_bytes: f64,
     /// The device file's DRAM bandwidth and the probes' DRAM read pass (pooled), bytes/s.
@@ -840,7 +853,8 @@ impl Efficiency {
              kernels {:.2} GB/s on the bytes they touched ({:.1} KiB per piece) = {} of the \
              calibrated DRAM read ({:.2} GB/s), {} of the probed ({}); alone ({} ops) {} GB/s = \
              {} of the probed, beside reads ({} ops) {} GB/s = {} of the probed; on contiguous \
-             weights ({} ops) {} GB/s, gathered ({} ops) {} GB/s = {} of contiguous",
+             weights ({} ops) {} GB/s, gathered ({} ops) {} GB/s = {} of contiguous; gathered \
+             alone ({} ops) {} GB/s = {} of the probed, gathered beside reads ({} ops) {} GB/s",
             self.point,
             self.policy,
             self.dram_budget_gib,
@@ -870,6 +884,12 @@ impl Efficiency {
             gb(self.kernel_gathered_bytes_per_s),
             self.kernel_gathered_bytes_per_s
                 .map_or("-".into(), |k| pct(k, self.kernel_contiguous_bytes_per_s)),
+            self.kernel_gathered_ops.0,
+            gb(self.kernel_gathered_alone_bytes_per_s),
+            self.kernel_gathered_alone_bytes_per_s
+                .map_or("-".into(), |k| pct(k, self.dram_probed)),
+            self.kernel_gathered_ops.1,
+            gb(self.kernel_gathered_beside_bytes_per_s),
         )
     }
 }
@@ -884,7 +904,9 @@ fn write_efficiency(path: &Path, rows: &[Efficiency]) -> Result<()> {
          mean_piece_kib,dram_calibrated_gb_per_s,dram_probed_gb_per_s,kernel_pct_of_calibrated,\
          kernel_pct_of_probed,kernel_alone_ops,kernel_alone_gb_per_s,kernel_beside_ops,\
          kernel_beside_gb_per_s,kernel_contiguous_ops,kernel_contiguous_gb_per_s,\
-         kernel_gathered_ops,kernel_gathered_gb_per_s,gathered_pct_of_contiguous"
+         kernel_gathered_ops,kernel_gathered_gb_per_s,gathered_pct_of_contiguous,\
+         kernel_gathered_alone_ops,kernel_gathered_alone_gb_per_s,kernel_gathered_beside_ops,\
+         kernel_gathered_beside_gb_per_s"
     )?;
     let gb = |v: Option<f64>| v.map_or(String::new(), |v| format!("{:.6}", v / 1e9));
     let pct =
@@ -892,7 +914,7 @@ fn write_efficiency(path: &Path, rows: &[Efficiency]) -> Result<()> {
     for e in rows {
         writeln!(
             f,
-            "{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             e.point,
             e.policy,
             e.dram_budget_gib,
@@ -918,6 +940,10 @@ fn write_efficiency(path: &Path, rows: &[Efficiency]) -> Result<()> {
             gb(e.kernel_gathered_bytes_per_s),
             e.kernel_gathered_bytes_per_s
                 .map_or(String::new(), |g| pct(g, e.kernel_contiguous_bytes_per_s)),
+            e.kernel_gathered_ops.0,
+            gb(e.kernel_gathered_alone_bytes_per_s),
+            e.kernel_gathered_ops.1,
+            gb(e.kernel_gathered_beside_bytes_per_s),
         )?;
     }
     Ok(())

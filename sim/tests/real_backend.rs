@@ -283,6 +283,19 @@ fn validate_writes_simulated_against_measured() {
             gathered > 0,
             "{e:?}"
         );
+        // The gathered ones split again by reads beside them, each counted once, a rate for
+        // each side that ran.
+        let (alone, beside) = e.kernel_gathered_ops;
+        assert_eq!(alone + beside, gathered, "{e:?}");
+        assert!(alone <= e.kernel_ops.0 && beside <= e.kernel_ops.1, "{e:?}");
+        assert_eq!(
+            (
+                e.kernel_gathered_alone_bytes_per_s.is_some(),
+                e.kernel_gathered_beside_bytes_per_s.is_some()
+            ),
+            (alone > 0, beside > 0),
+            "{e:?}"
+        );
         assert_eq!((e.sequential_probed, e.dram_probed), (None, None), "{e:?}");
         assert_eq!(e.sequential_calibrated, None, "{e:?}");
     }
@@ -377,7 +390,7 @@ fn validate_probes_the_machine_before_each_run_and_simulates_on_what_it_found() 
     // other side's rate.
     for l in eff.lines().skip(1) {
         let f: Vec<&str> = l.split(',').collect();
-        assert_eq!(f.len(), 24, "{l}");
+        assert_eq!(f.len(), 28, "{l}");
         assert!(f[..16].iter().all(|v| !v.is_empty()), "{l}");
     }
     // Two points, 7 rows each, for the calibrated device file and for the probed device.

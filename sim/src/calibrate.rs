@@ -660,12 +660,18 @@ impl OpTimes {
     /// the contiguous fit (its first `R` bytes stream at `1 / (1 / rate + k)`), `R` a multiple
     /// of 4 KiB up to the largest piece (the smallest of equal fits) and `k` its least-squares
     /// slope. None when nothing was measured or the pieces cost nothing beyond their bytes.
+    ///
+    /// A piece that cost less than nothing (its op ran faster than the contiguous fit) counts
+    /// as costing nothing: gathering cannot beat streaming, so that figure is the memory's
+    /// drift between the two measurements, and left negative it outweighed the rest. On this
+    /// project's VM (calibration T) the 256 KiB pieces came out at -1.2 µs each beside
+    /// 60-155 ns for the others, and the fit had no ramp at all.
     pub fn piece_ramp(&self) -> Option<(u64, f64)> {
         let pts: Vec<(f64, f64)> = self
             .gathered
             .iter()
             .zip(self.piece_costs_ns())
-            .map(|(&(piece, ..), ns)| (piece as f64, ns * 1e-9))
+            .map(|(&(piece, ..), ns)| (piece as f64, ns.max(0.0) * 1e-9))
             .collect();
         let largest = self.gathered.iter().map(|g| g.0).max()?;
         let mut best: Option<(f64, u64, f64)> = None;

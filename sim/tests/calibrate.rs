@@ -226,6 +226,16 @@ fn a_noisy_cell_faster_than_its_queue_depth_allows_is_clamped_and_the_file_loads
     assert_eq!(r, ramp);
     let want_gb = 1.0 / (1.0 / ops.gb_per_s + 0.05);
     assert!((gb / want_gb - 1.0).abs() < 1e-9, "{gb} vs {want_gb}");
+    // An op that ran faster than the contiguous fit (the memory drifted between the two) is
+    // a piece that cost nothing, not one that paid the others back: with the 256 KiB op at
+    // 0.8x the fit (-6.6 µs a piece, beside 0.4-2 µs for the others) the ramp still comes
+    // from the rest (20 KiB), where left negative it would have been none.
+    let mut drifted = ops.clone();
+    let (piece, stride, bytes, _) = drifted.gathered[3];
+    drifted.gathered[3] = (piece, stride, bytes, 0.8 * ops.fitted_seconds(bytes));
+    assert!(drifted.piece_costs_ns()[3] < -3.0 * 2048.0);
+    let (r, _) = drifted.piece_ramp().expect("a ramp from the other pieces");
+    assert!((16 << 10..ramp).contains(&r), "{r}");
     // Near reads (0-64 KiB apart, ascending) 1.5x the random ones at 4 KiB, 1.25x at 64 KiB;
     // strictly in order twice the random ones.
     let near = [

@@ -112,6 +112,8 @@ impl Link {
             }
             (true, false) => self.busy[at - 1].1 = end,
             (false, true) => self.busy[at].0 = from,
+            // `insert` at the end is correct too, but with it here and in the parametric
+            // units' deque the policies bench ran 3-6% slower than with `push_back` (2026-11).
             (false, false) if at == self.busy.len() => self.busy.push_back((from, end)),
             (false, false) => self.busy.insert(at, (from, end)),
         }

@@ -171,6 +171,7 @@ impl Flash for Parametric {
             at -= 1;
         }
         if at == self.unit_free.len() {
+            // Not `insert` at the end: see the same choice in `Link::carry`.
             self.unit_free.push_back(done);
         } else {
             self.unit_free.insert(at, done);

@@ -12,6 +12,7 @@
 //! - [`pareto`]: Pareto fronts of results, and `check` against a committed baseline.
 //! - [`plots`]: SVG and PNG figures.
 //! - [`paths`]: finding device and model files by name.
+//! - [`kernels`]: the real backend's kernels alone on each point's own ops (`flashsim kernels`).
 //! - [`commands`]: the model and trace subcommands (`generate`, `trace …`).
 
 pub mod calibrate;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod executor;
 pub mod experiment;
 pub mod hw;
+pub mod kernels;
 pub mod output;
 pub mod pareto;
 pub mod paths;

@@ -177,6 +177,21 @@ enum Cmd {
         #[arg(long)]
         probe_compute: bool,
     },
+    /// Time the real backend's kernels alone (no reads) on every op each point's policy plans
+    /// after warm-up, back to back, as planned and packed into one run per op, beside
+    /// calibrate's DRAM read pass; write `results/<experiment>/kernels.csv`. The sparse
+    /// kernels' efficiency benchmark without the reads and idle spells of a real run.
+    Kernels {
+        experiment: PathBuf,
+        #[arg(long, default_value = "results")]
+        out_dir: PathBuf,
+        /// Rounds over every point, alternating which variant goes first.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds of the DRAM read pass before each point in each round.
+        #[arg(long, default_value_t = 0.5)]
+        dram_seconds: f64,
+    },
     /// Replay each point's simulated reads on this machine's disk (O_DIRECT, the device file's
     /// read engine, the point's queue depth, back to back), in the point's order and at random
     /// offsets, against the flash model fed the same reads; write
@@ -520,6 +535,26 @@ fn run(cli: Cli) -> Result<()> {
             for p in plots {
                 println!("{}", p.display());
             }
+            Ok(())
+        }
+        Cmd::Kernels {
+            experiment,
+            out_dir,
+            rounds,
+            dram_seconds,
+        } => {
+            let exp = Experiment::load(&experiment)?;
+            let o = flashsim::kernels::Options {
+                out_dir,
+                rounds,
+                dram_seconds,
+            };
+            // Each row is reported as it is measured (stderr); all of them again at the end.
+            let (rows, path) = flashsim::kernels::run(&exp, &o, &mut |l| eprintln!("{l}"))?;
+            for r in &rows {
+                println!("{}", r.line());
+            }
+            println!("{}", path.display());
             Ok(())
         }
         Cmd::Replay {

@@ -1321,6 +1321,16 @@ pub struct OpTimer {
     next: u64,
 }
 
+/// An op for [`OpTimer::run_ops`]: a plan's op as the real backend receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimedOp {
+    pub token: u32,
+    pub flops: u64,
+    /// All the bytes it streams: its weights, then the rest (KV cache) from the arena.
+    pub bytes: u64,
+    pub weights: Vec<Extent>,
+}
+
 impl OpTimer {
     /// A timer for ops of at most `largest_op` bytes.
     pub fn new(largest_op: u64) -> Result<Self> {
@@ -1343,6 +1353,46 @@ impl OpTimer {
     /// Bytes of DRAM the ops take turns over.
     pub fn span_bytes(&self) -> u64 {
         self.image.map.len as u64
+    }
+
+    /// Runs `ops` back to back through the backend's compute thread, each on the weights it
+    /// lists at those offsets of the timer's DRAM (which must hold them: a timer over a weight
+    /// file's span), and returns each op's kernel as it ran ([`KernelTime`], `token` as given).
+    pub fn run_ops(&mut self, ops: &[TimedOp]) -> Result<Vec<KernelTime>> {
+        for op in ops {
+            for &e in &op.weights {
+                self.image.check(e)?;
+            }
+        }
+        let (op_tx, op_rx) = channel::<Job>();
+        let (done_tx, done_rx) = channel();
+        let counters = Arc::new(KernelBytes::default());
+        let mem = OpMemory {
+            image: self.image.clone(),
+            loads_from: None,
+            counters: counters.clone(),
+        };
+        let worker = spawn_op_worker(op_rx, done_tx, None, Some(mem));
+        let stopped = || anyhow::anyhow!("the compute thread stopped");
+        for (j, op) in ops.iter().enumerate() {
+            op_tx
+                .send(Job::Op {
+                    j: j as u32,
+                    token: op.token,
+                    reads_beside: false,
+                    flops: op.flops,
+                    bytes: op.bytes,
+                    weights: op.weights.clone(),
+                })
+                .map_err(|_| stopped())?;
+            done_rx.recv().map_err(|_| stopped())?;
+        }
+        drop(op_tx);
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the compute thread panicked"))??;
+        let times = std::mem::take(&mut *counters.times.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(times)
     }
 
     /// The mean time (s) of an op of `bytes` (one multiply-add per 16-bit weight): after a

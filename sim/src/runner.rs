@@ -101,6 +101,26 @@ impl Prepared {
         simulate(r.policy, r.setup, r.ctx, r.device, r.cfg, r.ids)
     }
 
+    /// Each token's ops as the policy plans them for the real backend (each listing the
+    /// weight-file extents it multiplies by), token by token as a run asks for them: what
+    /// `flashsim kernels` times without the reads. Call it on a freshly prepared point.
+    pub fn token_ops(&mut self) -> Result<Vec<Vec<flashsim_policies::plan::Op>>, crate::SimError> {
+        let r = self.run_parts(false, false, true);
+        let prompt = r.ctx.prompt_tokens as u64;
+        let mut out = Vec::with_capacity(r.ids.len());
+        for (i, &token_id) in r.ids.iter().enumerate() {
+            let info = flashsim_policies::TokenInfo {
+                index: i as u32,
+                context: prompt + i as u64,
+                token_id,
+            };
+            let plan = r.policy.plan_token(&r.ctx, info)?;
+            plan.check().map_err(crate::SimError::Plan)?;
+            out.push(plan.ops);
+        }
+        Ok(out)
+    }
+
     /// What every run of this point hands the pipeline, borrowed apart so that the policy can
     /// be mutable while the rest is read (`op_weights`: plans list each op's weights, for the
     /// real backend).

@@ -752,7 +752,7 @@ struct KernelSum {
 pub const CONTIGUOUS_PIECE_BYTES: u64 = 1 << 20;
 
 /// Whether a kernel gathered its weights: fewer bytes per piece than [`CONTIGUOUS_PIECE_BYTES`].
-fn gathered(k: &crate::real::KernelTime) -> bool {
+pub(crate) fn gathered(k: &crate::real::KernelTime) -> bool {
     k.bytes < CONTIGUOUS_PIECE_BYTES * k.pieces.max(1) as u64
 }
 

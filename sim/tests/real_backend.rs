@@ -610,3 +610,65 @@ fn replay_times_each_points_simulated_reads_on_the_disk_and_on_the_model() {
     // The test file is gone.
     assert!(!tmp.path().join("flashsim-replay-replay.bin").exists());
 }
+
+#[test]
+fn kernels_time_the_very_ops_a_real_run_computes() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let text = narrowed(
+        tmp.path(),
+        "pread",
+        r#"policy = ["dense-streaming", "dip", "activeflow"]"#,
+        "dram_budget_gib = 0.004",
+    );
+    let path = tmp.path().join("kernels.toml");
+    std::fs::write(&path, text).unwrap();
+    let exp = Experiment::load(&path).unwrap();
+    let o = flashsim::kernels::Options {
+        out_dir: tmp.path().join("out"),
+        rounds: 2,
+        dram_seconds: 0.02,
+    };
+    let (rows, csv) = flashsim::kernels::run(&exp, &o, &mut |_| {}).unwrap();
+    assert_eq!(rows.len(), exp.points.len());
+    let mut cache = Cache::default();
+    let weights = tmp.path().join("w.bin");
+    for (point, row) in exp.points.iter().zip(&rows) {
+        assert_eq!(
+            (row.point, row.policy.as_str()),
+            (point.index, point.config.policy.as_str())
+        );
+        // The same ops, pieces and bytes as the real backend's kernels after warm-up.
+        let mut p = runner::prepare(&exp, point, &mut cache).unwrap();
+        write_weight_file(&weights, p.layout.file_bytes.div_ceil(4096) * 4096, 5).unwrap();
+        let run = p.execute_real(&weights, false, None).unwrap();
+        let warm = point.config.warmup_tokens;
+        let ks: Vec<_> = run.kernels.iter().filter(|k| k.token >= warm).collect();
+        let gathered = ks
+            .iter()
+            .filter(|k| k.bytes < flashsim::validate::CONTIGUOUS_PIECE_BYTES * k.pieces as u64)
+            .count();
+        assert_eq!(
+            (row.ops, row.gathered_ops, row.pieces, row.bytes),
+            (
+                ks.len(),
+                gathered,
+                ks.iter().map(|k| k.pieces).sum(),
+                ks.iter().map(|k| k.bytes).sum()
+            ),
+            "{row:?}"
+        );
+        for (x, pct) in [(row.planned, row.planned_pct), (row.packed, row.packed_pct)] {
+            assert!(
+                x > 0.0 && x.is_finite() && pct > 0.0 && pct.is_finite(),
+                "{row:?}"
+            );
+        }
+        assert!(row.dram_read > 0.0, "{row:?}");
+        assert_eq!(row.gathered_planned.is_some(), gathered > 0, "{row:?}");
+    }
+    assert!(rows.iter().any(|r| r.gathered_ops > 0), "{rows:?}");
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap().lines().count(),
+        rows.len() + 1
+    );
+}

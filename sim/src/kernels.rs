@@ -152,18 +152,8 @@ pub fn run(
     let mut pending = Vec::new();
     let mut span = 0u64;
     for point in &exp.points {
-        let mut p = match runner::prepare(exp, point, &mut cache).map_err(anyhow::Error::from) {
-            Ok(p) => p,
-            Err(e) => match runner::infeasible(&e) {
-                Some(why) => {
-                    progress(&format!(
-                        "point {} skipped: infeasible ({why})",
-                        point.index
-                    ));
-                    continue;
-                }
-                None => return Err(e.context(format!("point {}", point.index))),
-            },
+        let Some(mut p) = runner::prepare_or_skip(exp, point, &mut cache, progress)? else {
+            continue;
         };
         span = span.max(p.layout.file_bytes);
         let tokens = p

@@ -150,18 +150,8 @@ pub fn run(
     let mut cache = Cache::default();
     let mut pending = Vec::new();
     for point in &exp.points {
-        let mut p = match runner::prepare(exp, point, &mut cache).map_err(anyhow::Error::from) {
-            Ok(p) => p,
-            Err(e) => match runner::infeasible(&e) {
-                Some(why) => {
-                    progress(&format!(
-                        "point {} skipped: infeasible ({why})",
-                        point.index
-                    ));
-                    continue;
-                }
-                None => return Err(e.context(format!("point {}", point.index))),
-            },
+        let Some(mut p) = runner::prepare_or_skip(exp, point, &mut cache, progress)? else {
+            continue;
         };
         let mut reads =
             simulated_reads(&mut p).with_context(|| format!("simulating point {}", point.index))?;

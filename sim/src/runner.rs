@@ -712,6 +712,31 @@ pub fn run_point(
     })
 }
 
+/// [`prepare`], or `None` when the point's DRAM budget is too small for its policy (said on
+/// `progress`, as "point N skipped: infeasible (why)"): what the commands that measure every
+/// feasible point of an experiment (`replay`, `kernels`) go on from. Any other error is
+/// returned, naming the point.
+pub fn prepare_or_skip(
+    exp: &Experiment,
+    point: &Point,
+    cache: &mut Cache,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Option<Prepared>> {
+    match prepare(exp, point, cache).map_err(anyhow::Error::from) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => match infeasible(&e) {
+            Some(why) => {
+                progress(&format!(
+                    "point {} skipped: infeasible ({why})",
+                    point.index
+                ));
+                Ok(None)
+            }
+            None => Err(e.context(format!("point {}", point.index))),
+        },
+    }
+}
+
 /// Like [`run_point`], but a point whose DRAM budget is too small for its policy becomes an
 /// infeasible result (a sweep records it and goes on) instead of an error.
 pub fn run_point_or_infeasible(

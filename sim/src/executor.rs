@@ -200,24 +200,37 @@ pub struct Pipeline<'a, B: Backend> {
     resident_weight_bytes: u64,
 }
 
+/// The plan of generated token `index` (input `token_id`), as the pipeline asks `policy` for
+/// it (the KV cache then holds the prompt and the tokens before it), checked: a plan that
+/// breaks its own rules, or has no ops, is an error.
+pub fn plan_token(
+    policy: &mut dyn Policy,
+    ctx: &PolicyContext,
+    index: u32,
+    token_id: u32,
+) -> Result<TokenPlan, SimError> {
+    let info = TokenInfo {
+        index,
+        context: ctx.prompt_tokens as u64 + index as u64,
+        token_id,
+    };
+    let plan = policy.plan_token(ctx, info)?;
+    plan.check().map_err(SimError::Plan)?;
+    if plan.ops.is_empty() {
+        return Err(SimError::Plan("a token plan has no ops".into()));
+    }
+    Ok(plan)
+}
+
 impl<B: Backend> Pipeline<'_, B> {
     fn begin_token(&mut self, now: Ps, follow: &mut Vec<(Ps, Ev)>) -> Result<(), SimError> {
-        let info = TokenInfo {
-            index: self.token,
-            context: self.ctx.prompt_tokens as u64 + self.token as u64,
-            token_id: self.token_ids[self.token as usize],
-        };
         self.backend.begin_token(self.token);
-        let plan = self.policy.plan_token(&self.ctx, info)?;
-        plan.check().map_err(SimError::Plan)?;
-        let mut plan = plan;
+        let token_id = self.token_ids[self.token as usize];
+        let mut plan = plan_token(self.policy, &self.ctx, self.token, token_id)?;
         if self.ctx.record_masks {
             self.masks.push(std::mem::take(&mut plan.masks));
         }
         let n = plan.ops.len();
-        if n == 0 {
-            return Err(SimError::Plan("a token plan has no ops".into()));
-        }
         self.op_unit = plan
             .ops
             .iter()

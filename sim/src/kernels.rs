@@ -16,8 +16,9 @@
 //! percentage the median of the rounds' own ratios.
 
 use crate::experiment::Experiment;
-use crate::real::{KernelTime, OpTimer, TimedOp};
+use crate::real::{OpTimer, TimedOp};
 use crate::runner::{self, Cache};
+use crate::validate::KernelSum;
 use anyhow::{bail, Context, Result};
 use flashsim_policies::Extent;
 use std::io::Write;
@@ -31,14 +32,6 @@ pub struct Options {
     pub rounds: usize,
     /// Seconds of calibrate's DRAM read pass before each point in each round.
     pub dram_seconds: f64,
-}
-
-/// Bytes over seconds of a set of kernels; `None` when none ran.
-fn rate(ks: &[&KernelTime]) -> Option<f64> {
-    let (b, s) = ks
-        .iter()
-        .fold((0u64, 0f64), |(b, s), k| (b + k.bytes, s + k.seconds));
-    (!ks.is_empty() && s > 0.0).then(|| b as f64 / s)
 }
 
 /// The median of `xs` (none when empty).
@@ -116,7 +109,8 @@ pub fn packed(ops: &[TimedOp], span_bytes: u64) -> Vec<TimedOp> {
             let weights = match op.weights.first() {
                 None => Vec::new(),
                 Some(first) => {
-                    let offset = first.offset.min(span_bytes.saturating_sub(bytes)) / 4096 * 4096;
+                    let align = crate::calibrate::ALIGN as u64;
+                    let offset = first.offset.min(span_bytes.saturating_sub(bytes)) / align * align;
                     vec![Extent { offset, bytes }]
                 }
             };
@@ -134,7 +128,6 @@ struct Pending {
     policy: String,
     dram_budget_gib: f64,
     planned: Vec<TimedOp>,
-    packed: Vec<TimedOp>,
 }
 
 /// Times every feasible point of `exp` (see the module's comment); returns the rows and the
@@ -185,7 +178,6 @@ pub fn run(
             policy: point.config.policy.clone(),
             dram_budget_gib: point.config.dram_budget_gib,
             planned,
-            packed: Vec::new(),
         });
     }
     if pending.is_empty() {
@@ -196,54 +188,40 @@ pub fn run(
         span >> 20
     ));
     let mut timer = OpTimer::over(span.max(4096))?;
-    for p in &mut pending {
-        p.packed = packed(&p.planned, timer.span_bytes());
-    }
+    let packed: Vec<Vec<TimedOp>> = pending
+        .iter()
+        .map(|p| packed(&p.planned, timer.span_bytes()))
+        .collect();
     let buf = crate::calibrate::rate_buffer()?;
     let threads = crate::calibrate::hardware_threads();
     // Once untimed: the kernel's arena is mapped at its first use and every page is touched.
     for p in &pending {
         timer.run_ops(&p.planned)?;
     }
-    // Per point, per round: (DRAM read, as planned, packed), with the gathered ops' rates.
-    type Round = (f64, [Option<f64>; 2], [Option<f64>; 2]);
+    // Per point, per round: the DRAM read, and per variant (as planned, packed) the kernels,
+    // all and gathered ones (split as `validate` splits, by the ops as planned).
+    type Round = (f64, [[KernelSum; 2]; 2]);
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); pending.len()];
-    let mut shape: Vec<(usize, usize, u64, usize)> = vec![(0, 0, 0, 0); pending.len()];
     for round in 0..o.rounds {
         for (i, p) in pending.iter().enumerate() {
             let dram = crate::calibrate::measure_rates(buf.words(), threads, o.dram_seconds)
                 .dram_read_gb_per_s
                 * 1e9;
-            let mut got: [Vec<KernelTime>; 2] = [Vec::new(), Vec::new()];
+            let mut got = [Vec::new(), Vec::new()];
             let order = if (round + i) % 2 == 0 { [0, 1] } else { [1, 0] };
             for v in order {
-                let ops = if v == 0 { &p.planned } else { &p.packed };
-                got[v] = timer.run_ops(ops)?;
+                got[v] = timer.run_ops(if v == 0 { &p.planned } else { &packed[i] })?;
             }
-            let all = |v: usize| got[v].iter().collect::<Vec<_>>();
-            // Split as `validate` splits, by the ops as planned (the same ops packed).
-            let gathered = |v: usize| {
-                got[v]
-                    .iter()
-                    .zip(&got[0])
-                    .filter(|(_, k)| crate::validate::gathered(k))
-                    .map(|(k, _)| k)
-                    .collect::<Vec<_>>()
-            };
-            rounds[i].push((
-                dram,
-                [rate(&all(0)), rate(&all(1))],
-                [rate(&gathered(0)), rate(&gathered(1))],
-            ));
-            shape[i] = (
-                got[0].len(),
-                got[0]
-                    .iter()
-                    .filter(|k| crate::validate::gathered(k))
-                    .count(),
-                got[0].iter().map(|k| k.bytes).sum(),
-                got[0].iter().map(|k| k.pieces).sum(),
-            );
+            let mut sums = [[KernelSum::default(); 2]; 2];
+            for (v, sum) in sums.iter_mut().enumerate() {
+                for (k, as_planned) in got[v].iter().zip(&got[0]) {
+                    sum[0].add(k);
+                    if crate::validate::gathered(as_planned) {
+                        sum[1].add(k);
+                    }
+                }
+            }
+            rounds[i].push((dram, sums));
         }
         progress(&format!("round {} of {} done", round + 1, o.rounds));
     }
@@ -258,24 +236,25 @@ pub fn run(
                     .collect(),
             )
         };
-        let (ops, gathered_ops, bytes, pieces) = shape[i];
+        // What was timed is the same every round.
+        let [all, gathered] = r[0].1[0];
         let row = Row {
             point: p.point,
             policy: p.policy.clone(),
             dram_budget_gib: p.dram_budget_gib,
-            ops,
-            gathered_ops,
-            bytes,
-            pieces,
-            planned: fig(&|x| x.1[0]).context("no kernel ran")?,
-            packed: fig(&|x| x.1[1]).context("no kernel ran")?,
-            gathered_planned: fig(&|x| x.2[0]),
-            gathered_packed: fig(&|x| x.2[1]),
+            ops: all.ops,
+            gathered_ops: gathered.ops,
+            bytes: all.bytes,
+            pieces: all.pieces,
+            planned: fig(&|x| x.1[0][0].bytes_per_s()).context("no kernel ran")?,
+            packed: fig(&|x| x.1[1][0].bytes_per_s()).context("no kernel ran")?,
+            gathered_planned: fig(&|x| x.1[0][1].bytes_per_s()),
+            gathered_packed: fig(&|x| x.1[1][1].bytes_per_s()),
             dram_read: fig(&|x| Some(x.0)).context("no DRAM pass")?,
-            planned_pct: pct(&|x| x.1[0]).context("no kernel ran")?,
-            packed_pct: pct(&|x| x.1[1]).context("no kernel ran")?,
-            gathered_planned_pct: pct(&|x| x.2[0]),
-            gathered_packed_pct: pct(&|x| x.2[1]),
+            planned_pct: pct(&|x| x.1[0][0].bytes_per_s()).context("no kernel ran")?,
+            packed_pct: pct(&|x| x.1[1][0].bytes_per_s()).context("no kernel ran")?,
+            gathered_planned_pct: pct(&|x| x.1[0][1].bytes_per_s()),
+            gathered_packed_pct: pct(&|x| x.1[1][1].bytes_per_s()),
         };
         progress(&row.line());
         rows.push(row);

@@ -1364,35 +1364,11 @@ impl OpTimer {
                 self.image.check(e)?;
             }
         }
-        let (op_tx, op_rx) = channel::<Job>();
-        let (done_tx, done_rx) = channel();
-        let counters = Arc::new(KernelBytes::default());
-        let mem = OpMemory {
-            image: self.image.clone(),
-            loads_from: None,
-            counters: counters.clone(),
-        };
-        let worker = spawn_op_worker(op_rx, done_tx, None, Some(mem));
-        let stopped = || anyhow::anyhow!("the compute thread stopped");
+        let thread = ComputeThread::new(&self.image);
         for (j, op) in ops.iter().enumerate() {
-            op_tx
-                .send(Job::Op {
-                    j: j as u32,
-                    token: op.token,
-                    reads_beside: false,
-                    flops: op.flops,
-                    bytes: op.bytes,
-                    weights: op.weights.clone(),
-                })
-                .map_err(|_| stopped())?;
-            done_rx.recv().map_err(|_| stopped())?;
+            thread.run(j as u32, op.clone())?;
         }
-        drop(op_tx);
-        worker
-            .join()
-            .map_err(|_| anyhow::anyhow!("the compute thread panicked"))??;
-        let times = std::mem::take(&mut *counters.times.lock().unwrap_or_else(|e| e.into_inner()));
-        Ok(times)
+        thread.finish()
     }
 
     /// The mean time (s) of an op of `bytes` (one multiply-add per 16-bit weight): after a
@@ -1423,14 +1399,7 @@ impl OpTimer {
         if bytes == 0 || reach > span {
             anyhow::bail!("an op of {bytes} B does not fit the {span} B the ops are timed on");
         }
-        let (op_tx, op_rx) = channel::<Job>();
-        let (done_tx, done_rx) = channel();
-        let mem = OpMemory {
-            image: self.image.clone(),
-            loads_from: None,
-            counters: Arc::new(KernelBytes::default()),
-        };
-        let worker = spawn_op_worker(op_rx, done_tx, None, Some(mem));
+        let thread = ComputeThread::new(&self.image);
         let mut run = |j: u32| -> Result<f64> {
             if self.next + reach > span {
                 self.next = 0;
@@ -1443,20 +1412,16 @@ impl OpTimer {
                 .collect();
             self.next += reach;
             let t = Instant::now();
-            op_tx
-                .send(Job::Op {
-                    j,
-                    token: 0,
-                    reads_beside: false,
-                    flops: bytes,
-                    bytes,
-                    weights,
-                })
-                .map_err(|_| anyhow::anyhow!("the compute thread stopped"))?;
-            let (_, at, _) = done_rx
-                .recv()
-                .map_err(|_| anyhow::anyhow!("the compute thread stopped"))?;
-            Ok(at.saturating_duration_since(t).as_secs_f64())
+            let op = TimedOp {
+                token: 0,
+                flops: bytes,
+                bytes,
+                weights,
+            };
+            Ok(thread
+                .run(j, op)?
+                .saturating_duration_since(t)
+                .as_secs_f64())
         };
         run(0)?;
         let start = Instant::now();
@@ -1464,11 +1429,68 @@ impl OpTimer {
         while times.len() < 5 || start.elapsed().as_secs_f64() < seconds {
             times.push(run(times.len() as u32 + 1)?);
         }
-        drop(op_tx);
-        worker
+        thread.finish()?;
+        Ok(times.iter().sum::<f64>() / times.len() as f64)
+    }
+}
+
+/// The backend's compute thread over an [`OpTimer`]'s DRAM (no file to load from), fed one
+/// op at a time.
+struct ComputeThread {
+    ops: Sender<Job>,
+    done: Receiver<Done>,
+    worker: std::thread::JoinHandle<Result<()>>,
+    counters: Arc<KernelBytes>,
+}
+
+impl ComputeThread {
+    fn new(image: &Arc<Image>) -> Self {
+        let (ops, op_rx) = channel::<Job>();
+        let (done_tx, done) = channel();
+        let counters = Arc::new(KernelBytes::default());
+        let mem = OpMemory {
+            image: image.clone(),
+            loads_from: None,
+            counters: counters.clone(),
+        };
+        let worker = spawn_op_worker(op_rx, done_tx, None, Some(mem));
+        ComputeThread {
+            ops,
+            done,
+            worker,
+            counters,
+        }
+    }
+
+    /// Hands `op` (as op `j`) to the thread and waits for its end; returns when it ended.
+    fn run(&self, j: u32, op: TimedOp) -> Result<Instant> {
+        let stopped = || anyhow::anyhow!("the compute thread stopped");
+        self.ops
+            .send(Job::Op {
+                j,
+                token: op.token,
+                reads_beside: false,
+                flops: op.flops,
+                bytes: op.bytes,
+                weights: op.weights,
+            })
+            .map_err(|_| stopped())?;
+        let (_, at, _) = self.done.recv().map_err(|_| stopped())?;
+        Ok(at)
+    }
+
+    /// Stops the thread; returns each op's kernel as it ran, or the thread's error.
+    fn finish(self) -> Result<Vec<KernelTime>> {
+        drop(self.ops);
+        self.worker
             .join()
             .map_err(|_| anyhow::anyhow!("the compute thread panicked"))??;
-        Ok(times.iter().sum::<f64>() / times.len() as f64)
+        let mut times = self
+            .counters
+            .times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(std::mem::take(&mut *times))
     }
 }
 

@@ -106,19 +106,12 @@ impl Prepared {
     /// `flashsim kernels` times without the reads. Call it on a freshly prepared point.
     pub fn token_ops(&mut self) -> Result<Vec<Vec<flashsim_policies::plan::Op>>, crate::SimError> {
         let r = self.run_parts(false, false, true);
-        let prompt = r.ctx.prompt_tokens as u64;
-        let mut out = Vec::with_capacity(r.ids.len());
-        for (i, &token_id) in r.ids.iter().enumerate() {
-            let info = flashsim_policies::TokenInfo {
-                index: i as u32,
-                context: prompt + i as u64,
-                token_id,
-            };
-            let plan = r.policy.plan_token(&r.ctx, info)?;
-            plan.check().map_err(crate::SimError::Plan)?;
-            out.push(plan.ops);
-        }
-        Ok(out)
+        (0..r.ids.len())
+            .map(|i| {
+                let plan = crate::executor::plan_token(r.policy, &r.ctx, i as u32, r.ids[i])?;
+                Ok(plan.ops)
+            })
+            .collect()
     }
 
     /// What every run of this point hands the pipeline, borrowed apart so that the policy can

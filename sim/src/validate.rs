@@ -738,11 +738,11 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
 
 /// Kernels' work added up (see [`crate::real::KernelTime`]).
 #[derive(Debug, Clone, Copy, Default)]
-struct KernelSum {
-    bytes: u64,
-    seconds: f64,
-    pieces: usize,
-    ops: usize,
+pub(crate) struct KernelSum {
+    pub(crate) bytes: u64,
+    pub(crate) seconds: f64,
+    pub(crate) pieces: usize,
+    pub(crate) ops: usize,
 }
 
 /// Bytes per piece from which an op counts as streaming contiguous weights: four times the
@@ -757,7 +757,7 @@ pub(crate) fn gathered(k: &crate::real::KernelTime) -> bool {
 }
 
 impl KernelSum {
-    fn add(&mut self, k: &crate::real::KernelTime) {
+    pub(crate) fn add(&mut self, k: &crate::real::KernelTime) {
         self.bytes += k.bytes;
         self.seconds += k.seconds;
         self.pieces += k.pieces;
@@ -771,7 +771,7 @@ impl KernelSum {
             ops: self.ops + o.ops,
         }
     }
-    fn bytes_per_s(&self) -> Option<f64> {
+    pub(crate) fn bytes_per_s(&self) -> Option<f64> {
         (self.ops > 0 && self.seconds > 0.0).then(|| self.bytes as f64 / self.seconds)
     }
 }

@@ -1359,12 +1359,7 @@ impl OpTimer {
     /// lists at those offsets of the timer's DRAM (which must hold them: a timer over a weight
     /// file's span), and returns each op's kernel as it ran ([`KernelTime`], `token` as given).
     pub fn run_ops(&mut self, ops: &[TimedOp]) -> Result<Vec<KernelTime>> {
-        for op in ops {
-            for &e in &op.weights {
-                self.image.check(e)?;
-            }
-        }
-        let thread = ComputeThread::new(&self.image);
+        let mut thread = ComputeThread::new(&self.image);
         for (j, op) in ops.iter().enumerate() {
             thread.run(j as u32, op.clone())?;
         }
@@ -1399,7 +1394,7 @@ impl OpTimer {
         if bytes == 0 || reach > span {
             anyhow::bail!("an op of {bytes} B does not fit the {span} B the ops are timed on");
         }
-        let thread = ComputeThread::new(&self.image);
+        let mut thread = ComputeThread::new(&self.image);
         let mut run = |j: u32| -> Result<f64> {
             if self.next + reach > span {
                 self.next = 0;
@@ -1439,7 +1434,9 @@ impl OpTimer {
 struct ComputeThread {
     ops: Sender<Job>,
     done: Receiver<Done>,
-    worker: std::thread::JoinHandle<Result<()>>,
+    /// Taken when the thread is joined (by [`ComputeThread::finish`], or by a failed hand-off,
+    /// which then returns the thread's own error).
+    worker: Option<std::thread::JoinHandle<Result<()>>>,
     counters: Arc<KernelBytes>,
 }
 
@@ -1457,34 +1454,46 @@ impl ComputeThread {
         ComputeThread {
             ops,
             done,
-            worker,
+            worker: Some(worker),
             counters,
         }
     }
 
-    /// Hands `op` (as op `j`) to the thread and waits for its end; returns when it ended.
-    fn run(&self, j: u32, op: TimedOp) -> Result<Instant> {
-        let stopped = || anyhow::anyhow!("the compute thread stopped");
-        self.ops
-            .send(Job::Op {
-                j,
-                token: op.token,
-                reads_beside: false,
-                flops: op.flops,
-                bytes: op.bytes,
-                weights: op.weights,
-            })
-            .map_err(|_| stopped())?;
-        let (_, at, _) = self.done.recv().map_err(|_| stopped())?;
-        Ok(at)
+    /// Hands `op` (as op `j`) to the thread and waits for its end; returns when it ended. If
+    /// the thread stopped (an op it could not run: weights beyond its DRAM), its error.
+    fn run(&mut self, j: u32, op: TimedOp) -> Result<Instant> {
+        let sent = self.ops.send(Job::Op {
+            j,
+            token: op.token,
+            reads_beside: false,
+            flops: op.flops,
+            bytes: op.bytes,
+            weights: op.weights,
+        });
+        match sent.ok().and_then(|_| self.done.recv().ok()) {
+            Some((_, at, _)) => Ok(at),
+            None => {
+                self.join()?;
+                anyhow::bail!("the compute thread stopped")
+            }
+        }
+    }
+
+    /// Waits for the thread to end (once); its error, if it stopped on one.
+    fn join(&mut self) -> Result<()> {
+        match self.worker.take() {
+            Some(w) => w
+                .join()
+                .map_err(|_| anyhow::anyhow!("the compute thread panicked"))?,
+            None => Ok(()),
+        }
     }
 
     /// Stops the thread; returns each op's kernel as it ran, or the thread's error.
-    fn finish(self) -> Result<Vec<KernelTime>> {
-        drop(self.ops);
-        self.worker
-            .join()
-            .map_err(|_| anyhow::anyhow!("the compute thread panicked"))??;
+    fn finish(mut self) -> Result<Vec<KernelTime>> {
+        let (ops, _) = channel();
+        drop(std::mem::replace(&mut self.ops, ops));
+        self.join()?;
         let mut times = self
             .counters
             .times
@@ -2045,6 +2054,17 @@ mod tests {
                 .to_string();
             assert!(e.contains("is not an op"), "{e}");
         }
+        // An op whose weights pass the span's end: the compute thread's own error, not only
+        // that it stopped.
+        let op = |offset| crate::real::TimedOp {
+            token: 0,
+            flops: 8192,
+            bytes: 8192,
+            weights: vec![ext(offset, 8192)],
+        };
+        assert_eq!(t.run_ops(&[op(0), op((8 << 20) - 8192)]).unwrap().len(), 2);
+        let e = format!("{:#}", t.run_ops(&[op(0), op(8 << 20)]).unwrap_err());
+        assert!(e.contains("beyond DRAM"), "{e}");
     }
 
     #[test]

@@ -100,6 +100,37 @@ impl Row {
     }
 }
 
+/// The issue's target for the sparse kernels: this percentage of the measured DRAM bandwidth
+/// on the bytes they touch.
+pub const SPARSE_TARGET_PCT: f64 = 70.0;
+
+/// How many of the points whose ops gather their weights (the sparse kernels: DIP's columns,
+/// ActiveFlow's channels, LLM in a Flash's bundles where its plan gathers them) reach
+/// [`SPARSE_TARGET_PCT`] of the same minute's DRAM read, as planned and packed; none when no
+/// point gathers.
+pub fn target_line(rows: &[Row]) -> Option<String> {
+    let sparse: Vec<&Row> = rows.iter().filter(|r| r.gathered_ops > 0).collect();
+    if sparse.is_empty() {
+        return None;
+    }
+    let met = |pct: &dyn Fn(&Row) -> f64| {
+        sparse
+            .iter()
+            .filter(|r| pct(r) >= SPARSE_TARGET_PCT)
+            .count()
+    };
+    let (lo, hi) = sparse.iter().fold((f64::INFINITY, 0f64), |(lo, hi), r| {
+        (lo.min(r.planned_pct), hi.max(r.planned_pct))
+    });
+    Some(format!(
+        "sparse kernels (the {} points whose ops gather weights): {} at or above {SPARSE_TARGET_PCT}% \
+         of the DRAM read as planned ({lo:.1}-{hi:.1}%), {} packed",
+        sparse.len(),
+        met(&|r| r.planned_pct),
+        met(&|r| r.packed_pct),
+    ))
+}
+
 /// `ops` with each op's weights as one contiguous run of the same bytes, starting at its first
 /// piece (earlier where that run would pass the end of `span_bytes`), on a 4 KiB boundary.
 pub fn packed(ops: &[TimedOp], span_bytes: u64) -> Vec<TimedOp> {
@@ -259,6 +290,9 @@ pub fn run(
         progress(&row.line());
         rows.push(row);
     }
+    if let Some(line) = target_line(&rows) {
+        progress(&line);
+    }
     let dir = o.out_dir.join(exp.name());
     std::fs::create_dir_all(&dir)?;
     let csv = dir.join("kernels.csv");
@@ -317,6 +351,41 @@ mod tests {
                 .map(|&(offset, bytes)| Extent { offset, bytes })
                 .collect(),
         }
+    }
+
+    fn row(policy: &str, gathered_ops: usize, planned_pct: f64, packed_pct: f64) -> Row {
+        Row {
+            point: 0,
+            policy: policy.into(),
+            dram_budget_gib: 1.0,
+            ops: 4,
+            gathered_ops,
+            bytes: 1 << 30,
+            pieces: 8,
+            planned: 1e10,
+            packed: 1e10,
+            gathered_planned: None,
+            gathered_packed: None,
+            dram_read: 2e10,
+            planned_pct,
+            packed_pct,
+            gathered_planned_pct: None,
+            gathered_packed_pct: None,
+        }
+    }
+
+    #[test]
+    fn the_target_counts_only_points_that_gather() {
+        let rows = [
+            row("dense-streaming", 0, 50.0, 50.0),
+            row("dip", 3, 69.9, 71.0),
+            row("activeflow", 4, 70.0, 80.0),
+        ];
+        let line = target_line(&rows).expect("two points gather");
+        assert!(line.contains("the 2 points"), "{line}");
+        assert!(line.contains(": 1 at or above 70%"), "{line}");
+        assert!(line.contains("(69.9-70.0%), 2 packed"), "{line}");
+        assert_eq!(target_line(&rows[..1]), None);
     }
 
     #[test]

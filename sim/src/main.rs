@@ -554,6 +554,9 @@ fn run(cli: Cli) -> Result<()> {
             for r in &rows {
                 println!("{}", r.line());
             }
+            if let Some(line) = flashsim::kernels::target_line(&rows) {
+                println!("{line}");
+            }
             println!("{}", path.display());
             Ok(())
         }

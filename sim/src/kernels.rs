@@ -8,9 +8,12 @@
 //! receives them), run back to back through the backend's compute thread and kernel on a
 //! mapping of the weight file's span (huge pages, as the backend's DRAM), so each piece lies
 //! where the reads would have put it. Each op runs twice per round: **as planned**, and
-//! **packed**: the same bytes as one contiguous run starting at its first piece, which is what
-//! a runtime that copies kept channels into a preallocated matrix (LLM in a Flash's memory
-//! management) would stream. Between points, calibrate's DRAM read pass measures the rate the
+//! **packed**: the same bytes as one contiguous run starting at its first piece: what LLM in a
+//! Flash's preallocated matrix of kept rows streams (its op computes every row it keeps), and
+//! for DIP and ActiveFlow, whose ops compute this token's active channels, a subset of the
+//! ones DRAM holds, a bound: packing what they keep still leaves the active ones scattered
+//! among the inactive ones kept, so one run per op would take copying the active set every
+//! token (itself a pass over those bytes). Between points, calibrate's DRAM read pass measures the rate the
 //! issue's target is against (the sparse kernels should reach 70% of it) in the same minute.
 //! Rounds alternate which variant goes first; every figure is the median over rounds, each
 //! percentage the median of the rounds' own ratios.

@@ -1473,15 +1473,15 @@ impl ComputeThread {
         match sent.ok().and_then(|_| self.done.recv().ok()) {
             Some((_, at, _)) => Ok(at),
             None => {
-                self.join()?;
+                Self::join(&mut self.worker)?;
                 anyhow::bail!("the compute thread stopped")
             }
         }
     }
 
-    /// Waits for the thread to end (once); its error, if it stopped on one.
-    fn join(&mut self) -> Result<()> {
-        match self.worker.take() {
+    /// Waits for the thread to end (once: `worker` is taken); its error, if it stopped on one.
+    fn join(worker: &mut Option<std::thread::JoinHandle<Result<()>>>) -> Result<()> {
+        match worker.take() {
             Some(w) => w
                 .join()
                 .map_err(|_| anyhow::anyhow!("the compute thread panicked"))?,
@@ -1490,15 +1490,16 @@ impl ComputeThread {
     }
 
     /// Stops the thread; returns each op's kernel as it ran, or the thread's error.
-    fn finish(mut self) -> Result<Vec<KernelTime>> {
-        let (ops, _) = channel();
-        drop(std::mem::replace(&mut self.ops, ops));
-        self.join()?;
-        let mut times = self
-            .counters
-            .times
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+    fn finish(self) -> Result<Vec<KernelTime>> {
+        let ComputeThread {
+            ops,
+            mut worker,
+            counters,
+            ..
+        } = self;
+        drop(ops);
+        Self::join(&mut worker)?;
+        let mut times = counters.times.lock().unwrap_or_else(|e| e.into_inner());
         Ok(std::mem::take(&mut *times))
     }
 }

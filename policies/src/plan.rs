@@ -212,6 +212,13 @@ impl TokenPlan {
                 ));
             }
         }
+        for (i, &(when, _)) in self.evictions.iter().enumerate() {
+            if let IssueAfter::OpStart(k) | IssueAfter::OpDone(k) = when {
+                if k >= n {
+                    return Err(format!("eviction {i} waits for op {k} of {n}"));
+                }
+            }
+        }
         for (i, c) in self.dram_changes.iter().enumerate() {
             if let IssueAfter::OpStart(k) | IssueAfter::OpDone(k) = c.when() {
                 if k >= n {
@@ -360,5 +367,46 @@ mod piece_tests {
         assert_eq!(extent_runs(&[e(0, 10), e(10, 5), e(20, 5)]), 2);
         assert_eq!(extent_runs(&[e(0, 10)]), 1);
         assert_eq!(extent_runs(&[]), 0);
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::{DramChange, Extent, IssueAfter, Op, OpKind, TokenPlan};
+
+    #[test]
+    fn evictions_and_dram_changes_wait_only_for_ops_the_token_has() {
+        let op = Op {
+            kind: OpKind::Ffn,
+            layer: Some(0),
+            unit: "cpu".into(),
+            flops: 2,
+            dram_bytes: 2,
+            weights: Vec::new(),
+            pieces: 0,
+        };
+        let mut plan = TokenPlan {
+            ops: vec![op.clone(), op],
+            ..TokenPlan::default()
+        };
+        let e = Extent {
+            offset: 0,
+            bytes: 4096,
+        };
+        plan.evictions = vec![(IssueAfter::TokenStart, 1), (IssueAfter::OpDone(1), 1)];
+        plan.dram_changes = vec![DramChange::Admit(IssueAfter::OpStart(1), e)];
+        assert_eq!(plan.check(), Ok(()));
+        plan.evictions.push((IssueAfter::OpStart(2), 1));
+        assert_eq!(
+            plan.check(),
+            Err("eviction 2 waits for op 2 of 2".to_string())
+        );
+        plan.evictions.pop();
+        plan.dram_changes
+            .push(DramChange::Evict(IssueAfter::OpDone(2), e));
+        assert_eq!(
+            plan.check(),
+            Err("DRAM change 1 waits for op 2 of 2".to_string())
+        );
     }
 }

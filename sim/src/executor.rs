@@ -178,6 +178,13 @@ pub struct Pipeline<'a, B: Backend> {
     buffer_extents: Vec<Vec<Extent>>,
     /// Bytes of the plans' DRAM changes made so far: evicted, admitted.
     changed_bytes: (u64, u64),
+    /// The token's evictions and DRAM changes by the moment they wait for ([`slot`]): bytes
+    /// to free, and the plan indices of the changes (in plan order), slot `s` at
+    /// `changes[change_at[s]..change_at[s + 1]]`; so that each moment costs its own changes,
+    /// not a pass over the token's (thousands, with a cache that moves channel by channel).
+    evict_bytes: Vec<u64>,
+    change_at: Vec<u32>,
+    changes: Vec<u32>,
     started: Vec<bool>,
     finished: Vec<bool>,
     next_read: usize,
@@ -220,6 +227,16 @@ pub fn plan_token(
         return Err(SimError::Plan("a token plan has no ops".into()));
     }
     Ok(plan)
+}
+
+/// Where the moment `when` falls in a token of `n` ops, `0..2n + 1`: the token's start, then
+/// each op's start and end (a checked plan waits for no op beyond its last).
+fn slot(when: IssueAfter) -> usize {
+    match when {
+        IssueAfter::TokenStart => 0,
+        IssueAfter::OpStart(k) => 1 + 2 * k as usize,
+        IssueAfter::OpDone(k) => 2 + 2 * k as usize,
+    }
 }
 
 impl<B: Backend> Pipeline<'_, B> {
@@ -273,6 +290,24 @@ impl<B: Backend> Pipeline<'_, B> {
             cache_hits: self.plan.cache_hits,
             ..TokenStats::default()
         };
+        self.evict_bytes = vec![0; 2 * n + 1];
+        for &(when, bytes) in &self.plan.evictions {
+            self.evict_bytes[slot(when)] += bytes;
+        }
+        self.change_at = vec![0; 2 * n + 2];
+        for c in &self.plan.dram_changes {
+            self.change_at[slot(c.when()) + 1] += 1;
+        }
+        for s in 1..self.change_at.len() {
+            self.change_at[s] += self.change_at[s - 1];
+        }
+        let mut fill = self.change_at.clone();
+        self.changes = vec![0; self.plan.dram_changes.len()];
+        for (i, c) in self.plan.dram_changes.iter().enumerate() {
+            let at = &mut fill[slot(c.when())];
+            self.changes[*at as usize] = i as u32;
+            *at += 1;
+        }
         self.dram.free(self.plan.evicted_bytes)?;
         self.evict(IssueAfter::TokenStart)?;
         self.dram.alloc(self.kv_bytes_per_token)?;
@@ -282,15 +317,10 @@ impl<B: Backend> Pipeline<'_, B> {
 
     /// Frees the evictions that wait for `when`, and makes the DRAM changes that do.
     fn evict(&mut self, when: IssueAfter) -> Result<(), SimError> {
-        let bytes: u64 = self
-            .plan
-            .evictions
-            .iter()
-            .filter(|(w, _)| *w == when)
-            .map(|(_, b)| b)
-            .sum();
-        for c in self.plan.dram_changes.iter().filter(|c| c.when() == when) {
-            match *c {
+        let s = slot(when);
+        let (from, to) = (self.change_at[s] as usize, self.change_at[s + 1] as usize);
+        for &i in &self.changes[from..to] {
+            match self.plan.dram_changes[i as usize] {
                 DramChange::Evict(_, e) => {
                     self.changed_bytes.0 += e.bytes;
                     self.backend.let_go(e)?
@@ -301,7 +331,7 @@ impl<B: Backend> Pipeline<'_, B> {
                 }
             }
         }
-        self.dram.free(bytes)
+        self.dram.free(self.evict_bytes[s])
     }
 
     fn condition(&self, after: IssueAfter) -> bool {
@@ -494,6 +524,9 @@ impl<'a, B: Backend> Pipeline<'a, B> {
             buffers: Vec::new(),
             buffer_extents: Vec::new(),
             changed_bytes: (0, 0),
+            evict_bytes: Vec::new(),
+            change_at: Vec::new(),
+            changes: Vec::new(),
             started: Vec::new(),
             finished: Vec::new(),
             next_read: 0,

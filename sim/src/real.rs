@@ -494,7 +494,7 @@ enum Job {
 /// on (one pass each), and the resident weight pages it loaded because no read had; and how
 /// long each op's kernel took.
 #[derive(Debug, Default)]
-pub struct KernelBytes {
+pub struct KernelCounters {
     pub computed: std::sync::atomic::AtomicU64,
     pub loaded: std::sync::atomic::AtomicU64,
     pub times: Mutex<Vec<KernelTime>>,
@@ -519,7 +519,7 @@ pub struct KernelTime {
 struct OpMemory {
     image: Arc<Image>,
     loads_from: Option<Arc<File>>,
-    counters: Arc<KernelBytes>,
+    counters: Arc<KernelCounters>,
 }
 
 /// A completion: the event, when it happened, and (when verifying) the read's record and the
@@ -549,7 +549,7 @@ pub struct Real {
     /// (at file offsets; zero elsewhere): what the token computed on.
     seen: Option<Vec<u8>>,
     file: Arc<File>,
-    counters: Arc<KernelBytes>,
+    counters: Arc<KernelCounters>,
     /// Bytes of one copy of the weights in the file and how many copies it holds; token `t`
     /// reads copy `t mod copies`, `base` bytes into the file (see [`Memory::Weights`]).
     copy_bytes: u64,
@@ -626,7 +626,7 @@ impl Real {
             }
         };
         let (op_tx, op_rx) = channel::<Job>();
-        let counters = Arc::new(KernelBytes::default());
+        let counters = Arc::new(KernelCounters::default());
         workers.push(spawn_op_worker(
             op_rx,
             done_tx,
@@ -684,7 +684,7 @@ impl Real {
     }
 
     /// What the kernels have computed on and loaded so far.
-    pub fn kernel_bytes(&self) -> &KernelBytes {
+    pub fn kernel_counters(&self) -> &KernelCounters {
         &self.counters
     }
 
@@ -1437,14 +1437,14 @@ struct ComputeThread {
     /// Taken when the thread is joined (by [`ComputeThread::finish`], or by a failed hand-off,
     /// which then returns the thread's own error).
     worker: Option<std::thread::JoinHandle<Result<()>>>,
-    counters: Arc<KernelBytes>,
+    counters: Arc<KernelCounters>,
 }
 
 impl ComputeThread {
     fn new(image: &Arc<Image>) -> Self {
         let (ops, op_rx) = channel::<Job>();
         let (done_tx, done) = channel();
-        let counters = Arc::new(KernelBytes::default());
+        let counters = Arc::new(KernelCounters::default());
         let mem = OpMemory {
             image: image.clone(),
             loads_from: None,

@@ -251,7 +251,7 @@ impl Prepared {
         let reads = std::mem::take(&mut pipe.backend_mut().reads);
         let held_peak_bytes = pipe.backend().held_bytes().map(|(_, peak)| peak);
         pipe.backend_mut().shutdown()?;
-        let k = pipe.backend().kernel_bytes();
+        let k = pipe.backend().kernel_counters();
         let (computed_bytes, loaded_bytes) = (
             k.computed.load(Ordering::Relaxed),
             k.loaded.load(Ordering::Relaxed),

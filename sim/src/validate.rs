@@ -447,14 +447,16 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
     }
     // A calibrated device file describes the machine it was measured on.
     let mut warnings = Vec::new();
+    let device_of = (exp.points.iter())
+        .map(|p| crate::paths::resolve(&exp.src, "device", "devices", &p.config.device))
+        .collect::<Result<Vec<PathBuf>, _>>()?;
     let mut devices: Vec<PathBuf> = Vec::new();
-    for point in &exp.points {
-        let path = crate::paths::resolve(&exp.src, "device", "devices", &point.config.device)?;
-        if devices.contains(&path) {
+    for path in &device_of {
+        if devices.contains(path) {
             continue;
         }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let differ = crate::calibrate::differences_from_recorded(&text);
         if !differ.is_empty() {
             let w = format!(
@@ -466,7 +468,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
             progress(&w);
             warnings.push(w);
         }
-        devices.push(path);
+        devices.push(path.clone());
     }
     if probe_seconds > 0.0 {
         // Before minutes of writing the weight file: every device must be one a probe scales.
@@ -508,7 +510,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
     // Bytes read over the time at least one read was in flight.
     let read_bytes_per_s = |p: &Pending| p.bytes as f64 / (p.busy.max(1) as f64 * 1e-12);
     let mut pending = Vec::new();
-    for point in &exp.points {
+    for (point, device_path) in exp.points.iter().zip(device_of) {
         let c = &point.config;
         // A point its policy cannot fit in the budget is skipped, as sweeps record it.
         let sim = runner::prepare(exp, point, &mut cache)
@@ -517,7 +519,7 @@ pub fn run(exp: &Experiment, o: &Options, progress: &mut dyn FnMut(&str)) -> Res
         match sim {
             Ok(sim) => pending.push(Pending {
                 point,
-                device_path: crate::paths::resolve(&exp.src, "device", "devices", &c.device)?,
+                device_path,
                 sim,
                 probed: Vec::new(),
                 pooled: Vec::new(),
@@ -842,9 +844,10 @@ pub struct Efficiency {
 impl Efficiency {
     /// One line for the log.
     pub fn line(&self) -> String {
-        let pct = |x: f64, of: Option<f64>| match of {
-            Some(v) => format!("{:.1}%", x / v * 100.0),
-            None => "-".into(),
+        // A share, or "-" where either figure is missing.
+        let pct = |x: Option<f64>, of: Option<f64>| match (x, of) {
+            (Some(x), Some(v)) => format!("{:.1}%", x / v * 100.0),
+            _ => "-".into(),
         };
         let gb = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.3}", v / 1e9));
         format!(
@@ -859,35 +862,34 @@ impl Efficiency {
             self.policy,
             self.dram_budget_gib,
             self.read_bytes_per_s / 1e9,
-            pct(self.read_bytes_per_s, self.sequential_calibrated),
+            pct(Some(self.read_bytes_per_s), self.sequential_calibrated),
             self.queue_depth,
             gb(self.sequential_calibrated),
-            pct(self.read_bytes_per_s, self.sequential_probed),
+            pct(Some(self.read_bytes_per_s), self.sequential_probed),
             gb(self.sequential_probed),
             self.kernel_bytes_per_s / 1e9,
             self.mean_piece_bytes / 1024.0,
-            pct(self.kernel_bytes_per_s, Some(self.dram_calibrated)),
+            pct(Some(self.kernel_bytes_per_s), Some(self.dram_calibrated)),
             self.dram_calibrated / 1e9,
-            pct(self.kernel_bytes_per_s, self.dram_probed),
+            pct(Some(self.kernel_bytes_per_s), self.dram_probed),
             gb(self.dram_probed),
             self.kernel_ops.0,
             gb(self.kernel_alone_bytes_per_s),
-            self.kernel_alone_bytes_per_s
-                .map_or("-".into(), |k| pct(k, self.dram_probed)),
+            pct(self.kernel_alone_bytes_per_s, self.dram_probed),
             self.kernel_ops.1,
             gb(self.kernel_beside_bytes_per_s),
-            self.kernel_beside_bytes_per_s
-                .map_or("-".into(), |k| pct(k, self.dram_probed)),
+            pct(self.kernel_beside_bytes_per_s, self.dram_probed),
             self.kernel_shape_ops.0,
             gb(self.kernel_contiguous_bytes_per_s),
             self.kernel_shape_ops.1,
             gb(self.kernel_gathered_bytes_per_s),
-            self.kernel_gathered_bytes_per_s
-                .map_or("-".into(), |k| pct(k, self.kernel_contiguous_bytes_per_s)),
+            pct(
+                self.kernel_gathered_bytes_per_s,
+                self.kernel_contiguous_bytes_per_s
+            ),
             self.kernel_gathered_ops.0,
             gb(self.kernel_gathered_alone_bytes_per_s),
-            self.kernel_gathered_alone_bytes_per_s
-                .map_or("-".into(), |k| pct(k, self.dram_probed)),
+            pct(self.kernel_gathered_alone_bytes_per_s, self.dram_probed),
             self.kernel_gathered_ops.1,
             gb(self.kernel_gathered_beside_bytes_per_s),
         )
@@ -1078,6 +1080,44 @@ mod tests {
             near_gb_per_s: vec![vec![0.5], vec![0.9]],
             near_extra_gaps_kib: vec![16.0],
             near_extra_gb_per_s: vec![vec![vec![0.6], vec![1.0]]],
+        }
+    }
+
+    #[test]
+    fn the_efficiency_line_gives_each_share_and_a_dash_where_a_figure_is_missing() {
+        let e = Efficiency {
+            point: 3,
+            policy: "dip".into(),
+            dram_budget_gib: 1.0,
+            queue_depth: 8,
+            read_bytes_per_s: 1.5e9,
+            sequential_calibrated: Some(2e9),
+            sequential_probed: None,
+            kernel_bytes_per_s: 14e9,
+            kernel_alone_bytes_per_s: Some(16e9),
+            kernel_beside_bytes_per_s: None,
+            kernel_ops: (4, 0),
+            kernel_contiguous_bytes_per_s: Some(20e9),
+            kernel_gathered_bytes_per_s: Some(15e9),
+            kernel_shape_ops: (2, 2),
+            kernel_gathered_alone_bytes_per_s: None,
+            kernel_gathered_beside_bytes_per_s: None,
+            kernel_gathered_ops: (0, 0),
+            mean_piece_bytes: 8192.0,
+            dram_calibrated: 28e9,
+            dram_probed: Some(25e9),
+        };
+        let line = e.line();
+        for part in [
+            "reads 1.500 GB/s while reading = 75.0% of the calibrated",
+            "QD 8 (2.000 GB/s), - of the probed (-)",
+            "kernels 14.00 GB/s on the bytes they touched (8.0 KiB per piece) = 50.0% of the \
+             calibrated DRAM read (28.00 GB/s), 56.0% of the probed (25.000)",
+            "alone (4 ops) 16.000 GB/s = 64.0% of the probed, beside reads (0 ops) - GB/s = -",
+            "gathered (2 ops) 15.000 GB/s = 75.0% of contiguous",
+            "gathered alone (0 ops) - GB/s = - of the probed",
+        ] {
+            assert!(line.contains(part), "{part:?} not in {line:?}");
         }
     }
 

@@ -8,7 +8,7 @@
 //! Cache-aware masking (`cache_aware = true`): score_i = |a_i|, multiplied by γ when channel i
 //! is not cached and not among the `fixed_top_frac`·k highest scores; then top-k on the new
 //! scores. Variants: `warmup` (γ_t = 1 − (1 − γ)(1 − γ^(t/4))), `alpha` (score' = γ·score/max
-//! plus (1 − γ)·[cached]) and `approximate` (fill the k slots with: fixed top-n, then
+//! plus (1 − γ)·\[cached\]) and `approximate` (fill the k slots with: fixed top-n, then
 //! top-k ∩ cached, then top-m ∩ cached with m = `approx_m`·k, then top-k \ cached).
 //!
 //! Memory: attention, embeddings and LM head resident; the rest of the budget is cache, split

@@ -1039,7 +1039,7 @@ const SEQUENTIAL_QDS: [u32; 2] = [1, 8];
 
 /// Near reads (ascending, each 0 to one of these many bytes past the end of the one before
 /// it, uniform in 4 KiB steps; 0: strictly in file order) are measured at the table's sizes up
-/// to [`NEAR_MAX_BYTES`], at [`SEQUENTIAL_QDS`]. 64 KiB: DIP's and ActiveFlow's reads of the
+/// to [`NEAR_MAX_BYTES`], at `SEQUENTIAL_QDS`. 64 KiB: DIP's and ActiveFlow's reads of the
 /// channels they keep on validate-vm's 7B shape lie 0-64 KiB apart for 60-75% of them (the
 /// rest up to 1 MiB, where the advantage had faded); 16 KiB and 0: on this project's virtual
 /// disk 4-8 KiB reads at QD 8 ran 1.13-1.16x random ones 0-64 KiB apart, 1.20-1.29x 0-16 KiB
@@ -1101,7 +1101,7 @@ pub(crate) fn alternating(n: usize, round: u32) -> Vec<usize> {
     }
 }
 
-/// The near reads' measurements (see [`measure_near`]).
+/// The near reads' measurements (see `measure_near`).
 pub struct NearCells {
     /// Per largest gap, the cell as measured.
     pub measured: Vec<(u64, Cell)>,

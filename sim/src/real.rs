@@ -26,10 +26,13 @@
 //! identical logits mean every weight the masks use was read (f32 checkpoints, per-matrix and
 //! bundled layouts).
 //!
-//! What this backend does not do yet: drop evicted or freed bytes from DRAM (plans carry
-//! evicted byte counts, not extents, so a policy that used a row it had evicted would go
-//! unnoticed, and the mapping holds every byte read so far); the DRAM figures are the
-//! pipeline's accounting, the same as the simulator's.
+//! DRAM held: with `verify`, the backend holds byte by byte what the plans hold ([`Held`]): a
+//! read's bytes until its buffer is freed or, retained, until evicted; a cache's fills and
+//! victims as the plan's `dram_changes` list them. Bytes whose last hold goes are zeroed, so a
+//! policy that computed on a row it had let go of would show in the logits, and the peak held
+//! is checked against the budget. A timed run does not drop freed bytes (the mapping keeps
+//! every byte read so far: zeroing them would be work no real runtime does); its DRAM figures
+//! are the pipeline's accounting, the same as the simulator's.
 
 use crate::calibrate::{open_direct, AlignedBuf, Engine, ALIGN};
 use crate::error::SimError;

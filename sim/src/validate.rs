@@ -87,7 +87,7 @@ pub struct Probe {
 
 /// What the probes read into and DRAM bandwidth is measured on, kept for a whole validation.
 pub struct ProbeMemory {
-    /// Where the probes' reads land ([`crate::calibrate::measurement_dram`]).
+    /// Where the probes' reads land (`calibrate::measurement_dram`).
     pub dram: Arc<Image>,
     /// Calibrate's DRAM read pass buffer ([`crate::calibrate::rate_buffer`]).
     pub rates: crate::real::Mapping,
@@ -96,7 +96,7 @@ pub struct ProbeMemory {
 }
 
 /// The DRAM the probes of `weights` read into ([`probe`]): one mapping for a whole validation,
-/// as calibrate measures ([`crate::calibrate::measurement_dram`]), and the buffer of its DRAM
+/// as calibrate measures (`calibrate::measurement_dram`), and the buffer of its DRAM
 /// read pass.
 pub fn probe_memory(weights: &Path, progress: &mut dyn FnMut(&str)) -> Result<ProbeMemory> {
     let file_bytes = std::fs::metadata(weights)?.len();

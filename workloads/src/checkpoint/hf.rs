@@ -234,7 +234,7 @@ fn permute(w: &Array2<f32>, hs: usize) -> Array2<f32> {
 /// A tensor ready to write: name, shape, little-endian bytes.
 type Encoded = (String, Vec<usize>, Vec<u8>);
 
-/// Tensor element type for [`write`].
+/// Tensor element type for [`write()`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteDtype {
     F32,

@@ -2,13 +2,13 @@
 //!
 //! | tensor | dtype | shape | meaning |
 //! |---|---|---|---|
-//! | `token` | I32 | [T] | input token id at this position |
-//! | `position` | I32 | [T] | position in its sequence |
-//! | `sequence` | I32 | [T] | which sequence (prompt run) the token belongs to |
-//! | `x_attn` | F16 | [T, L, hidden] | normed input of Q/K/V |
-//! | `x_o` | F16 | [T, L, heads·head_dim] | input of O |
-//! | `x_mlp` | F16 | [T, L, hidden] | normed input of gate/up |
-//! | `h` | F16 | [T, L, intermediate] | `silu(gate)·up`, the input of down |
+//! | `token` | I32 | `[T]` | input token id at this position |
+//! | `position` | I32 | `[T]` | position in its sequence |
+//! | `sequence` | I32 | `[T]` | which sequence (prompt run) the token belongs to |
+//! | `x_attn` | F16 | `[T, L, hidden]` | normed input of Q/K/V |
+//! | `x_o` | F16 | `[T, L, heads·head_dim]` | input of O |
+//! | `x_mlp` | F16 | `[T, L, hidden]` | normed input of gate/up |
+//! | `h` | F16 | `[T, L, intermediate]` | `silu(gate)·up`, the input of down |
 //!
 //! and string metadata: `format` (`flashsim-trace/1`), `model` (the [`ModelShape`] as JSON),
 //! `source` (`recorded` or `synthetic`), `checkpoint_sha256`, `prompts` (JSON), `sampling`,

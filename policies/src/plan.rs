@@ -212,18 +212,19 @@ impl TokenPlan {
                 ));
             }
         }
+        // The op a moment waits for, when the token has no such op.
+        let beyond = |when: IssueAfter| match when {
+            IssueAfter::OpStart(k) | IssueAfter::OpDone(k) if k >= n => Some(k),
+            _ => None,
+        };
         for (i, &(when, _)) in self.evictions.iter().enumerate() {
-            if let IssueAfter::OpStart(k) | IssueAfter::OpDone(k) = when {
-                if k >= n {
-                    return Err(format!("eviction {i} waits for op {k} of {n}"));
-                }
+            if let Some(k) = beyond(when) {
+                return Err(format!("eviction {i} waits for op {k} of {n}"));
             }
         }
         for (i, c) in self.dram_changes.iter().enumerate() {
-            if let IssueAfter::OpStart(k) | IssueAfter::OpDone(k) = c.when() {
-                if k >= n {
-                    return Err(format!("DRAM change {i} waits for op {k} of {n}"));
-                }
+            if let Some(k) = beyond(c.when()) {
+                return Err(format!("DRAM change {i} waits for op {k} of {n}"));
             }
         }
         for (i, r) in self.reads.iter().enumerate() {

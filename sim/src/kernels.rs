@@ -13,8 +13,9 @@
 //! for DIP and ActiveFlow, whose ops compute this token's active channels, a subset of the
 //! ones DRAM holds, a bound: packing what they keep still leaves the active ones scattered
 //! among the inactive ones kept, so one run per op would take copying the active set every
-//! token (itself a pass over those bytes). Between points, calibrate's DRAM read pass measures the rate the
-//! issue's target is against (the sparse kernels should reach 70% of it) in the same minute.
+//! token (itself a pass over those bytes). Between points, calibrate's DRAM read pass measures
+//! the rate the target is against (the sparse kernels should reach 70% of it) in the
+//! same minute.
 //! Rounds alternate which variant goes first; every figure is the median over rounds, each
 //! percentage the median of the rounds' own ratios.
 
